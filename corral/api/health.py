@@ -1,0 +1,23 @@
+"""Liveness and a short status of the loaded workers."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from corral import __version__
+from corral.api.gateway import gateway_of
+from corral.httputil import json_response
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health")
+async def health(request: Request) -> Response:
+    gateway = gateway_of(request)
+    workers = [
+        {"model": w.spec.model, "state": w.state.value, "pid": w.pid, "url": w.base_url}
+        for w in gateway.pool.workers()
+    ]
+    return json_response({"status": "ok", "version": __version__, "workers": workers})

@@ -1,0 +1,102 @@
+"""OpenAI-compatible routes: validate, resolve the model, hand over to its worker.
+
+The gateway validates requests itself so that a bad request is refused at once,
+without loading a model, and then forwards the original bytes to the worker.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from corral.api.gateway import gateway_of
+from corral.errors import UnsupportedCapability
+from corral.httputil import run_until_disconnect
+from corral.protocol.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ModelCard,
+    ModelList,
+)
+from corral.protocol.parse import parse_body
+from corral.registry.store import ModelRecord
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    return await _relay(request, ChatCompletionRequest, "/v1/chat/completions", "completion")
+
+
+@router.post("/completions")
+async def completions(request: Request) -> Response:
+    return await _relay(request, CompletionRequest, "/v1/completions", "completion")
+
+
+@router.post("/embeddings")
+async def embeddings(request: Request) -> Response:
+    return await _relay(request, EmbeddingRequest, "/v1/embeddings", "embeddings")
+
+
+@router.get("/models")
+async def list_models(request: Request) -> Response:
+    cards = [model_card(record) for record in gateway_of(request).store.list()]
+    return Response(ModelList(data=cards).model_dump_json(), media_type="application/json")
+
+
+@router.get("/models/{name:path}")
+async def get_model(request: Request, name: str) -> Response:
+    record = gateway_of(request).store.get(name)
+    return Response(model_card(record).model_dump_json(), media_type="application/json")
+
+
+async def _relay(
+    request: Request,
+    wire: type[ChatCompletionRequest | CompletionRequest | EmbeddingRequest],
+    path: str,
+    capability: str,
+) -> Response:
+    gateway = gateway_of(request)
+    body = await request.body()
+    req = parse_body(body, wire)
+    record = gateway.store.get(req.model)
+    _require(record, capability)
+    worker = await run_until_disconnect(request, gateway.pool.get(record))
+    stream = bool(getattr(req, "stream", False))
+    return await gateway.proxy.forward(request, worker, path, body, stream)
+
+
+def _require(record: ModelRecord, capability: str) -> None:
+    if capability == "embeddings" and not record.info.embedding:
+        raise UnsupportedCapability(
+            f"The model '{record.name}' does not produce embeddings; use an embedding model.",
+            param="model",
+        )
+    if capability == "completion" and record.info.embedding:
+        raise UnsupportedCapability(
+            f"The model '{record.name}' is an embedding model; it cannot generate text.",
+            param="model",
+        )
+
+
+def model_card(record: ModelRecord) -> ModelCard:
+    info = record.info
+    meta = {
+        "format": info.format,
+        "architecture": info.architecture,
+        "parameters": info.parameters,
+        "quantization": info.quantization,
+        "context_length": info.context_length,
+        "capabilities": record.capabilities,
+        "size": record.size,
+        "sha256": record.sha256,
+        "random_weights": info.synthetic is not None,
+    }
+    if info.synthetic:
+        meta["description"] = info.synthetic
+    return ModelCard(id=record.name, created=int(record.created or time.time()), corral=meta)

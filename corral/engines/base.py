@@ -1,0 +1,161 @@
+"""The one interface every in-process engine implements, and the values it exchanges.
+
+An engine lives inside a worker process. It owns the model and runs generation on
+its own thread; the worker's HTTP layer talks to it through ``submit`` (generation,
+pushed event by event) and ``embed``. Engines declare what they can do in
+``Capabilities`` rather than being probed with ``hasattr``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from corral.errors import CorralError, EngineError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling; defaults leave the model's distribution untouched."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    @property
+    def penalized(self) -> bool:
+        return (
+            self.repeat_penalty != 1.0
+            or self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+        )
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt_tokens: Sequence[int]
+    max_tokens: int | None = None  # None = until end of sequence or context
+    sampling: SamplingParams = SamplingParams()
+    stop: Sequence[str] = ()
+    ignore_eos: bool = False
+
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: CorralError
+
+
+Event = TextDelta | Finished | Failed
+EventSink = Callable[[Event], None]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    completion: bool
+    embeddings: bool
+    context_length: int  # tokens one request may use (prompt + completion)
+    slots: int  # requests decoded together
+    embedding_length: int = 0
+
+
+class RequestHandle(ABC):
+    """What ``submit`` returns: lets the caller abandon the request."""
+
+    @abstractmethod
+    def cancel(self) -> None:
+        """Stop generating and free the slot; no further events are sent."""
+
+
+class Engine(ABC):
+    """A loaded model that generates text and/or embeddings."""
+
+    capabilities: Capabilities
+    chat_template: str | None
+    bos_text: str
+    eos_text: str
+
+    @abstractmethod
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        """Text to token ids, as the model's own tokenizer does it."""
+
+    @abstractmethod
+    def submit(self, request: GenerationRequest, sink: EventSink) -> RequestHandle:
+        """Queue a generation; ``sink`` is called from the engine thread for each event."""
+
+    @abstractmethod
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        """One L2-normalised embedding per input token list."""
+
+    @abstractmethod
+    def stats(self) -> dict[str, int]:
+        """Live counters: busy slots, queued requests, prompt tokens cached/evaluated."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop the engine thread and free the model."""
+
+
+async def stream_events(engine: Engine, request: GenerationRequest) -> AsyncIterator[Event]:
+    """Run one generation and yield its events on the caller's event loop.
+
+    Leaving the loop early (client gone, task cancelled) cancels the request in the
+    engine at once, which frees its slot for the next request.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Event] = asyncio.Queue()
+
+    def sink(event: Event) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, event)
+
+    handle = engine.submit(request, sink)
+    done = False
+    try:
+        while not done:
+            event = await queue.get()
+            done = isinstance(event, Finished | Failed)
+            yield event
+    finally:
+        if not done:
+            handle.cancel()
+
+
+async def collect(engine: Engine, request: GenerationRequest) -> tuple[str, Finished]:
+    """Run one generation to the end; return its text and how it finished."""
+    parts: list[str] = []
+    async for event in stream_events(engine, request):
+        if isinstance(event, TextDelta):
+            parts.append(event.text)
+        elif isinstance(event, Failed):
+            raise event.error
+        else:
+            return "".join(parts), event
+    raise EngineError("the engine ended the request without finishing it")

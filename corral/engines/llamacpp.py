@@ -1,0 +1,596 @@
+"""llama.cpp engine: GGUF models on llama-cpp-python's low-level API, continuously batched.
+
+Concurrent requests share one llama context, each in its own *slot* (a sequence id
+with its own KV-cache stream). One engine thread runs the loop that llama.cpp's own
+server and Ollama's runner run:
+
+1. admit queued requests into free slots (reusing the longest cached prompt prefix);
+2. build one ``llama_batch``: the last sampled token of every generating slot, plus
+   prompt chunks of slots still prefilling, up to ``batch_size`` tokens;
+3. one ``llama_decode`` over all of it;
+4. sample each slot's next token with its own sampler chain, stream its text, and
+   retire slots that finished or whose client went away.
+
+Requests join and leave between steps, so a new request never waits for a long one
+to finish (``llama_cpp.server`` serialises requests behind a lock instead).
+``llama_decode`` releases the GIL (ctypes), so the worker's HTTP loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import math
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import llama_cpp as lc
+import numpy as np
+
+from corral.engines.base import (
+    Capabilities,
+    Engine,
+    EventSink,
+    Failed,
+    Finished,
+    FinishReason,
+    GenerationRequest,
+    RequestHandle,
+    TextDelta,
+)
+from corral.engines.text import TextAssembler
+from corral.errors import EngineError, EngineLoadError
+
+log = logging.getLogger("corral.engine")
+
+ENCODER_ARCHITECTURES = {
+    "bert",
+    "nomic-bert",
+    "nomic-bert-moe",
+    "jina-bert-v2",
+    "modern-bert",
+    "neo-bert",
+    "t5encoder",
+}
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+@dataclass(frozen=True)
+class LlamaCppConfig:
+    model_path: Path
+    threads: int = 1
+    slots: int = 4
+    context_length: int = 4096  # per slot; 0 = the model's training context
+    batch_size: int = 512
+    flash_attention: bool = False
+    gpu_layers: int = 0
+
+
+class _Job(RequestHandle):
+    def __init__(self, engine: LlamaCppEngine, request: GenerationRequest, sink: EventSink):
+        self.engine = engine
+        self.request = request
+        self.sink = sink
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.engine._wake()
+
+
+@dataclass
+class _Slot:
+    seq_id: int
+    cache: list[int] = field(default_factory=list)  # tokens whose KV is in this sequence
+    last_used: float = 0.0
+    job: _Job | None = None
+    sampler: Any = None
+    assembler: TextAssembler | None = None
+    pending: int | None = None  # sampled, not yet decoded
+    completion_tokens: int = 0
+    admitted: int = 0  # admission order, for fair prefill
+
+    def prefilling(self) -> bool:
+        assert self.job is not None
+        return len(self.cache) < len(self.job.request.prompt_tokens)
+
+
+@dataclass
+class _EmbedJob:
+    inputs: Sequence[Sequence[int]]
+    future: asyncio.Future[list[list[float]]]
+    loop: asyncio.AbstractEventLoop
+
+
+class LlamaCppEngine(Engine):
+    def __init__(self, config: LlamaCppConfig) -> None:
+        _init_backend()
+        self.config = config
+        self._model = self._load_model(config)
+        self._vocab = lc.llama_model_get_vocab(self._model)
+        self._n_vocab = lc.llama_vocab_n_tokens(self._vocab)
+        self.architecture = self.meta("general.architecture") or "unknown"
+        self.embedding_model = self._is_embedding_model()
+        self._ctx = self._create_context(config)
+        self._memory = lc.llama_get_memory(self._ctx)
+        self.n_ctx_slot = int(lc.llama_n_ctx_seq(self._ctx))
+        self._n_batch = int(lc.llama_n_batch(self._ctx))
+        self._batch = lc.llama_batch_init(self._n_batch, 0, 1)
+        self._tokens = np.ctypeslib.as_array(self._batch.token, shape=(self._n_batch,))
+        self._pos = np.ctypeslib.as_array(self._batch.pos, shape=(self._n_batch,))
+        self._n_seq = np.ctypeslib.as_array(self._batch.n_seq_id, shape=(self._n_batch,))
+        self._logits = np.ctypeslib.as_array(self._batch.logits, shape=(self._n_batch,))
+        self._n_seq[:] = 1
+        self._eog = {t for t in range(self._n_vocab) if lc.llama_vocab_is_eog(self._vocab, t)}
+        self._pieces: dict[int, bytes] = {}
+        template = lc.llama_model_chat_template(self._model, None)
+        self.chat_template = template.decode() if template else None
+        self.bos_text = self._token_text(lc.llama_vocab_bos(self._vocab))
+        self.eos_text = self._token_text(lc.llama_vocab_eos(self._vocab))
+        self.capabilities = Capabilities(
+            completion=not self.embedding_model,
+            embeddings=self.embedding_model,
+            context_length=self.n_ctx_slot,
+            slots=config.slots,
+            embedding_length=lc.llama_model_n_embd_out(self._model),
+        )
+        self._slots = [_Slot(seq_id=i) for i in range(config.slots)]
+        self._inbox: deque[_Job] = deque()
+        self._embed_inbox: deque[_EmbedJob] = deque()
+        self._cv = threading.Condition()
+        self._closing = False
+        self._admissions = 0
+        self._prompt_cached = 0  # prompt tokens whose KV was reused from a slot's cache
+        self._prompt_evaluated = 0  # prompt tokens run through the model
+        self._thread = threading.Thread(target=self._run, name="llama-engine", daemon=True)
+        self._thread.start()
+
+    # --- loading ----------------------------------------------------------------
+
+    @staticmethod
+    def _load_model(config: LlamaCppConfig) -> Any:
+        if not config.model_path.is_file():
+            raise EngineLoadError(f"model file not found: {config.model_path}")
+        params = lc.llama_model_default_params()
+        params.n_gpu_layers = config.gpu_layers
+        model = lc.llama_model_load_from_file(str(config.model_path).encode(), params)
+        if not model:
+            raise EngineLoadError(
+                f"llama.cpp could not load {config.model_path} (see the worker log above)"
+            )
+        return model
+
+    def _is_embedding_model(self) -> bool:
+        pooling = self.meta(f"{self.architecture}.pooling_type")
+        if pooling is not None:
+            return pooling not in ("0", "")
+        return self.architecture in ENCODER_ARCHITECTURES
+
+    def _create_context(self, config: LlamaCppConfig) -> Any:
+        train_ctx = lc.llama_model_n_ctx_train(self._model)
+        per_slot = min(config.context_length or train_ctx, train_ctx)
+        params = lc.llama_context_default_params()
+        params.n_threads = config.threads
+        params.n_threads_batch = config.threads
+        params.n_seq_max = config.slots
+        params.flash_attn_type = (
+            lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if config.flash_attention
+            else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        if self.embedding_model:
+            # Every token of a sequence must fit one micro-batch for non-causal attention.
+            params.n_ctx = per_slot
+            params.n_batch = params.n_ubatch = per_slot
+            params.embeddings = True
+            params.kv_unified = True
+        else:
+            # One KV stream per slot: each request gets ``per_slot`` tokens, guaranteed.
+            params.n_ctx = per_slot * config.slots
+            params.n_batch = params.n_ubatch = max(config.batch_size, config.slots)
+            params.kv_unified = False
+        ctx = lc.llama_init_from_model(self._model, params)
+        if not ctx:
+            raise EngineLoadError("llama.cpp could not create a context (out of memory?)")
+        return ctx
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(4096)
+        n = lc.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode(errors="replace") if n >= 0 else None
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        text = lc.llama_vocab_get_text(self._vocab, token)
+        return text.decode(errors="replace") if text else ""
+
+    # --- public interface (any thread) ---------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        data = text.encode()
+        size = len(data) + 8
+        buf = (lc.llama_token * size)()
+        n = lc.llama_tokenize(self._vocab, data, len(data), buf, size, add_special, parse_special)
+        if n < 0:
+            size = -n
+            buf = (lc.llama_token * size)()
+            n = lc.llama_tokenize(
+                self._vocab, data, len(data), buf, size, add_special, parse_special
+            )
+        return list(buf[:n])
+
+    def detokenize(self, tokens: Sequence[int]) -> bytes:
+        return b"".join(self._piece(t) for t in tokens)
+
+    def submit(self, request: GenerationRequest, sink: EventSink) -> RequestHandle:
+        if not request.prompt_tokens:
+            raise EngineError("empty prompt")
+        job = _Job(self, request, sink)
+        with self._cv:
+            self._inbox.append(job)
+            self._cv.notify()
+        return job
+
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        loop = asyncio.get_running_loop()
+        job = _EmbedJob(inputs, loop.create_future(), loop)
+        with self._cv:
+            self._embed_inbox.append(job)
+            self._cv.notify()
+        return await job.future
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "slots_total": len(self._slots),
+            "slots_busy": sum(1 for s in self._slots if s.job is not None),
+            "queued": len(self._inbox),
+            "prompt_tokens_cached": self._prompt_cached,
+            "prompt_tokens_evaluated": self._prompt_evaluated,
+        }
+
+    def close(self) -> None:
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+        self._thread.join(timeout=10)
+        for slot in self._slots:
+            self._free_sampler(slot)
+        lc.llama_batch_free(self._batch)
+        lc.llama_free(self._ctx)
+        lc.llama_model_free(self._model)
+
+    def _wake(self) -> None:
+        with self._cv:
+            self._cv.notify()
+
+    # --- engine thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._closing or self._inbox or self._embed_inbox or self._busy()):
+                    self._cv.wait()
+                if self._closing:
+                    return
+                embed_jobs = list(self._embed_inbox)
+                self._embed_inbox.clear()
+            try:
+                for ejob in embed_jobs:
+                    self._run_embed_job(ejob)
+                self._retire_cancelled()
+                self._admit()
+                if self._busy():
+                    self._step()
+            except Exception as exc:  # a bug must fail requests, not hang them
+                log.error("engine step failed:\n%s", traceback.format_exc())
+                self._fail_all(EngineError(f"engine failure: {exc}"))
+
+    def _busy(self) -> bool:
+        return any(slot.job is not None for slot in self._slots)
+
+    def _retire_cancelled(self) -> None:
+        for slot in self._slots:
+            if slot.job is not None and slot.job.cancelled:
+                self._release(slot)
+
+    def _admit(self) -> None:
+        while True:
+            free = [s for s in self._slots if s.job is None]
+            with self._cv:
+                while self._inbox and self._inbox[0].cancelled:
+                    self._inbox.popleft()
+                if not free or not self._inbox:
+                    return
+                job = self._inbox.popleft()
+            self._start(self._best_slot(free, job.request.prompt_tokens), job)
+
+    @staticmethod
+    def _best_slot(free: list[_Slot], prompt: Sequence[int]) -> _Slot:
+        """The free slot with the longest cached prefix of ``prompt``; else least recent."""
+        return max(free, key=lambda s: (_common_prefix(s.cache, prompt), -s.last_used))
+
+    def _start(self, slot: _Slot, job: _Job) -> None:
+        prompt = job.request.prompt_tokens
+        keep = min(_common_prefix(slot.cache, prompt), len(prompt) - 1)
+        if keep < len(slot.cache) and not lc.llama_memory_seq_rm(
+            self._memory, slot.seq_id, keep, -1
+        ):
+            lc.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            keep = 0
+        del slot.cache[keep:]
+        self._prompt_cached += keep
+        slot.job = job
+        slot.sampler = self._make_sampler(job.request)
+        slot.assembler = TextAssembler(job.request.stop)
+        slot.pending = None
+        slot.completion_tokens = 0
+        self._admissions += 1
+        slot.admitted = self._admissions
+
+    def _step(self) -> None:
+        busy = sorted((s for s in self._slots if s.job is not None), key=lambda s: s.admitted)
+        seq_ids = self._batch.seq_id
+        n = 0
+        outputs: list[tuple[_Slot, int]] = []
+        for slot in busy:
+            if slot.pending is None:
+                continue
+            self._tokens[n] = slot.pending
+            self._pos[n] = len(slot.cache)
+            seq_ids[n][0] = slot.seq_id
+            self._logits[n] = 1
+            slot.cache.append(slot.pending)
+            slot.pending = None
+            outputs.append((slot, n))
+            n += 1
+        for slot in busy:
+            if n >= self._n_batch:
+                break
+            if not slot.prefilling():
+                continue
+            assert slot.job is not None
+            prompt = slot.job.request.prompt_tokens
+            start = len(slot.cache)
+            k = min(len(prompt) - start, self._n_batch - n)
+            chunk = prompt[start : start + k]
+            self._tokens[n : n + k] = chunk
+            self._pos[n : n + k] = np.arange(start, start + k)
+            self._logits[n : n + k] = 0
+            for i in range(n, n + k):
+                seq_ids[i][0] = slot.seq_id
+            slot.cache.extend(chunk)
+            self._prompt_evaluated += k
+            n += k
+            if not slot.prefilling():
+                self._logits[n - 1] = 1
+                outputs.append((slot, n - 1))
+        self._batch.n_tokens = n
+        status = lc.llama_decode(self._ctx, self._batch)
+        if status != 0:
+            self._fail_slots(busy, EngineError(f"llama_decode failed with status {status}"))
+            return
+        for slot, index in outputs:
+            if slot.job is None or slot.job.cancelled:
+                continue
+            token = lc.llama_sampler_sample(slot.sampler, self._ctx, index)
+            self._accept(slot, token)
+
+    def _accept(self, slot: _Slot, token: int) -> None:
+        job, assembler = slot.job, slot.assembler
+        assert job is not None and assembler is not None
+        request = job.request
+        slot.completion_tokens += 1
+        if token in self._eog and not request.ignore_eos:
+            self._finish(slot, "stop")
+            return
+        text = assembler.feed(self._piece(token))
+        if text:
+            job.sink(TextDelta(text))
+        if assembler.stopped:
+            self._finish(slot, "stop")
+        elif self._budget_spent(slot, request):
+            self._finish(slot, "length")
+        else:
+            slot.pending = token
+
+    def _budget_spent(self, slot: _Slot, request: GenerationRequest) -> bool:
+        """max_tokens reached, or the context is full (prompt + completion = context)."""
+        if request.max_tokens is not None and slot.completion_tokens >= request.max_tokens:
+            return True
+        return len(request.prompt_tokens) + slot.completion_tokens >= self.n_ctx_slot
+
+    def _finish(self, slot: _Slot, reason: FinishReason) -> None:
+        job, assembler = slot.job, slot.assembler
+        assert job is not None and assembler is not None
+        tail = assembler.finish()
+        if tail:
+            job.sink(TextDelta(tail))
+        job.sink(Finished(reason, len(job.request.prompt_tokens), slot.completion_tokens))
+        self._release(slot)
+
+    def _release(self, slot: _Slot, keep_cache: bool = True) -> None:
+        self._free_sampler(slot)
+        slot.job = None
+        slot.assembler = None
+        slot.pending = None
+        slot.last_used = time.monotonic()
+        if not keep_cache:
+            lc.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            slot.cache.clear()
+
+    def _fail_slots(self, slots: Sequence[_Slot], error: EngineError) -> None:
+        for slot in slots:
+            if slot.job is not None:
+                if not slot.job.cancelled:
+                    slot.job.sink(Failed(error))
+                self._release(slot, keep_cache=False)
+
+    def _fail_all(self, error: EngineError) -> None:
+        self._fail_slots(self._slots, error)
+
+    def _free_sampler(self, slot: _Slot) -> None:
+        if slot.sampler is not None:
+            lc.llama_sampler_free(slot.sampler)
+            slot.sampler = None
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            buf = ctypes.create_string_buffer(64)
+            n = lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            piece = buf.raw[:n]
+            self._pieces[token] = piece
+        return piece
+
+    def _make_sampler(self, request: GenerationRequest) -> Any:
+        """A llama.cpp sampler chain in the order llama.cpp's own server builds it."""
+        p = request.sampling
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        bias = {t: b for t, b in p.logit_bias.items() if 0 <= t < self._n_vocab}
+        if request.ignore_eos:
+            bias.update(dict.fromkeys(self._eog, -math.inf))
+        if bias:
+            entries = (lc.llama_logit_bias * len(bias))(
+                *(lc.llama_logit_bias(t, b) for t, b in bias.items())
+            )
+            lc.llama_sampler_chain_add(
+                chain, lc.llama_sampler_init_logit_bias(self._n_vocab, len(bias), entries)
+            )
+        if p.penalized:
+            last_n = self.n_ctx_slot if p.repeat_last_n < 0 else p.repeat_last_n
+            lc.llama_sampler_chain_add(
+                chain,
+                lc.llama_sampler_init_penalties(
+                    self._n_vocab,
+                    last_n,
+                    p.repeat_penalty,
+                    p.frequency_penalty,
+                    p.presence_penalty,
+                ),
+            )
+        if p.greedy:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+        else:
+            if p.top_k > 0:
+                lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(p.top_k))
+            if p.top_p < 1.0:
+                lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(p.top_p, 1))
+            if p.min_p > 0.0:
+                lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_min_p(p.min_p, 1))
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(p.temperature))
+            seed = lc.LLAMA_DEFAULT_SEED if p.seed is None else p.seed & 0xFFFFFFFF
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed))
+        if p.penalized:
+            # Penalties count the recent prompt too, as in llama.cpp's server.
+            for token in list(request.prompt_tokens)[-max(p.repeat_last_n, 0) :]:
+                lc.llama_sampler_accept(chain, token)
+        return chain
+
+    # --- embeddings ---------------------------------------------------------------------
+
+    def _run_embed_job(self, job: _EmbedJob) -> None:
+        try:
+            result: list[list[float]] | BaseException = self._embed_all(job.inputs)
+        except Exception as exc:
+            result = EngineError(f"embedding failed: {exc}")
+        job.loop.call_soon_threadsafe(_resolve, job.future, result)
+
+    def _embed_all(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        if not self.embedding_model:
+            raise EngineError("this model does not produce embeddings")
+        out: list[list[float]] = []
+        group: list[Sequence[int]] = []
+        for tokens in inputs:
+            if len(tokens) > self._n_batch:
+                raise EngineError(f"input of {len(tokens)} tokens exceeds {self._n_batch}")
+            if group and (
+                len(group) >= len(self._slots) or sum(map(len, group)) + len(tokens) > self._n_batch
+            ):
+                out += self._embed_group(group)
+                group = []
+            group.append(tokens)
+        if group:
+            out += self._embed_group(group)
+        return out
+
+    def _embed_group(self, group: Sequence[Sequence[int]]) -> list[list[float]]:
+        if self._memory:
+            lc.llama_memory_clear(self._memory, True)
+        seq_ids = self._batch.seq_id
+        n = 0
+        for seq, tokens in enumerate(group):
+            k = len(tokens)
+            self._tokens[n : n + k] = tokens
+            self._pos[n : n + k] = np.arange(k)
+            self._logits[n : n + k] = 1
+            for i in range(n, n + k):
+                seq_ids[i][0] = seq
+            n += k
+        self._batch.n_tokens = n
+        status = lc.llama_decode(self._ctx, self._batch)
+        if status != 0:
+            raise EngineError(f"llama_decode failed with status {status}")
+        dim = self.capabilities.embedding_length
+        vectors = []
+        for seq in range(len(group)):
+            ptr = lc.llama_get_embeddings_seq(self._ctx, seq)
+            vec = np.ctypeslib.as_array(ptr, shape=(dim,)).astype(np.float64)
+            norm = float(np.linalg.norm(vec))
+            vectors.append((vec / norm if norm > 0 else vec).tolist())
+        return vectors
+
+
+def _resolve(future: asyncio.Future[Any], result: Any) -> None:
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
+            lc.llama_backend_init()
+            _backend_ready = True
+
+
+# ggml's levels: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line.
+# (llama-cpp-python's own callback maps an older numbering and hides errors.)
+_GGML_TO_LOGGING = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_llama_log = logging.getLogger("llama.cpp")
+_last_level = logging.INFO
+
+
+@lc.llama_log_callback  # type: ignore[untyped-decorator]
+def _log_callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    """Forward llama.cpp's messages to stderr at or above the ``llama.cpp`` logger's level."""
+    global _last_level
+    if level != 5:
+        _last_level = _GGML_TO_LOGGING.get(level, logging.INFO)
+    if _llama_log.isEnabledFor(_last_level):
+        sys.stderr.write(text.decode(errors="replace"))

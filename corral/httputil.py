@@ -1,0 +1,96 @@
+"""HTTP helpers shared by the gateway and the workers.
+
+The important one is disconnect handling. Starlette notices a client that went away
+only when the next write fails (and never, for a non-streamed response), so a request
+whose client is gone could keep a slot busy until it finishes. Both helpers here
+listen for ``http.disconnect`` alongside the work and cancel it the moment it comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from typing import Any, TypeVar
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from corral.errors import CorralError
+
+T = TypeVar("T")
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class DisconnectAwareStreamingResponse(StreamingResponse):
+    """A StreamingResponse that stops its body iterator as soon as the client leaves."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream = asyncio.ensure_future(self.stream_response(send))
+        watch = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            await asyncio.wait({stream, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (stream, watch):
+                task.cancel()
+            await asyncio.gather(stream, watch, return_exceptions=True)
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        if stream.done() and not stream.cancelled() and stream.exception() is not None:
+            exc = stream.exception()
+            if not isinstance(exc, OSError):
+                raise exc  # type: ignore[misc]
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def run_until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``; cancel it and raise ClientDisconnect if the client leaves first."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_wait_disconnect(request.receive))
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise ClientDisconnect()
+    return task.result()
+
+
+def sse(data: str | bytes) -> bytes:
+    """One server-sent event carrying ``data``, framed exactly as OpenAI frames it."""
+    body = data.encode() if isinstance(data, str) else data
+    return b"data: " + body + b"\n\n"
+
+
+SSE_DONE = sse("[DONE]")
+
+
+def json_dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def json_response(
+    value: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(json_dumps(value), status, headers=headers, media_type="application/json")
+
+
+def openai_error_response(error: CorralError) -> Response:
+    return json_response(error.to_openai(), status=error.status)
+
+
+def event_stream(body: AsyncIterator[bytes], status: int = 200) -> StreamingResponse:
+    return DisconnectAwareStreamingResponse(
+        body, status_code=status, media_type="text/event-stream", headers=SSE_HEADERS
+    )

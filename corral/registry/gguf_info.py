@@ -1,0 +1,84 @@
+"""What Corral needs to know about a GGUF file, read from its header once, at import.
+
+The gateway never opens model files: it reads the facts recorded here from the
+model's manifest, so listing models or refusing a wrong request costs no I/O and
+the gateway never imports numpy or an engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+GGUF_MAGIC = b"GGUF"
+ENCODER_ARCHITECTURES = frozenset(
+    {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "modern-bert", "neo-bert", "t5encoder"}
+)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    format: str
+    architecture: str
+    parameters: int
+    quantization: str
+    context_length: int
+    embedding_length: int
+    has_chat_template: bool
+    embedding: bool
+    synthetic: str | None = None  # why the weights are not a real model's, if they are not
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def is_gguf(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) == GGUF_MAGIC
+
+
+def read_gguf_info(path: Path) -> ModelInfo:
+    """Parse the header of a GGUF file (raises ValueError if it is not one)."""
+    import gguf  # imported here: only `corral import` and the demo builder need it
+
+    reader = gguf.GGUFReader(str(path))
+    fields = {name: _value(field) for name, field in reader.fields.items()}
+    arch = str(fields.get("general.architecture", "unknown"))
+    pooling = fields.get(f"{arch}.pooling_type")
+    ftype = fields.get("general.file_type")
+    return ModelInfo(
+        format="gguf",
+        architecture=arch,
+        parameters=sum(int(t.n_elements) for t in reader.tensors),
+        quantization=_quantization_name(ftype, reader),
+        context_length=int(fields.get(f"{arch}.context_length", 0)),
+        embedding_length=int(fields.get(f"{arch}.embedding_length", 0)),
+        has_chat_template="tokenizer.chat_template" in fields,
+        embedding=(pooling not in (None, 0)) or arch in ENCODER_ARCHITECTURES,
+        synthetic=fields.get("corral.synthetic"),
+    )
+
+
+def _value(field: Any) -> Any:
+    try:
+        value = field.contents()
+    except (ValueError, IndexError, UnicodeDecodeError):
+        return None
+    return value
+
+
+def _quantization_name(ftype: Any, reader: Any) -> str:
+    import gguf
+
+    if isinstance(ftype, int):
+        try:
+            return str(gguf.LlamaFileType(ftype).name).removeprefix("MOSTLY_")
+        except ValueError:
+            pass
+    types = {t.tensor_type.name for t in reader.tensors}
+    return "+".join(sorted(types)) or "unknown"

@@ -1,0 +1,187 @@
+"""One worker OS process: start it, know when it is ready, stop it, remember its last words.
+
+State machine (``WorkerState``)::
+
+    starting --(answers /health)--> ready --(stop)--> stopping --> stopped
+        |                             |
+        +--(exits / times out)--------+--(exits on its own)--> failed
+
+The process runs in its own process group (so stopping it also stops anything it
+spawned) with a pipe on its stdin (so it exits by itself if the gateway dies, even by
+kill -9). Its output goes to a log file and a ring buffer: when it fails, the last
+lines travel with the error, so users see *why* a model failed to load or crashed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from corral.errors import EngineLoadError
+
+log = logging.getLogger("corral.scheduler")
+TAIL_LINES = 40
+
+
+class WorkerState(enum.StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """How to run one worker: the command, and where it will answer."""
+
+    model: str
+    argv: tuple[str, ...]
+    host: str
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class WorkerProcess:
+    def __init__(self, spec: WorkerSpec, log_path: Path | None = None) -> None:
+        self.spec = spec
+        self.state = WorkerState.STARTING
+        self.started_at = time.time()
+        self.ready_at: float | None = None
+        self.returncode: int | None = None
+        self._log_path = log_path
+        self._tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self._proc: asyncio.subprocess.Process | None = None
+        self._exited = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def base_url(self) -> str:
+        return self.spec.base_url
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and not self._exited.is_set()
+
+    def tail(self, lines: int = 15) -> str:
+        return "\n".join(list(self._tail)[-lines:])
+
+    async def wait_exited(self, timeout: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._exited.wait(), timeout)
+        return self._exited.is_set()
+
+    # --- starting ------------------------------------------------------------------
+
+    async def start(self, client: httpx.AsyncClient, timeout: float) -> None:
+        """Spawn the process and wait until it answers ``/health``."""
+        if self._log_path:
+            self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._proc = await asyncio.create_subprocess_exec(
+            *self.spec.argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.info("worker for %s started (pid %s)", self.spec.model, self._proc.pid)
+        self._tasks = [
+            asyncio.create_task(self._read_output()),
+            asyncio.create_task(self._wait_exit()),
+        ]
+        try:
+            await self._wait_ready(client, timeout)
+        except BaseException:
+            await self.stop(grace=1.0)
+            raise
+        self.state = WorkerState.READY
+        self.ready_at = time.time()
+
+    async def _wait_ready(self, client: httpx.AsyncClient, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._exited.is_set():
+                await asyncio.gather(*self._tasks[:1], return_exceptions=True)  # drain output
+                raise EngineLoadError(
+                    f"The worker for '{self.spec.model}' exited with code {self.returncode} "
+                    f"while loading. Its last output:\n{self.tail()}"
+                )
+            with contextlib.suppress(httpx.TransportError):
+                response = await client.get(self.base_url + "/health", timeout=2.0)
+                if response.status_code == 200:
+                    return
+            await asyncio.sleep(0.05)
+        raise EngineLoadError(
+            f"The worker for '{self.spec.model}' did not become ready within {timeout:.0f} s. "
+            f"Its last output:\n{self.tail()}"
+        )
+
+    async def _read_output(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        logfile = self._log_path.open("ab") if self._log_path else None
+        try:
+            async for line in self._proc.stdout:
+                text = line.decode(errors="replace").rstrip()
+                self._tail.append(text)
+                if logfile:
+                    logfile.write(line)
+                    logfile.flush()
+        finally:
+            if logfile:
+                logfile.close()
+
+    async def _wait_exit(self) -> None:
+        assert self._proc is not None
+        self.returncode = await self._proc.wait()
+        if self.state not in (WorkerState.STOPPING, WorkerState.STOPPED):
+            self.state = WorkerState.FAILED
+            log.warning(
+                "worker for %s (pid %s) exited with code %s",
+                self.spec.model,
+                self._proc.pid,
+                self.returncode,
+            )
+        self._exited.set()
+
+    # --- stopping ------------------------------------------------------------------
+
+    async def stop(self, grace: float) -> None:
+        """SIGTERM the process group, wait ``grace`` seconds, then SIGKILL it."""
+        if self._proc is None:
+            self.state = WorkerState.STOPPED
+            return
+        if self.state != WorkerState.FAILED:
+            self.state = WorkerState.STOPPING
+        if not self._exited.is_set():
+            self._signal_group(signal.SIGTERM)
+            if not await self.wait_exited(grace):
+                log.warning("worker for %s ignored SIGTERM; killing it", self.spec.model)
+                self._signal_group(signal.SIGKILL)
+                await self.wait_exited(5.0)
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.state == WorkerState.STOPPING:
+            self.state = WorkerState.STOPPED
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        assert self._proc is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, sig)

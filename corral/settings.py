@@ -1,0 +1,144 @@
+"""Every setting Corral reads, in one typed place.
+
+Each field has a default and a description; values come from (lowest to highest
+precedence) the default, an environment variable ``CORRAL_<NAME>``, and a CLI flag.
+``load_settings`` remembers where each value came from so ``corral config show`` can
+say so: "why is it using 4 slots?" should be answerable without reading code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENV_PREFIX = "CORRAL_"
+Source = Literal["default", "env", "flag"]
+
+
+def default_home() -> Path:
+    """The per-user data directory (XDG on Linux, Application Support on macOS)."""
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "corral"
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA", Path.home())) / "corral"
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "corral"
+
+
+def default_threads() -> int:
+    """Half the cores, at least one.
+
+    llama.cpp slows 20-60x when its threads compete with any other load for the same
+    cores (measured on a 2-core machine), so the default leaves room for the gateway,
+    the clients and a second worker.
+    """
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+class Settings(BaseModel):
+    """Corral's configuration. Field order is the order ``config show`` prints."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    home: Path = Field(
+        default_factory=default_home,
+        description="Where models, logs and state live.",
+    )
+    host: str = Field("127.0.0.1", description="Address the server listens on.")
+    port: int = Field(11435, ge=0, le=65535, description="Port the server listens on.")
+    threads: int = Field(
+        default_factory=default_threads,
+        ge=1,
+        description="CPU threads per llama.cpp worker (generation and prompt processing).",
+    )
+    slots: int = Field(
+        4, ge=1, le=256, description="Concurrent requests one model serves in one batch."
+    )
+    context_length: int = Field(
+        4096,
+        ge=0,
+        description="Context tokens per slot; capped at the model's own; 0 = the model's own.",
+    )
+    batch_size: int = Field(
+        512, ge=32, description="Most tokens one llama_decode step processes (n_batch)."
+    )
+    flash_attention: bool = Field(False, description="Use llama.cpp flash attention.")
+    worker_start_timeout: float = Field(
+        300.0, gt=0, description="Seconds a worker may take to load its model."
+    )
+    worker_stop_grace: float = Field(
+        5.0, ge=0, description="Seconds a worker gets after SIGTERM before it is killed."
+    )
+    shutdown_grace: float = Field(
+        30.0, ge=0, description="Seconds in-flight requests get to finish on shutdown."
+    )
+    demo_model: bool = Field(
+        True, description="Create a tiny random-weight demo model when no model exists."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log verbosity of the gateway and its workers."
+    )
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.home / "blobs"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
+
+
+class SettingsError(ValueError):
+    """A setting from the environment or a flag has an invalid value."""
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[Settings, dict[str, Source]]:
+    """Build settings from defaults, ``CORRAL_*`` variables and flags (None = not given)."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    sources: dict[str, Source] = dict.fromkeys(Settings.model_fields, "default")
+    for name in Settings.model_fields:
+        raw = environ.get(env_name(name))
+        if raw is not None and raw != "":
+            values[name] = raw
+            sources[name] = "env"
+    for name, value in (flags or {}).items():
+        if value is None:
+            continue
+        if name not in Settings.model_fields:
+            raise SettingsError(f"unknown setting {name!r}")
+        values[name] = value
+        sources[name] = "flag"
+    try:
+        settings = Settings.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(err, sources) for err in exc.errors())
+        raise SettingsError(problems) from None
+    return settings, sources
+
+
+def _describe(err: Any, sources: Mapping[str, Source]) -> str:
+    field = str(err["loc"][0]) if err["loc"] else "?"
+    origin = env_name(field) if sources.get(field) == "env" else f"--{field.replace('_', '-')}"
+    return f"{origin}: {err['msg']}"

@@ -1,0 +1,125 @@
+"""Engine results in OpenAI's response shapes, streamed (SSE chunks) and whole.
+
+The writers reproduce OpenAI's stream byte for byte: a first chat chunk carrying
+``{"role": "assistant", "content": ""}``, content deltas, a last chunk with an empty
+delta and the finish reason, then, with ``stream_options.include_usage``, a chunk
+with empty ``choices`` and the usage (every earlier chunk carrying ``"usage": null``),
+and finally ``data: [DONE]``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from corral.engines.base import Finished
+from corral.errors import CorralError
+from corral.httputil import json_dumps, sse
+from corral.protocol.openai import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatDelta,
+    ChoiceMessage,
+    Completion,
+    CompletionChoice,
+    Usage,
+)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage_of(finished: Finished) -> Usage:
+    return Usage(
+        prompt_tokens=finished.prompt_tokens,
+        completion_tokens=finished.completion_tokens,
+        total_tokens=finished.prompt_tokens + finished.completion_tokens,
+    )
+
+
+def error_event(error: CorralError) -> bytes:
+    return sse(json_dumps(error.to_openai()))
+
+
+class ChatStreamWriter:
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self.id = new_id("chatcmpl")
+        self.created = int(time.time())
+        self.model = model
+        self.include_usage = include_usage
+
+    def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None) -> bytes:
+        chunk = ChatCompletionChunk(
+            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
+        )
+        exclude = None if self.include_usage else {"usage"}
+        return sse(chunk.model_dump_json(exclude=exclude))
+
+    def start(self) -> bytes:
+        return self._chunk(
+            [ChatChunkChoice(index=0, delta=ChatDelta(role="assistant", content=""))]
+        )
+
+    def delta(self, text: str) -> bytes:
+        return self._chunk([ChatChunkChoice(index=0, delta=ChatDelta(content=text))])
+
+    def finish(self, finished: Finished) -> bytes:
+        out = self._chunk(
+            [ChatChunkChoice(index=0, delta=ChatDelta(), finish_reason=finished.reason)]
+        )
+        if self.include_usage:
+            out += self._chunk([], usage_of(finished))
+        return out
+
+
+class CompletionStreamWriter:
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self.id = new_id("cmpl")
+        self.created = int(time.time())
+        self.model = model
+        self.include_usage = include_usage
+
+    def _chunk(self, choices: list[CompletionChoice], usage: Usage | None = None) -> bytes:
+        chunk = Completion(
+            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
+        )
+        exclude = None if self.include_usage else {"usage"}
+        return sse(chunk.model_dump_json(exclude=exclude))
+
+    def delta(self, text: str) -> bytes:
+        return self._chunk([CompletionChoice(text=text, index=0, finish_reason=None)])
+
+    def finish(self, finished: Finished) -> bytes:
+        out = self._chunk([CompletionChoice(text="", index=0, finish_reason=finished.reason)])
+        if self.include_usage:
+            out += self._chunk([], usage_of(finished))
+        return out
+
+
+def chat_completion(model: str, text: str, finished: Finished) -> ChatCompletion:
+    return ChatCompletion(
+        id=new_id("chatcmpl"),
+        created=int(time.time()),
+        model=model,
+        choices=[
+            ChatChoice(
+                index=0,
+                message=ChoiceMessage(content=text),
+                finish_reason=finished.reason,
+            )
+        ],
+        usage=usage_of(finished),
+    )
+
+
+def completion(model: str, text: str, finished: Finished) -> Completion:
+    return Completion(
+        id=new_id("cmpl"),
+        created=int(time.time()),
+        model=model,
+        choices=[CompletionChoice(text=text, index=0, finish_reason=finished.reason)],
+        usage=usage_of(finished),
+    )

@@ -1,0 +1,177 @@
+"""What a worker does with each OpenAI-shaped request: validate, translate, run, reply."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Sequence
+
+import numpy as np
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+
+from corral.engines.base import (
+    Engine,
+    Finished,
+    GenerationRequest,
+    TextDelta,
+    collect,
+    stream_events,
+)
+from corral.engines.chat_template import ChatTemplate
+from corral.errors import ContextLengthExceeded, InvalidRequest, UnsupportedCapability
+from corral.httputil import SSE_DONE, event_stream, run_until_disconnect
+from corral.protocol.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    Embedding,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
+)
+from corral.protocol.parse import parse_body
+from corral.worker import responses, translate
+from corral.worker.responses import ChatStreamWriter, CompletionStreamWriter, error_event
+
+
+def model_response(body: BaseModel) -> Response:
+    return Response(body.model_dump_json(), media_type="application/json")
+
+
+class WorkerService:
+    def __init__(self, engine: Engine, model_name: str) -> None:
+        self.engine = engine
+        self.model_name = model_name
+        self.template = ChatTemplate(
+            engine.chat_template, bos_token=engine.bos_text, eos_token=engine.eos_text
+        )
+
+    # --- tokenization rules -------------------------------------------------------
+
+    def tokenize_chat(self, prompt: str) -> list[int]:
+        # Templates that write the BOS token themselves must not get a second one.
+        bos = self.engine.bos_text
+        has_bos = bool(bos) and prompt.startswith(bos)
+        return self.engine.tokenize(prompt, add_special=not has_bos, parse_special=True)
+
+    def tokenize_prompt(self, prompt: str) -> list[int]:
+        return self.engine.tokenize(prompt, add_special=True, parse_special=True)
+
+    def _require_completion(self) -> None:
+        if not self.engine.capabilities.completion:
+            raise UnsupportedCapability(
+                f"The model '{self.model_name}' is an embedding model; it cannot generate text.",
+                param="model",
+            )
+
+    # --- endpoints -----------------------------------------------------------------
+
+    async def chat(self, request: Request) -> Response:
+        req = parse_body(await request.body(), ChatCompletionRequest)
+        self._require_completion()
+        context = self.engine.capabilities.context_length
+        gen = translate.chat_request(req, self.template, self.tokenize_chat, context)
+        if req.stream:
+            writer = ChatStreamWriter(self.model_name, req.include_usage())
+            return event_stream(self._chat_stream(gen, writer))
+        text, finished = await run_until_disconnect(request, collect(self.engine, gen))
+        return model_response(responses.chat_completion(self.model_name, text, finished))
+
+    async def _chat_stream(
+        self, gen: GenerationRequest, writer: ChatStreamWriter
+    ) -> AsyncIterator[bytes]:
+        yield writer.start()
+        async for event in stream_events(self.engine, gen):
+            if isinstance(event, TextDelta):
+                yield writer.delta(event.text)
+            elif isinstance(event, Finished):
+                yield writer.finish(event)
+            else:
+                yield error_event(event.error)
+                return
+        yield SSE_DONE
+
+    async def completion(self, request: Request) -> Response:
+        req = parse_body(await request.body(), CompletionRequest)
+        self._require_completion()
+        context = self.engine.capabilities.context_length
+        gen = translate.completion_request(req, self.tokenize_prompt, context)
+        echo = req.prompt if req.echo and isinstance(req.prompt, str) else ""
+        if req.stream:
+            writer = CompletionStreamWriter(self.model_name, req.include_usage())
+            return event_stream(self._completion_stream(gen, writer, echo))
+        text, finished = await run_until_disconnect(request, collect(self.engine, gen))
+        return model_response(responses.completion(self.model_name, echo + text, finished))
+
+    async def _completion_stream(
+        self, gen: GenerationRequest, writer: CompletionStreamWriter, echo: str
+    ) -> AsyncIterator[bytes]:
+        if echo:
+            yield writer.delta(echo)
+        async for event in stream_events(self.engine, gen):
+            if isinstance(event, TextDelta):
+                yield writer.delta(event.text)
+            elif isinstance(event, Finished):
+                yield writer.finish(event)
+            else:
+                yield error_event(event.error)
+                return
+        yield SSE_DONE
+
+    async def embeddings(self, request: Request) -> Response:
+        req = parse_body(await request.body(), EmbeddingRequest)
+        caps = self.engine.capabilities
+        if not caps.embeddings:
+            raise UnsupportedCapability(
+                f"The model '{self.model_name}' does not produce embeddings; "
+                "use an embedding model.",
+                param="model",
+            )
+        if req.dimensions is not None and req.dimensions > caps.embedding_length:
+            raise InvalidRequest(
+                f"dimensions must be at most {caps.embedding_length} for this model.",
+                param="dimensions",
+            )
+        token_lists = self._embedding_tokens(req.inputs())
+        vectors = await run_until_disconnect(request, self.engine.embed(token_lists))
+        n_tokens = sum(map(len, token_lists))
+        body = EmbeddingResponse(
+            data=[
+                Embedding(embedding=_encode(v, req.dimensions, req.encoding_format), index=i)
+                for i, v in enumerate(vectors)
+            ],
+            model=self.model_name,
+            usage=EmbeddingUsage(prompt_tokens=n_tokens, total_tokens=n_tokens),
+        )
+        return model_response(body)
+
+    def _embedding_tokens(self, inputs: Sequence[str | list[int]]) -> list[list[int]]:
+        limit = self.engine.capabilities.context_length
+        out: list[list[int]] = []
+        for i, item in enumerate(inputs):
+            if isinstance(item, str) and not item:
+                raise InvalidRequest(f"input[{i}] is an empty string.", param="input")
+            tokens = (
+                self.engine.tokenize(item, add_special=True, parse_special=False)
+                if isinstance(item, str)
+                else list(item)
+            )
+            if len(tokens) > limit:
+                raise ContextLengthExceeded(
+                    f"This model's maximum context length is {limit} tokens. However, "
+                    f"input[{i}] has {len(tokens)} tokens. Please reduce the length of the input.",
+                    param="input",
+                )
+            out.append(tokens)
+        return out
+
+
+def _encode(vector: list[float], dimensions: int | None, fmt: str) -> list[float] | str:
+    """Truncate to ``dimensions`` (re-normalised, as Matryoshka models expect) and encode."""
+    if dimensions is not None and dimensions < len(vector):
+        arr = np.asarray(vector[:dimensions], dtype=np.float64)
+        norm = float(np.linalg.norm(arr))
+        vector = (arr / norm if norm > 0 else arr).tolist()
+    if fmt == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+    return vector

@@ -1,0 +1,143 @@
+"""Pure translation of OpenAI-shaped requests into engine requests.
+
+Everything here is a function of its arguments (the engine only tokenizes), so the
+rules (defaults, context checks, what is refused and why) are unit-tested without
+a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from corral.engines.base import GenerationRequest, SamplingParams
+from corral.engines.chat_template import ChatTemplate
+from corral.errors import ContextLengthExceeded, InvalidRequest, UnsupportedCapability
+from corral.protocol.openai import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    SamplingFields,
+    TextPart,
+)
+
+Tokenize = Callable[[str], list[int]]
+
+
+def sampling_from(req: SamplingFields) -> SamplingParams:
+    """OpenAI's defaults (temperature 1, top_p 1) unless the request says otherwise."""
+    return SamplingParams(
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=req.top_k or 0,
+        min_p=req.min_p or 0.0,
+        repeat_penalty=1.0 if req.repeat_penalty is None else req.repeat_penalty,
+        repeat_last_n=64 if req.repeat_last_n is None else req.repeat_last_n,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        seed=req.seed,
+        logit_bias={int(k): v for k, v in (req.logit_bias or {}).items()},
+    )
+
+
+def refuse_unsupported(req: ChatCompletionRequest | CompletionRequest) -> None:
+    """Clear 400s for features this engine does not provide yet, instead of ignoring them."""
+    if isinstance(req, ChatCompletionRequest):
+        if req.response_format is not None and req.response_format.type != "text":
+            raise InvalidRequest(
+                f"response_format type '{req.response_format.type}' is not supported yet.",
+                param="response_format",
+            )
+        if req.tool_choice not in (None, "none", "auto"):
+            raise InvalidRequest(
+                "tool_choice other than 'none' or 'auto' is not supported yet.",
+                param="tool_choice",
+            )
+    if req.logprobs:
+        raise InvalidRequest("logprobs are not supported yet.", param="logprobs")
+    if isinstance(req, CompletionRequest) and req.suffix:
+        raise InvalidRequest("suffix (fill-in-the-middle) is not supported.", param="suffix")
+
+
+def template_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    """Messages as chat templates expect them: content as a plain string."""
+    out = []
+    for i, message in enumerate(messages):
+        item = message.model_dump(exclude_none=True, exclude={"content"})
+        item["content"] = _text_content(message, i)
+        if message.tool_calls:
+            item["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+        out.append(item)
+    return out
+
+
+def _text_content(message: ChatMessage, index: int) -> str:
+    if message.content is None or isinstance(message.content, str):
+        return message.content or ""
+    parts = []
+    for part in message.content:
+        if not isinstance(part, TextPart):
+            raise UnsupportedCapability(
+                f"This model accepts text only; messages[{index}] contains '{part.type}'.",
+                param=f"messages[{index}].content",
+            )
+        parts.append(part.text)
+    return "".join(parts)
+
+
+def chat_prompt(req: ChatCompletionRequest, template: ChatTemplate) -> str:
+    tools = [tool.model_dump(exclude_none=True) for tool in req.tools or []]
+    return template.render(template_messages(req.messages), tools=tools or None)
+
+
+def chat_request(
+    req: ChatCompletionRequest,
+    template: ChatTemplate,
+    tokenize_chat: Tokenize,
+    context_length: int,
+) -> GenerationRequest:
+    refuse_unsupported(req)
+    tokens = tokenize_chat(chat_prompt(req, template))
+    max_tokens = req.token_limit()
+    check_context(len(tokens), max_tokens, context_length, what="messages")
+    return GenerationRequest(
+        prompt_tokens=tokens,
+        max_tokens=max_tokens,
+        sampling=sampling_from(req),
+        stop=req.stop_list(),
+        ignore_eos=req.ignore_eos,
+    )
+
+
+def completion_request(
+    req: CompletionRequest, tokenize_prompt: Tokenize, context_length: int
+) -> GenerationRequest:
+    refuse_unsupported(req)
+    tokens = tokenize_prompt(req.prompt) if isinstance(req.prompt, str) else list(req.prompt)
+    if not tokens:
+        raise InvalidRequest("The prompt is empty.", param="prompt")
+    check_context(len(tokens), req.max_tokens, context_length, what="prompt")
+    return GenerationRequest(
+        prompt_tokens=tokens,
+        max_tokens=req.max_tokens,
+        sampling=sampling_from(req),
+        stop=req.stop_list(),
+        ignore_eos=req.ignore_eos,
+    )
+
+
+def check_context(n_prompt: int, max_tokens: int | None, context_length: int, what: str) -> None:
+    """OpenAI's rule: prompt plus requested completion must fit the context."""
+    if n_prompt >= context_length:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {context_length} tokens. However, your "
+            f"{what} resulted in {n_prompt} tokens. Please reduce the length of the {what}.",
+            param=what,
+        )
+    if max_tokens is not None and n_prompt + max_tokens > context_length:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {context_length} tokens. However, you "
+            f"requested {n_prompt + max_tokens} tokens ({n_prompt} in the {what}, {max_tokens} "
+            f"in the completion). Please reduce the length of the {what} or completion.",
+            param=what,
+        )

@@ -1,0 +1,153 @@
+"""The `corral` command as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+
+from corral.scheduler.launch import free_port
+from tests.support import models
+from tests.support.server import CorralServer
+
+
+def corral(
+    *args: str, home: Path, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "CORRAL_HOME": str(home), "COLUMNS": "200", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "corral", *args],
+        env=full_env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_import_then_list(tmp_path: Path) -> None:
+    done = corral("import", str(models.model_file(models.CHAT)), "--name", "mine:v1", home=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "imported mine:v1" in done.stdout
+    listing = corral("list", home=tmp_path).stdout
+    assert "mine:v1" in listing and "random weights" in listing and "F16" in listing
+
+
+def test_import_rejects_non_gguf(tmp_path: Path) -> None:
+    junk = tmp_path / "x.gguf"
+    junk.write_text("hello")
+    done = corral("import", str(junk), home=tmp_path)
+    assert done.returncode == 1 and "not a GGUF file" in done.stderr
+
+
+def test_list_empty(tmp_path: Path) -> None:
+    assert "No models installed" in corral("list", home=tmp_path).stdout
+
+
+def test_config_show_names_sources(tmp_path: Path) -> None:
+    out = corral("config", "show", home=tmp_path, env={"CORRAL_SLOTS": "7"}).stdout
+    slots = next(line for line in out.splitlines() if line.startswith("slots"))
+    assert "7" in slots and "env" in slots
+    port = next(line for line in out.splitlines() if line.startswith("port"))
+    assert "11435" in port and "default" in port
+
+
+def test_bad_setting_is_a_clear_error(tmp_path: Path) -> None:
+    done = corral("config", "show", home=tmp_path, env={"CORRAL_PORT": "lots"})
+    assert done.returncode == 2 and "CORRAL_PORT" in done.stderr
+
+
+def test_run_one_prompt(server: CorralServer, tmp_path: Path) -> None:
+    done = corral(
+        "run",
+        "test-chat",
+        "Hello",
+        "--max-tokens",
+        "5",
+        home=tmp_path,
+        env={"CORRAL_PORT": str(server.port)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
+
+
+def test_run_prompt_from_stdin(server: CorralServer, tmp_path: Path) -> None:
+    done = corral(
+        "run",
+        "test-chat",
+        "--max-tokens",
+        "5",
+        home=tmp_path,
+        stdin="Hi there",
+        env={"CORRAL_PORT": str(server.port)},
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_run_unknown_model(server: CorralServer, tmp_path: Path) -> None:
+    done = corral("run", "nope", "Hello", home=tmp_path, env={"CORRAL_PORT": str(server.port)})
+    assert done.returncode == 1 and "does not exist" in done.stderr
+
+
+def test_run_without_server(tmp_path: Path) -> None:
+    done = corral("run", "demo", "hi", home=tmp_path, env={"CORRAL_PORT": str(free_port())})
+    assert done.returncode == 1 and "corral serve" in done.stderr
+
+
+def read_until(fd: int, marker: bytes, timeout: float = 30) -> bytes:
+    out = b""
+    deadline = time.monotonic() + timeout
+    while marker not in out and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                out += os.read(fd, 4096)
+            except OSError:
+                break
+    return out
+
+
+def test_run_interactive_chat(server: CorralServer, tmp_path: Path) -> None:
+    main, replica = pty.openpty()
+    env = {**os.environ, "CORRAL_HOME": str(tmp_path), "CORRAL_PORT": str(server.port)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral", "run", "test-chat", "--max-tokens", "4"],
+        stdin=replica,
+        stdout=replica,
+        stderr=replica,
+        env=env,
+    )
+    os.close(replica)
+    try:
+        assert b"Chatting with test-chat" in read_until(main, b">>> ")
+        os.write(main, b"first message\n")
+        answer = read_until(main, b">>> ")
+        assert len(answer.replace(b">>> ", b"").strip()) > len(b"first message")
+        os.write(main, b"/bye\n")
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        os.close(main)
+
+
+def test_serve_creates_demo_model_when_empty(tmp_path: Path) -> None:
+    srv = CorralServer(tmp_path, demo_model=1).start(timeout=120)
+    try:
+        with openai.OpenAI(base_url=srv.openai_url, api_key="x", max_retries=0) as client:
+            cards = list(client.models.list())
+            assert [c.id for c in cards] == ["demo:latest"]
+            assert cards[0].model_extra["corral"]["random_weights"] is True  # type: ignore[index]
+            reply = client.chat.completions.create(
+                model="demo", messages=[{"role": "user", "content": "hello"}], max_tokens=8
+            )
+            assert reply.choices[0].message.content is not None
+        assert httpx.get(srv.url + "/health").json()["status"] == "ok"
+    finally:
+        srv.stop()

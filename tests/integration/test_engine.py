@@ -1,0 +1,243 @@
+"""The llama.cpp engine in-process, on real (tiny, random-weight) GGUF models."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+import pytest
+
+from corral.engines.base import (
+    Event,
+    Finished,
+    GenerationRequest,
+    SamplingParams,
+    TextDelta,
+    collect,
+    stream_events,
+)
+from corral.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
+
+GREEDY = SamplingParams(temperature=0.0)
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def engine(chat_model_path: Path) -> Iterator[LlamaCppEngine]:
+    eng = LlamaCppEngine(LlamaCppConfig(chat_model_path, threads=1, slots=4, context_length=512))
+    yield eng
+    eng.close()
+
+
+def prompt(engine: LlamaCppEngine, text: str = "The quick brown fox") -> list[int]:
+    return engine.tokenize(text, add_special=True, parse_special=True)
+
+
+async def test_capabilities(engine: LlamaCppEngine) -> None:
+    caps = engine.capabilities
+    assert caps.completion and not caps.embeddings
+    assert caps.context_length == 512 and caps.slots == 4
+    assert engine.chat_template and "<|im_start|>" in engine.chat_template
+
+
+async def test_greedy_matches_llama_cpp_direct(
+    engine: LlamaCppEngine, chat_model_path: Path
+) -> None:
+    text = "Questions and answers, stories and"
+    ours, finished = await collect(engine, GenerationRequest(prompt(engine, text), 48, GREEDY))
+    again, _ = await collect(engine, GenerationRequest(prompt(engine, text), 48, GREEDY))
+    direct = llama_cpp.Llama(str(chat_model_path), n_ctx=512, n_threads=1, verbose=False)
+    expected = direct.create_completion(text, max_tokens=48, temperature=0.0)
+    direct.close()
+    assert ours == again
+    assert ours == expected["choices"][0]["text"]
+    assert finished.prompt_tokens == expected["usage"]["prompt_tokens"]
+    # Corral counts the end-of-sequence token it sampled (as llama.cpp's server and vLLM
+    # do); llama-cpp-python leaves it out.
+    assert expected["choices"][0]["finish_reason"] == finished.reason == "stop"
+    assert finished.completion_tokens == expected["usage"]["completion_tokens"] + 1
+
+
+async def test_max_tokens_is_exact(engine: LlamaCppEngine) -> None:
+    req = GenerationRequest(prompt(engine), 17, SamplingParams(seed=1), ignore_eos=True)
+    _, finished = await collect(engine, req)
+    assert finished == Finished("length", len(req.prompt_tokens), 17)
+
+
+async def test_generation_stops_at_context_end(engine: LlamaCppEngine) -> None:
+    req = GenerationRequest(prompt(engine), None, SamplingParams(seed=2), ignore_eos=True)
+    _, finished = await collect(engine, req)
+    assert finished.reason == "length"
+    assert finished.prompt_tokens + finished.completion_tokens == 512
+
+
+async def test_concurrent_requests_share_decode_steps(engine: LlamaCppEngine) -> None:
+    """All four slots are busy at once: tokens of different requests interleave."""
+    order: list[int] = []
+
+    async def run(i: int) -> None:
+        req = GenerationRequest(prompt(engine, f"request {i}"), 40, GREEDY, ignore_eos=True)
+        async for event in stream_events(engine, req):
+            if isinstance(event, TextDelta):
+                order.append(i)
+
+    await asyncio.gather(*(run(i) for i in range(4)))
+    first_finish = min(max(k for k, v in enumerate(order) if v == i) for i in range(4))
+    last_start = max(order.index(i) for i in range(4))
+    assert last_start < first_finish
+
+
+async def test_more_requests_than_slots_queue_and_all_finish(engine: LlamaCppEngine) -> None:
+    reqs = [
+        GenerationRequest(prompt(engine, f"q{i}"), 8, GREEDY, ignore_eos=True) for i in range(9)
+    ]
+    results = await asyncio.gather(*(collect(engine, r) for r in reqs))
+    assert all(f.completion_tokens == 8 for _, f in results)
+    assert engine.stats()["slots_busy"] == 0
+
+
+async def test_cancel_frees_the_slot_at_once(engine: LlamaCppEngine) -> None:
+    req = GenerationRequest(prompt(engine), 400, GREEDY, ignore_eos=True)
+    seen = 0
+    async for event in stream_events(engine, req):
+        seen += isinstance(event, TextDelta)
+        if seen == 3:
+            break  # leaving the loop cancels the request
+    for _ in range(100):
+        if engine.stats()["slots_busy"] == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert engine.stats()["slots_busy"] == 0
+
+
+async def test_stop_strings(engine: LlamaCppEngine) -> None:
+    full, _ = await collect(engine, GenerationRequest(prompt(engine), 40, GREEDY, ignore_eos=True))
+    stop = full[10:14]
+    cut, finished = await collect(
+        engine, GenerationRequest(prompt(engine), 40, GREEDY, stop=[stop], ignore_eos=True)
+    )
+    assert finished.reason == "stop"
+    assert cut == full[: full.index(stop)]
+
+
+async def test_seed_reproduces_and_differs(engine: LlamaCppEngine) -> None:
+    def req(seed: int) -> GenerationRequest:
+        return GenerationRequest(
+            prompt(engine), 30, SamplingParams(seed=seed, top_k=50), ignore_eos=True
+        )
+
+    a, _ = await collect(engine, req(7))
+    b, _ = await collect(engine, req(7))
+    c, _ = await collect(engine, req(8))
+    assert a == b and a != c
+
+
+async def test_logit_bias_forces_and_bans_tokens(engine: LlamaCppEngine) -> None:
+    target = engine.tokenize(" fox", add_special=False, parse_special=False)
+    assert len(target) == 1
+    forced = SamplingParams(temperature=1.0, seed=3, logit_bias={target[0]: 100.0})
+    text, _ = await collect(engine, GenerationRequest(prompt(engine), 5, forced, ignore_eos=True))
+    assert text == " fox" * 5
+    greedy_text, _ = await collect(
+        engine, GenerationRequest(prompt(engine), 20, GREEDY, ignore_eos=True)
+    )
+    first = engine.tokenize(greedy_text, add_special=False, parse_special=False)[0]
+    banned = SamplingParams(temperature=0.0, logit_bias={first: -100.0})
+    text, _ = await collect(engine, GenerationRequest(prompt(engine), 20, banned, ignore_eos=True))
+    assert text != greedy_text
+
+
+async def test_repeat_penalty_changes_output(engine: LlamaCppEngine) -> None:
+    base, _ = await collect(engine, GenerationRequest(prompt(engine), 60, GREEDY, ignore_eos=True))
+    penalized = SamplingParams(temperature=0.0, repeat_penalty=1.5, presence_penalty=1.0)
+    text, _ = await collect(
+        engine, GenerationRequest(prompt(engine), 60, penalized, ignore_eos=True)
+    )
+    assert text != base
+
+
+async def test_prefix_cache_skips_the_shared_prompt(engine: LlamaCppEngine) -> None:
+    """A follow-up whose prompt extends an earlier one evaluates only the new tokens."""
+    long = prompt(engine, "Corral keeps many models in one place " * 8)
+    await collect(engine, GenerationRequest(long, 10, GREEDY, ignore_eos=True))
+    before = engine.stats()
+    follow_up = [*long, *engine.tokenize(" and more", add_special=False, parse_special=False)]
+    await collect(engine, GenerationRequest(follow_up, 10, GREEDY, ignore_eos=True))
+    after = engine.stats()
+    assert after["prompt_tokens_cached"] - before["prompt_tokens_cached"] == len(long)
+    evaluated = after["prompt_tokens_evaluated"] - before["prompt_tokens_evaluated"]
+    assert evaluated == len(follow_up) - len(long)
+
+
+async def test_identical_prompt_reevaluates_only_its_last_token(engine: LlamaCppEngine) -> None:
+    tokens = prompt(engine, "the same prompt twice, word for word")
+    first, _ = await collect(engine, GenerationRequest(tokens, 12, GREEDY, ignore_eos=True))
+    before = engine.stats()["prompt_tokens_evaluated"]
+    second, _ = await collect(engine, GenerationRequest(tokens, 12, GREEDY, ignore_eos=True))
+    assert engine.stats()["prompt_tokens_evaluated"] - before == 1
+    assert first == second
+
+
+async def test_seeded_sampling_matches_llama_cpp_and_rejoins_split_characters(
+    raw_model_path: Path,
+) -> None:
+    """Same seed and sampler chain as llama-cpp-python: the same tokens, byte for byte.
+
+    The byte-level model splits characters across tokens and emits invalid sequences;
+    the stream must equal the whole output's bytes decoded at once (U+FFFD for invalid
+    bytes), with no character torn in two at a chunk boundary.
+    """
+    seed = 4
+    eng = LlamaCppEngine(LlamaCppConfig(raw_model_path, threads=1, slots=2, context_length=1024))
+    direct = llama_cpp.Llama(str(raw_model_path), n_ctx=1024, n_threads=1, verbose=False, seed=seed)
+    try:
+        tokens = prompt(eng, "x")
+        sampling = SamplingParams(temperature=1.0, top_k=40, top_p=0.95, min_p=0.05, seed=seed)
+        pieces: list[str] = []
+        async for event in stream_events(eng, GenerationRequest(tokens, 600, sampling)):
+            if isinstance(event, TextDelta):
+                pieces.append(event.text)
+        generated: list[int] = []
+        for token in direct.generate(tokens, temp=1.0, top_k=40, top_p=0.95, min_p=0.05):
+            if llama_cpp.llama_vocab_is_eog(direct._model.vocab, token) or len(generated) == 600:
+                break
+            generated.append(token)
+        expected = direct.detokenize(generated).decode("utf-8", errors="replace")
+        assert "".join(pieces) == expected
+        assert any(ord(c) > 127 and c != "\ufffd" for c in expected), "no multi-byte output"
+    finally:
+        direct.close()
+        eng.close()
+
+
+async def test_embeddings_are_normalised_and_deterministic(embed_model_path: Path) -> None:
+    eng = LlamaCppEngine(LlamaCppConfig(embed_model_path, threads=1, slots=4))
+    try:
+        assert eng.capabilities.embeddings and not eng.capabilities.completion
+        texts = ["hello world", "a different sentence entirely", "hello world"]
+        vecs = await eng.embed(
+            [eng.tokenize(t, add_special=True, parse_special=False) for t in texts]
+        )
+        assert len(vecs) == 3 and len(vecs[0]) == eng.capabilities.embedding_length
+        for v in vecs:
+            assert abs(np.linalg.norm(v) - 1.0) < 1e-5
+        assert np.allclose(vecs[0], vecs[2])
+        assert not np.allclose(vecs[0], vecs[1])
+        alone = await eng.embed([eng.tokenize(texts[1], add_special=True, parse_special=False)])
+        assert np.allclose(alone[0], vecs[1], atol=1e-5)
+    finally:
+        eng.close()
+
+
+async def test_events_arrive_on_the_callers_loop(engine: LlamaCppEngine) -> None:
+    threads: set[str] = set()
+    events: list[Event] = []
+    async for event in stream_events(engine, GenerationRequest(prompt(engine), 5, GREEDY)):
+        threads.add(threading.current_thread().name)
+        events.append(event)
+    assert threads == {threading.current_thread().name}
+    assert isinstance(events[-1], Finished)

@@ -1,0 +1,193 @@
+"""The real server, spoken to with the official `openai` client."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Iterator
+
+import httpx
+import llama_cpp
+import numpy as np
+import openai
+import pytest
+
+from tests.conftest import CHAT_MODEL, EMBED_MODEL
+from tests.support.server import CorralServer
+
+pytestmark = pytest.mark.anyio
+MESSAGES = [{"role": "user", "content": "Tell me about the quick brown fox."}]
+
+
+@pytest.fixture
+def client(server: CorralServer) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=server.openai_url, api_key="unused", max_retries=0) as c:
+        yield c
+
+
+@pytest.fixture
+async def aclient(server: CorralServer):  # type: ignore[no-untyped-def]
+    async with openai.AsyncOpenAI(base_url=server.openai_url, api_key="unused", max_retries=0) as c:
+        yield c
+
+
+def test_models_list(client: openai.OpenAI) -> None:
+    models = {m.id: m for m in client.models.list()}
+    assert set(models) >= {CHAT_MODEL, EMBED_MODEL}
+    meta = models[CHAT_MODEL].model_extra["corral"]  # type: ignore[index]
+    assert meta["random_weights"] is True and "gibberish" in meta["description"]
+    assert meta["capabilities"] == ["completion", "chat"]
+    assert client.models.retrieve("test-chat").id == CHAT_MODEL
+
+
+def test_chat_completion(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model="test-chat",
+        messages=MESSAGES,
+        max_tokens=12,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
+    assert reply.object == "chat.completion" and reply.model == CHAT_MODEL
+    choice = reply.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason == "length"
+    assert reply.usage is not None and reply.usage.completion_tokens == 12
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + 12
+
+
+def test_chat_streaming_matches_non_streaming(client: openai.OpenAI) -> None:
+    whole = client.chat.completions.create(
+        model="test-chat", messages=MESSAGES, max_tokens=30, temperature=0
+    )
+    stream = client.chat.completions.create(
+        model="test-chat",
+        messages=MESSAGES,
+        max_tokens=30,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    finals = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert finals == [whole.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+
+
+def test_completions_streaming_and_not(client: openai.OpenAI) -> None:
+    whole = client.completions.create(
+        model="test-chat", prompt="Once upon", max_tokens=20, temperature=0
+    )
+    assert whole.object == "text_completion" and whole.usage is not None
+    pieces = list(
+        client.completions.create(
+            model="test-chat", prompt="Once upon", max_tokens=20, temperature=0, stream=True
+        )
+    )
+    assert "".join(p.choices[0].text for p in pieces) == whole.choices[0].text
+    assert pieces[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+
+def test_completion_echo(client: openai.OpenAI) -> None:
+    reply = client.completions.create(model="test-chat", prompt="Echo me", max_tokens=3, echo=True)
+    assert reply.choices[0].text.startswith("Echo me")
+
+
+def test_greedy_is_deterministic_and_equals_llama_cpp(
+    client: openai.OpenAI, chat_model_path: object
+) -> None:
+    prompt = "The server answers chat and completion requests"
+    runs = [
+        client.completions.create(model="test-chat", prompt=prompt, max_tokens=40, temperature=0)
+        for _ in range(2)
+    ]
+    direct = llama_cpp.Llama(str(chat_model_path), n_ctx=2048, n_threads=1, verbose=False)
+    expected = direct.create_completion(prompt, max_tokens=40, temperature=0.0)
+    direct.close()
+    assert runs[0].choices[0].text == runs[1].choices[0].text == expected["choices"][0]["text"]
+    assert runs[0].usage.prompt_tokens == expected["usage"]["prompt_tokens"]  # type: ignore[union-attr]
+
+
+def test_stop_sequences(client: openai.OpenAI) -> None:
+    free = client.completions.create(
+        model="test-chat",
+        prompt="abc",
+        max_tokens=40,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
+    text = free.choices[0].text
+    stop = text[12:15]
+    cut = client.completions.create(
+        model="test-chat",
+        prompt="abc",
+        max_tokens=40,
+        temperature=0,
+        stop=[stop],
+        extra_body={"ignore_eos": True},
+    )
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].text == text[: text.index(stop)]
+
+
+def test_seed_reproducible(client: openai.OpenAI) -> None:
+    def run() -> str:
+        r = client.chat.completions.create(
+            model="test-chat", messages=MESSAGES, max_tokens=20, seed=1234, temperature=0.9
+        )
+        return r.choices[0].message.content or ""
+
+    assert run() == run()
+
+
+def test_embeddings(client: openai.OpenAI) -> None:
+    one = client.embeddings.create(model="test-embed", input="hello world")
+    assert len(one.data) == 1 and one.data[0].index == 0
+    vec = np.asarray(one.data[0].embedding)
+    assert abs(np.linalg.norm(vec) - 1) < 1e-5
+    many = client.embeddings.create(model="test-embed", input=["hello world", "other", "x y z"])
+    assert [d.index for d in many.data] == [0, 1, 2]
+    assert np.allclose(many.data[0].embedding, vec, atol=1e-5)
+    assert many.usage.prompt_tokens > one.usage.prompt_tokens
+
+
+def test_embeddings_base64_and_dimensions(server: CorralServer) -> None:
+    body = {"model": "test-embed", "input": "hello", "encoding_format": "base64", "dimensions": 16}
+    data = httpx.post(server.openai_url + "/embeddings", json=body).json()["data"][0]
+    vec = np.frombuffer(base64.b64decode(data["embedding"]), dtype="<f4")
+    assert vec.shape == (16,) and abs(np.linalg.norm(vec) - 1) < 1e-5
+
+
+async def test_eight_concurrent_streams_are_in_progress_together(
+    aclient: openai.AsyncOpenAI,
+) -> None:
+    """Every stream's first token arrives before any stream finishes (event order only)."""
+    log: list[tuple[str, int]] = []
+
+    async def one(i: int) -> None:
+        stream = await aclient.chat.completions.create(
+            model="test-chat",
+            messages=[{"role": "user", "content": f"stream {i}"}],
+            max_tokens=400,
+            temperature=0,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+        first = True
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content and first:
+                log.append(("first", i))
+                first = False
+            if chunk.choices and chunk.choices[0].finish_reason:
+                log.append(("finish", i))
+
+    await asyncio.gather(*(one(i) for i in range(8)))
+    firsts = [k for k, (kind, _) in enumerate(log) if kind == "first"]
+    finishes = [k for k, (kind, _) in enumerate(log) if kind == "finish"]
+    assert len(firsts) == len(finishes) == 8
+    assert max(firsts) < min(finishes)
