@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any, TypeVar
 
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from corral.errors import CorralError
+from corral.errors import CorralError, EngineError, MethodNotAllowed, RouteNotFound
 
 T = TypeVar("T")
 
@@ -94,3 +96,43 @@ def event_stream(body: AsyncIterator[bytes], status: int = 200) -> StreamingResp
     return DisconnectAwareStreamingResponse(
         body, status_code=status, media_type="text/event-stream", headers=SSE_HEADERS
     )
+
+
+# --- exception handlers -------------------------------------------------------------
+
+_log = logging.getLogger("corral.http")
+
+
+def openai_error_handlers() -> dict[Any, Any]:
+    """Starlette exception handlers answering every failure in OpenAI's error shape."""
+    return {
+        CorralError: _corral_error,
+        HTTPException: _http_error,
+        ClientDisconnect: _client_gone,
+        Exception: _unexpected,
+    }
+
+
+async def _corral_error(request: Request, exc: CorralError) -> Response:
+    if exc.status >= 500:
+        _log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+    return openai_error_response(exc)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    if exc.status_code == 405:
+        error: CorralError = MethodNotAllowed(
+            f"Method {request.method} is not allowed for {request.url.path}."
+        )
+    else:
+        error = RouteNotFound(f"Unknown path {request.url.path}.")
+    return openai_error_response(error)
+
+
+async def _client_gone(_: Request, __: ClientDisconnect) -> Response:
+    return Response(status_code=499)  # never delivered: the client is gone
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    _log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return openai_error_response(EngineError(f"Internal error: {type(exc).__name__}: {exc}"))

@@ -1,23 +1,26 @@
-"""The gateway app factory. Nothing is built at import time."""
+"""The gateway app factory. Nothing is built at import time.
+
+Plain Starlette: the routes parse and validate bodies themselves (to answer in each
+API's own error format), so FastAPI's layers would only add per-request cost.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from starlette.applications import Starlette
 
-from corral import __version__
 from corral.api import health, openai
-from corral.api.errors import install_error_handlers
 from corral.api.gateway import Gateway
+from corral.httputil import openai_error_handlers
 from corral.scheduler.launch import Launcher
 from corral.settings import Settings
 
 
-def create_app(settings: Settings, launcher: Launcher | None = None) -> FastAPI:
+def create_app(settings: Settings, launcher: Launcher | None = None) -> Starlette:
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         gateway = Gateway.build(settings, launcher)
         app.state.gateway = gateway
         try:
@@ -25,8 +28,8 @@ def create_app(settings: Settings, launcher: Launcher | None = None) -> FastAPI:
         finally:
             await gateway.close()
 
-    app = FastAPI(title="Corral", version=__version__, lifespan=lifespan)
-    install_error_handlers(app)
-    app.include_router(health.router)
-    app.include_router(openai.router)
-    return app
+    return Starlette(
+        routes=[*health.routes, *openai.routes],
+        exception_handlers=openai_error_handlers(),
+        lifespan=lifespan,
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 from starlette.requests import Request
 
 from corral.api.proxy import WorkerProxy
@@ -20,28 +20,29 @@ class Gateway:
     store: ModelStore
     pool: WorkerPool
     proxy: WorkerProxy
-    client: httpx.AsyncClient
+    session: aiohttp.ClientSession
 
     @classmethod
     def build(cls, settings: Settings, launcher: Launcher | None = None) -> Gateway:
-        # Generation can take minutes between bytes only while a long prompt is
-        # processed; reads therefore have no timeout, connects do.
-        client = httpx.AsyncClient(
-            timeout=httpx.Timeout(None, connect=10.0),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+        """Build the services; call inside the event loop (the HTTP session needs one)."""
+        # A long prompt can take minutes before its first byte: no read timeout.
+        session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10.0),
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60.0),
+            auto_decompress=False,
         )
         pool = WorkerPool(
             launcher or llamacpp_launcher(settings),
-            client,
+            session,
             start_timeout=settings.worker_start_timeout,
             stop_grace=settings.worker_stop_grace,
             log_path=lambda name: settings.logs_dir / f"{name.replace('/', '_')}.log",
         )
-        return cls(settings, ModelStore(settings.home), pool, WorkerProxy(client), client)
+        return cls(settings, ModelStore(settings.home), pool, WorkerProxy(session), session)
 
     async def close(self) -> None:
         await self.pool.shutdown()
-        await self.client.aclose()
+        await self.session.close()
 
 
 def gateway_of(request: Request) -> Gateway:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from corral import __version__
 from corral.api.gateway import gateway_of
 from corral.httputil import json_response
 
-router = APIRouter(tags=["health"])
 
-
-@router.get("/health")
 async def health(request: Request) -> Response:
     gateway = gateway_of(request)
     workers = [
@@ -21,3 +18,6 @@ async def health(request: Request) -> Response:
         for w in gateway.pool.workers()
     ]
     return json_response({"status": "ok", "version": __version__, "workers": workers})
+
+
+routes = [Route("/health", health, methods=["GET"])]

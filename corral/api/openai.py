@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from corral.api.gateway import gateway_of
 from corral.errors import UnsupportedCapability
@@ -25,34 +25,36 @@ from corral.protocol.openai import (
 from corral.protocol.parse import parse_body
 from corral.registry.store import ModelRecord
 
-router = APIRouter(prefix="/v1", tags=["openai"])
 
-
-@router.post("/chat/completions")
 async def chat_completions(request: Request) -> Response:
     return await _relay(request, ChatCompletionRequest, "/v1/chat/completions", "completion")
 
 
-@router.post("/completions")
 async def completions(request: Request) -> Response:
     return await _relay(request, CompletionRequest, "/v1/completions", "completion")
 
 
-@router.post("/embeddings")
 async def embeddings(request: Request) -> Response:
     return await _relay(request, EmbeddingRequest, "/v1/embeddings", "embeddings")
 
 
-@router.get("/models")
 async def list_models(request: Request) -> Response:
     cards = [model_card(record) for record in gateway_of(request).store.list()]
     return Response(ModelList(data=cards).model_dump_json(), media_type="application/json")
 
 
-@router.get("/models/{name:path}")
-async def get_model(request: Request, name: str) -> Response:
-    record = gateway_of(request).store.get(name)
+async def get_model(request: Request) -> Response:
+    record = gateway_of(request).store.get(request.path_params["name"])
     return Response(model_card(record).model_dump_json(), media_type="application/json")
+
+
+routes = [
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/embeddings", embeddings, methods=["POST"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{name:path}", get_model, methods=["GET"]),
+]
 
 
 async def _relay(

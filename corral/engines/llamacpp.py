@@ -60,6 +60,11 @@ ENCODER_ARCHITECTURES = {
     "neo-bert",
     "t5encoder",
 }
+_FLASH_ATTENTION = {
+    "auto": lc.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    "on": lc.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": lc.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
 _backend_lock = threading.Lock()
 _backend_ready = False
 
@@ -71,7 +76,7 @@ class LlamaCppConfig:
     slots: int = 4
     context_length: int = 4096  # per slot; 0 = the model's training context
     batch_size: int = 512
-    flash_attention: bool = False
+    flash_attention: str = "auto"  # auto, on, off
     gpu_layers: int = 0
 
 
@@ -182,11 +187,7 @@ class LlamaCppEngine(Engine):
         params.n_threads = config.threads
         params.n_threads_batch = config.threads
         params.n_seq_max = config.slots
-        params.flash_attn_type = (
-            lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
-            if config.flash_attention
-            else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        )
+        params.flash_attn_type = _FLASH_ATTENTION[config.flash_attention]
         if self.embedding_model:
             # Every token of a sequence must fit one micro-batch for non-causal attention.
             params.n_ctx = per_slot

@@ -67,6 +67,9 @@ class ModelStore:
     def __init__(self, home: Path) -> None:
         self.models_dir = home / "models"
         self.blobs_dir = home / "blobs"
+        # Manifests read, keyed by path, with the mtime they had: `get` is on every
+        # request, and a stat is far cheaper than reading and parsing JSON.
+        self._cache: dict[Path, tuple[int, ModelRecord]] = {}
 
     def _manifest_path(self, name: str) -> Path:
         base, _, tag = name.partition(":")
@@ -80,10 +83,15 @@ class ModelStore:
             raise ModelNotFound(name) from None
         path = self._manifest_path(canonical)
         try:
-            data = json.loads(path.read_text())
+            mtime = path.stat().st_mtime_ns
+            cached = self._cache.get(path)
+            if cached is not None and cached[0] == mtime:
+                return cached[1]
+            record = self._record(json.loads(path.read_text()))
         except FileNotFoundError:
             raise ModelNotFound(name) from None
-        return self._record(data)
+        self._cache[path] = (mtime, record)
+        return record
 
     def list(self) -> list[ModelRecord]:
         records = []

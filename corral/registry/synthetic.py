@@ -62,6 +62,7 @@ class SyntheticSpec:
     embedding: bool = False  # mean-pooled sentence embeddings instead of a chat model
     chat_template: str | None = CHATML_TEMPLATE
     readable: bool = True  # make printable ASCII tokens far likelier than raw bytes
+    can_end: bool = True  # False: special tokens get logit 0, so greedy never ends early
 
 
 def write_model(path: Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
@@ -216,6 +217,8 @@ def _tensors(
     output = matrix(n_vocab, spec.n_embd, 0.5)
     if spec.readable:
         output[_unreadable_ids(tokens)] *= 0.05
+    if not spec.can_end:
+        output[[tokens.index(t) for t in SPECIAL_TOKENS]] = 0
     out: list[tuple[str, np.ndarray]] = [
         ("token_embd.weight", matrix(n_vocab, spec.n_embd, 1.0)),
         ("output_norm.weight", norm()),

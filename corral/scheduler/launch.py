@@ -46,12 +46,12 @@ def llamacpp_launcher(settings: Settings) -> Launcher:
             str(settings.context_length),
             "--batch-size",
             str(settings.batch_size),
+            "--flash-attention",
+            settings.flash_attention,
             "--log-level",
             settings.log_level,
             "--exit-on-stdin-eof",
         ]
-        if settings.flash_attention:
-            argv.append("--flash-attention")
         return WorkerSpec(model=model.name, argv=tuple(argv), host="127.0.0.1", port=port)
 
     return launch

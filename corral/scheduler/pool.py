@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import httpx
+import aiohttp
 
 from corral.errors import EngineLoadError, ShuttingDown
 from corral.registry.store import ModelRecord
@@ -31,14 +31,14 @@ class WorkerPool:
     def __init__(
         self,
         launcher: Launcher,
-        client: httpx.AsyncClient,
+        session: aiohttp.ClientSession,
         *,
         start_timeout: float,
         stop_grace: float,
         log_path: Callable[[str], Any] | None = None,
     ) -> None:
         self._launcher = launcher
-        self._client = client
+        self._session = session
         self._start_timeout = start_timeout
         self._stop_grace = stop_grace
         self._log_path = log_path
@@ -69,7 +69,7 @@ class WorkerPool:
             log_path = self._log_path(model.name) if self._log_path else None
             worker = WorkerProcess(spec, log_path)
             try:
-                await worker.start(self._client, self._start_timeout)
+                await worker.start(self._session, self._start_timeout)
             except EngineLoadError:
                 if "address already in use" in worker.tail().lower() and attempt + 1 < PORT_RETRIES:
                     continue

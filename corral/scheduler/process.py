@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import aiohttp
 
 from corral.errors import EngineLoadError
 
@@ -90,7 +90,7 @@ class WorkerProcess:
 
     # --- starting ------------------------------------------------------------------
 
-    async def start(self, client: httpx.AsyncClient, timeout: float) -> None:
+    async def start(self, session: aiohttp.ClientSession, timeout: float) -> None:
         """Spawn the process and wait until it answers ``/health``."""
         if self._log_path:
             self._log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,14 +107,14 @@ class WorkerProcess:
             asyncio.create_task(self._wait_exit()),
         ]
         try:
-            await self._wait_ready(client, timeout)
+            await self._wait_ready(session, timeout)
         except BaseException:
             await self.stop(grace=1.0)
             raise
         self.state = WorkerState.READY
         self.ready_at = time.time()
 
-    async def _wait_ready(self, client: httpx.AsyncClient, timeout: float) -> None:
+    async def _wait_ready(self, session: aiohttp.ClientSession, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._exited.is_set():
@@ -123,15 +123,21 @@ class WorkerProcess:
                     f"The worker for '{self.spec.model}' exited with code {self.returncode} "
                     f"while loading. Its last output:\n{self.tail()}"
                 )
-            with contextlib.suppress(httpx.TransportError):
-                response = await client.get(self.base_url + "/health", timeout=2.0)
-                if response.status_code == 200:
-                    return
+            if await self._healthy(session):
+                return
             await asyncio.sleep(0.05)
         raise EngineLoadError(
             f"The worker for '{self.spec.model}' did not become ready within {timeout:.0f} s. "
             f"Its last output:\n{self.tail()}"
         )
+
+    async def _healthy(self, session: aiohttp.ClientSession) -> bool:
+        try:
+            timeout = aiohttp.ClientTimeout(total=2.0)
+            async with session.get(self.base_url + "/health", timeout=timeout) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
 
     async def _read_output(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None

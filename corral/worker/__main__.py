@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--slots", type=int, default=4)
     p.add_argument("--context-length", type=int, default=4096)
     p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--flash-attention", action="store_true")
+    p.add_argument("--flash-attention", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--log-level", default="info")
     p.add_argument(
         "--exit-on-stdin-eof",

@@ -50,7 +50,9 @@ async def test_greedy_matches_llama_cpp_direct(
     text = "Questions and answers, stories and"
     ours, finished = await collect(engine, GenerationRequest(prompt(engine, text), 48, GREEDY))
     again, _ = await collect(engine, GenerationRequest(prompt(engine, text), 48, GREEDY))
-    direct = llama_cpp.Llama(str(chat_model_path), n_ctx=512, n_threads=1, verbose=False)
+    direct = llama_cpp.Llama(
+        str(chat_model_path), n_ctx=512, n_threads=1, verbose=False, flash_attn=True
+    )
     expected = direct.create_completion(text, max_tokens=48, temperature=0.0)
     direct.close()
     assert ours == again
@@ -193,7 +195,9 @@ async def test_seeded_sampling_matches_llama_cpp_and_rejoins_split_characters(
     """
     seed = 4
     eng = LlamaCppEngine(LlamaCppConfig(raw_model_path, threads=1, slots=2, context_length=1024))
-    direct = llama_cpp.Llama(str(raw_model_path), n_ctx=1024, n_threads=1, verbose=False, seed=seed)
+    direct = llama_cpp.Llama(
+        str(raw_model_path), n_ctx=1024, n_threads=1, verbose=False, seed=seed, flash_attn=True
+    )
     try:
         tokens = prompt(eng, "x")
         sampling = SamplingParams(temperature=1.0, top_k=40, top_p=0.95, min_p=0.05, seed=seed)

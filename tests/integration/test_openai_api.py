@@ -106,7 +106,9 @@ def test_greedy_is_deterministic_and_equals_llama_cpp(
         client.completions.create(model="test-chat", prompt=prompt, max_tokens=40, temperature=0)
         for _ in range(2)
     ]
-    direct = llama_cpp.Llama(str(chat_model_path), n_ctx=2048, n_threads=1, verbose=False)
+    direct = llama_cpp.Llama(
+        str(chat_model_path), n_ctx=2048, n_threads=1, verbose=False, flash_attn=True
+    )
     expected = direct.create_completion(prompt, max_tokens=40, temperature=0.0)
     direct.close()
     assert runs[0].choices[0].text == runs[1].choices[0].text == expected["choices"][0]["text"]

@@ -1,0 +1,28 @@
+"""The gateway stays small: no engine library in its process, idle RSS under 150 MB."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.support.server import CorralServer
+
+ENGINE_LIBRARIES = ("libllama", "libggml", "llama_cpp", "torch", "onnxruntime", "vllm", "numpy")
+
+
+def test_gateway_loads_no_engine_library_and_stays_small(server: CorralServer) -> None:
+    # Make sure a worker has served something, so the gateway has done real work.
+    reply = httpx.post(
+        server.openai_url + "/completions",
+        json={"model": "test-chat", "prompt": "hi", "max_tokens": 2},
+        timeout=60,
+    )
+    assert reply.status_code == 200
+    assert server.proc is not None
+    pid = server.proc.pid
+    with open(f"/proc/{pid}/maps") as f:
+        mapped = f.read()
+    loaded = [lib for lib in ENGINE_LIBRARIES if lib in mapped]
+    assert loaded == [], f"gateway process maps {loaded}"
+    with open(f"/proc/{pid}/status") as f:
+        rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    assert rss_kb < 150 * 1024, f"gateway RSS {rss_kb / 1024:.0f} MB"
