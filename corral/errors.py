@@ -18,10 +18,13 @@ class CorralError(Exception):
     type: ClassVar[str] = "server_error"
     code: ClassVar[str | None] = None
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.headers = headers or {}
 
     def to_openai(self) -> dict[str, Any]:
         """The body OpenAI's API returns for this error."""
@@ -104,6 +107,28 @@ class WorkerUnavailable(CorralError):
 
     status = 503
     code = "worker_unavailable"
+
+
+class QueueFull(CorralError):
+    """Too many requests are already waiting for this model; retry later."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "queue_full"
+
+
+class QueueTimeout(CorralError):
+    """The request waited longer than the queue timeout for a free slot."""
+
+    status = 503
+    code = "queue_timeout"
+
+
+class InsufficientMemory(CorralError):
+    """The model cannot fit in the memory budget even with every evictable model gone."""
+
+    status = 507
+    code = "insufficient_memory"
 
 
 class ShuttingDown(CorralError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from starlette.exceptions import HTTPException
@@ -27,9 +27,24 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class DisconnectAwareStreamingResponse(StreamingResponse):
-    """A StreamingResponse that stops its body iterator as soon as the client leaves."""
+    """A StreamingResponse that stops its body iterator as soon as the client leaves.
+
+    ``on_close`` runs once the response is over, however it ended (even if the body
+    never started), so a slot held for it is always given back.
+    """
+
+    def __init__(self, *args: Any, on_close: Callable[[], None] | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._stream_until_disconnect(send, receive)
+        finally:
+            if self._on_close is not None:
+                self._on_close()
+
+    async def _stream_until_disconnect(self, send: Send, receive: Receive) -> None:
         stream = asyncio.ensure_future(self.stream_response(send))
         watch = asyncio.ensure_future(_wait_disconnect(receive))
         try:
@@ -89,12 +104,14 @@ def json_response(
 
 
 def openai_error_response(error: CorralError) -> Response:
-    return json_response(error.to_openai(), status=error.status)
+    return json_response(error.to_openai(), status=error.status, headers=error.headers)
 
 
-def event_stream(body: AsyncIterator[bytes], status: int = 200) -> StreamingResponse:
+def event_stream(
+    body: AsyncIterator[bytes], on_close: Callable[[], None] | None = None
+) -> StreamingResponse:
     return DisconnectAwareStreamingResponse(
-        body, status_code=status, media_type="text/event-stream", headers=SSE_HEADERS
+        body, media_type="text/event-stream", headers=SSE_HEADERS, on_close=on_close
     )
 
 

@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from corral.units import parse_keep_alive, parse_size
 
 ENV_PREFIX = "CORRAL_"
 Source = Literal["default", "env", "flag"]
@@ -81,12 +83,77 @@ class Settings(BaseModel):
     shutdown_grace: float = Field(
         30.0, ge=0, description="Seconds in-flight requests get to finish on shutdown."
     )
+    memory_budget: str | None = Field(
+        None,
+        description="Memory models may use (e.g. 8GiB); unset = available RAM minus the reserve.",
+    )
+    memory_reserve: str = Field(
+        "1GiB", description="RAM left for everything else when the budget is automatic."
+    )
+    max_loaded_models: int = Field(
+        3, ge=0, description="Most models loaded at once; 0 = limited by memory only."
+    )
+    keep_alive: str = Field(
+        "5m",
+        description="How long an idle model stays loaded (Ollama style: 5m, 1h, 0 = unload "
+        "when idle, -1 = forever); requests may override it.",
+    )
+    preload: list[str] = Field(
+        default_factory=list,
+        description="Models loaded at startup in the background (comma-separated); never "
+        "unloaded for being idle.",
+    )
+    pinned: list[str] = Field(
+        default_factory=list,
+        description="Models never evicted to make room (comma-separated).",
+    )
+    max_queue: int = Field(128, ge=0, description="Requests that may wait per model; more get 429.")
+    queue_timeout: float = Field(
+        300.0, gt=0, description="Seconds a request may wait for a model before a 503."
+    )
+    group_by_model: bool = Field(
+        True,
+        description="Under memory pressure, serve all queued requests of a loaded model "
+        "before swapping it out (instead of swapping per request).",
+    )
     demo_model: bool = Field(
         True, description="Create a tiny random-weight demo model when no model exists."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log verbosity of the gateway and its workers."
     )
+
+    @field_validator("preload", "pinned", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("memory_budget", "memory_reserve")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_size(value)
+        return value
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_keep_alive(value)
+        return value
+
+    @property
+    def keep_alive_seconds(self) -> float | None:
+        return parse_keep_alive(self.keep_alive)
+
+    @property
+    def memory_budget_bytes(self) -> int | None:
+        return None if self.memory_budget is None else parse_size(self.memory_budget)
+
+    @property
+    def memory_reserve_bytes(self) -> int:
+        return parse_size(self.memory_reserve)
 
     @property
     def models_dir(self) -> Path:

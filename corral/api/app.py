@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 
-from corral.api import health, openai
+from corral.api import admin, health, ollama, openai
 from corral.api.gateway import Gateway
 from corral.httputil import openai_error_handlers
 from corral.scheduler.launch import Launcher
@@ -23,13 +23,14 @@ def create_app(settings: Settings, launcher: Launcher | None = None) -> Starlett
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         gateway = Gateway.build(settings, launcher)
         app.state.gateway = gateway
+        gateway.start()
         try:
             yield
         finally:
             await gateway.close()
 
     return Starlette(
-        routes=[*health.routes, *openai.routes],
+        routes=[*health.routes, *openai.routes, *ollama.routes, *admin.routes],
         exception_handlers=openai_error_handlers(),
         lifespan=lifespan,
     )

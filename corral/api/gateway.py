@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 
 import aiohttp
 from starlette.requests import Request
 
 from corral.api.proxy import WorkerProxy
+from corral.errors import CorralError
 from corral.registry.store import ModelStore
 from corral.scheduler.launch import Launcher, llamacpp_launcher
-from corral.scheduler.pool import WorkerPool
+from corral.scheduler.scheduler import Scheduler
 from corral.settings import Settings
+
+log = logging.getLogger("corral")
 
 
 @dataclass
 class Gateway:
     settings: Settings
     store: ModelStore
-    pool: WorkerPool
+    scheduler: Scheduler
     proxy: WorkerProxy
     session: aiohttp.ClientSession
 
@@ -31,18 +36,34 @@ class Gateway:
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60.0),
             auto_decompress=False,
         )
-        pool = WorkerPool(
+        scheduler = Scheduler(
+            settings,
             launcher or llamacpp_launcher(settings),
             session,
-            start_timeout=settings.worker_start_timeout,
-            stop_grace=settings.worker_stop_grace,
             log_path=lambda name: settings.logs_dir / f"{name.replace('/', '_')}.log",
         )
-        return cls(settings, ModelStore(settings.home), pool, WorkerProxy(session), session)
+        return cls(settings, ModelStore(settings.home), scheduler, WorkerProxy(session), session)
+
+    def start(self) -> None:
+        """Run the scheduler; preload models in the background (readiness does not wait)."""
+        self.scheduler.start()
+        for name in self.settings.preload:
+            try:
+                record = self.store.get(name)
+            except CorralError as exc:
+                log.error("cannot preload %s: %s", name, exc.message)
+                continue
+            task = asyncio.create_task(self.scheduler.preload(record))
+            task.add_done_callback(_log_preload_failure)
 
     async def close(self) -> None:
-        await self.pool.shutdown()
+        await self.scheduler.close(self.settings.worker_stop_grace + 10)
         await self.session.close()
+
+
+def _log_preload_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("preload failed: %s", task.exception())
 
 
 def gateway_of(request: Request) -> Gateway:

@@ -14,8 +14,9 @@ from corral.httputil import json_response
 async def health(request: Request) -> Response:
     gateway = gateway_of(request)
     workers = [
-        {"model": w.spec.model, "state": w.state.value, "pid": w.pid, "url": w.base_url}
-        for w in gateway.pool.workers()
+        {key: entry[key] for key in ("model", "state", "pid", "url")}
+        for entry in gateway.scheduler.snapshot()
+        if entry["pid"] is not None
     ]
     return json_response({"status": "ok", "version": __version__, "workers": workers})
 

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from corral.api.gateway import gateway_of
+from corral.api.requests import client_key, keep_alive_of, request_priority
 from corral.errors import UnsupportedCapability
 from corral.httputil import run_until_disconnect
 from corral.protocol.openai import (
@@ -68,9 +69,17 @@ async def _relay(
     req = parse_body(body, wire)
     record = gateway.store.get(req.model)
     _require(record, capability)
-    worker = await run_until_disconnect(request, gateway.pool.get(record))
+    grant = await run_until_disconnect(
+        request,
+        gateway.scheduler.acquire(
+            record,
+            priority=request_priority(request),
+            key=client_key(request),
+            keep_alive=keep_alive_of(req),
+        ),
+    )
     stream = bool(getattr(req, "stream", False))
-    return await gateway.proxy.forward(request, worker, path, body, stream)
+    return await gateway.proxy.forward(request, grant.worker, path, body, stream, grant.release)
 
 
 def _require(record: ModelRecord, capability: str) -> None:

@@ -13,7 +13,7 @@ httpx's 1.27 ms (bench/RESULTS.md), and this hop is on every request.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from starlette.requests import Request
@@ -33,20 +33,33 @@ class WorkerProxy:
         self._session = session
 
     async def forward(
-        self, request: Request, worker: WorkerProcess, path: str, body: bytes, stream: bool
+        self,
+        request: Request,
+        worker: WorkerProcess,
+        path: str,
+        body: bytes,
+        stream: bool,
+        on_done: Callable[[], None],
     ) -> Response:
+        """Relay one request; ``on_done`` runs exactly once, when the answer is over."""
         url = worker.base_url + path
-        if not stream:
-            return await run_until_disconnect(request, self._exchange(worker, url, body))
+        streaming = False
         try:
-            response = await run_until_disconnect(
-                request, self._session.post(url, data=body, headers=JSON)
-            )
-        except aiohttp.ClientError as exc:
-            raise await self._failure(worker, exc) from None
-        if response.status == 200:
-            return event_stream(self._relay(response, worker))
-        return await run_until_disconnect(request, self._read(worker, response))
+            if not stream:
+                return await run_until_disconnect(request, self._exchange(worker, url, body))
+            try:
+                response = await run_until_disconnect(
+                    request, self._session.post(url, data=body, headers=JSON)
+                )
+            except aiohttp.ClientError as exc:
+                raise await self._failure(worker, exc) from None
+            if response.status == 200:
+                streaming = True
+                return event_stream(self._relay(response, worker), on_close=on_done)
+            return await run_until_disconnect(request, self._read(worker, response))
+        finally:
+            if not streaming:
+                on_done()
 
     async def _exchange(self, worker: WorkerProcess, url: str, body: bytes) -> Response:
         """A whole non-streamed request and response."""

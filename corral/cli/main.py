@@ -136,6 +136,68 @@ def run(
     raise typer.Exit(code)
 
 
+def _admin(action: Any) -> None:
+    from corral.cli.admin import ServerUnavailable
+
+    try:
+        action()
+    except ServerUnavailable as exc:
+        raise _fail(str(exc)) from None
+    except RuntimeError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def ps() -> None:
+    """Show loaded models: memory (estimated and measured), slots, queue, expiry."""
+    from corral.cli.admin import show_ps
+
+    _admin(lambda: show_ps(_settings().base_url, console))
+
+
+@app.command()
+def load(model: Annotated[str, typer.Argument(help="Model to load now.")]) -> None:
+    """Load a model now (it stays until its keep-alive expires)."""
+    from corral.cli.admin import call
+
+    with console.status(f"Loading {model}"):
+        _admin(lambda: call(_settings().base_url, "POST", f"/admin/models/{model}/load"))
+    console.print(f"loaded {model}")
+
+
+@app.command()
+def stop(model: Annotated[str, typer.Argument(help="Model to unload.")]) -> None:
+    """Unload a model once its in-flight requests are done."""
+    from corral.cli.admin import call
+
+    _admin(lambda: call(_settings().base_url, "POST", f"/admin/models/{model}/unload"))
+    console.print(f"stopped {model}")
+
+
+@app.command()
+def reload(
+    model: Annotated[str, typer.Argument(help="Model to restart.")],
+    threads: Annotated[int | None, typer.Option(help="New thread count.")] = None,
+    slots: Annotated[int | None, typer.Option(help="New slot count.")] = None,
+    context_length: Annotated[int | None, typer.Option(help="New context per slot.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="New batch size.")] = None,
+) -> None:
+    """Restart a model with new parameters; queued requests wait and are served after."""
+    from corral.cli.admin import call
+
+    changes = {
+        "threads": threads,
+        "slots": slots,
+        "context_length": context_length,
+        "batch_size": batch_size,
+    }
+    body = {k: v for k, v in changes.items() if v is not None}
+    url = _settings().base_url
+    with console.status(f"Reloading {model}"):
+        _admin(lambda: call(url, "POST", f"/admin/models/{model}/reload", body))
+    console.print(f"reloaded {model} " + " ".join(f"{k}={v}" for k, v in body.items()))
+
+
 @config_app.command("show")
 def config_show() -> None:
     """Print every setting, its value and where the value came from."""

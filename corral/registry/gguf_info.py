@@ -28,6 +28,13 @@ class ModelInfo:
     has_chat_template: bool
     embedding: bool
     synthetic: str | None = None  # why the weights are not a real model's, if they are not
+    # Shape facts for the memory estimate (0 = unknown, from an older manifest).
+    block_count: int = 0
+    head_count: int = 0
+    head_count_kv: int = 0
+    key_length: int = 0
+    value_length: int = 0
+    vocab_size: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,6 +58,9 @@ def read_gguf_info(path: Path) -> ModelInfo:
     arch = str(fields.get("general.architecture", "unknown"))
     pooling = fields.get(f"{arch}.pooling_type")
     ftype = fields.get("general.file_type")
+    head_count = _int(fields.get(f"{arch}.attention.head_count"))
+    n_embd = _int(fields.get(f"{arch}.embedding_length"))
+    head_dim = n_embd // head_count if head_count else 0
     return ModelInfo(
         format="gguf",
         architecture=arch,
@@ -61,7 +71,20 @@ def read_gguf_info(path: Path) -> ModelInfo:
         has_chat_template="tokenizer.chat_template" in fields,
         embedding=(pooling not in (None, 0)) or arch in ENCODER_ARCHITECTURES,
         synthetic=fields.get("corral.synthetic"),
+        block_count=_int(fields.get(f"{arch}.block_count")),
+        head_count=head_count,
+        head_count_kv=_int(fields.get(f"{arch}.attention.head_count_kv")) or head_count,
+        key_length=_int(fields.get(f"{arch}.attention.key_length")) or head_dim,
+        value_length=_int(fields.get(f"{arch}.attention.value_length")) or head_dim,
+        vocab_size=len(fields.get("tokenizer.ggml.tokens") or ()),
     )
+
+
+def _int(value: Any) -> int:
+    """GGUF allows per-layer arrays for some counts; the largest bounds the memory."""
+    if isinstance(value, list | tuple):
+        return int(max(value, default=0))
+    return int(value or 0)
 
 
 def _value(field: Any) -> Any:

@@ -11,10 +11,11 @@ import sys
 from collections.abc import Callable
 
 from corral.registry.store import ModelRecord
+from corral.scheduler.memory import WorkerParams
 from corral.scheduler.process import WorkerSpec
 from corral.settings import Settings
 
-Launcher = Callable[[ModelRecord, int], WorkerSpec]
+Launcher = Callable[[ModelRecord, int, WorkerParams], WorkerSpec]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -25,7 +26,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def llamacpp_launcher(settings: Settings) -> Launcher:
-    def launch(model: ModelRecord, port: int) -> WorkerSpec:
+    def launch(model: ModelRecord, port: int, params: WorkerParams) -> WorkerSpec:
         argv = [
             sys.executable,
             "-m",
@@ -39,13 +40,13 @@ def llamacpp_launcher(settings: Settings) -> Launcher:
             "--port",
             str(port),
             "--threads",
-            str(settings.threads),
+            str(params.threads),
             "--slots",
-            str(settings.slots),
+            str(params.slots),
             "--context-length",
-            str(settings.context_length),
+            str(params.context_length),
             "--batch-size",
-            str(settings.batch_size),
+            str(params.batch_size),
             "--flash-attention",
             settings.flash_attention,
             "--log-level",

@@ -2,9 +2,13 @@
 
 State machine (``WorkerState``)::
 
-    starting --(answers /health)--> ready --(stop)--> stopping --> stopped
-        |                             |
+    starting --(answers /health)--> ready --(drain)--> draining --> stopping --> stopped
+        |                             |  ^-----(undrain)---'               ^
+        |                             +-----------(stop: idle, evicted)----'
         +--(exits / times out)--------+--(exits on its own)--> failed
+
+(``draining`` is the scheduler's: the process keeps serving what it has, and gets
+nothing new.)
 
 The process runs in its own process group (so stopping it also stops anything it
 spawned) with a pipe on its stdin (so it exits by itself if the gateway dies, even by
@@ -36,6 +40,7 @@ TAIL_LINES = 40
 class WorkerState(enum.StrEnum):
     STARTING = "starting"
     READY = "ready"
+    DRAINING = "draining"
     STOPPING = "stopping"
     STOPPED = "stopped"
     FAILED = "failed"
@@ -82,6 +87,10 @@ class WorkerProcess:
 
     def tail(self, lines: int = 15) -> str:
         return "\n".join(list(self._tail)[-lines:])
+
+    async def wait(self) -> None:
+        """Until the process has exited, for whatever reason."""
+        await self._exited.wait()
 
     async def wait_exited(self, timeout: float) -> bool:
         with contextlib.suppress(TimeoutError):

@@ -1,0 +1,51 @@
+"""What the scheduler needs to know about a request, read from its headers and body.
+
+- priority: ``X-Corral-Priority: interactive`` (default) or ``batch``;
+- client key: the bearer token of ``Authorization`` (keys take turns in a queue);
+- keep-alive: the body's ``keep_alive`` (Ollama semantics), if any.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+from pydantic import BaseModel
+from starlette.requests import Request
+
+from corral.errors import InvalidRequest
+from corral.scheduler.queue import Priority
+from corral.units import parse_keep_alive
+
+PRIORITY_HEADER = "x-corral-priority"
+
+
+def request_priority(request: Request) -> Priority:
+    value = request.headers.get(PRIORITY_HEADER, "interactive").strip().lower()
+    try:
+        return Priority[value.upper()]
+    except KeyError:
+        raise InvalidRequest(
+            f"{PRIORITY_HEADER} must be 'interactive' or 'batch', not {value!r}."
+        ) from None
+
+
+def client_key(request: Request) -> str:
+    """A stable, non-secret name for the caller's API key (a hash, never the key)."""
+    auth = request.headers.get("authorization", "")
+    token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    if not token:
+        return "anonymous"
+    return "key-" + hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+def keep_alive_of(req: BaseModel) -> float | None:
+    """Seconds to keep the model loaded after this request; inf = forever; None = unset."""
+    raw = (req.model_extra or {}).get("keep_alive")
+    if raw is None:
+        return None
+    try:
+        seconds = parse_keep_alive(raw)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="keep_alive") from None
+    return math.inf if seconds is None else seconds

@@ -1,0 +1,64 @@
+"""``corral ps``, ``load``, ``stop`` and ``reload``: clients of the server's admin routes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from corral.units import format_size
+
+
+class ServerUnavailable(Exception):
+    """The server is not running at the configured address."""
+
+
+def call(base_url: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """One admin request; returns the JSON body or raises with the server's message."""
+    try:
+        response = httpx.request(method, base_url + path, json=body, timeout=None)
+    except httpx.TransportError:
+        raise ServerUnavailable(
+            f"Corral is not running at {base_url}. Start it with `corral serve`."
+        ) from None
+    data = response.json()
+    if response.status_code >= 400:
+        raise RuntimeError(data.get("error", {}).get("message", response.text))
+    return data
+
+
+def ps_table(models: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for column in ("NAME", "STATE", "MEMORY (EST / ACTUAL)", "SLOTS", "QUEUED", "IDLE", "UNTIL"):
+        table.add_column(column)
+    for m in models:
+        memory = m["memory"]
+        actual = format_size(memory["actual"]) if memory["actual"] else "-"
+        table.add_row(
+            m["model"],
+            m["state"] + (f" ({m['last_error'][:40]})" if m["state"] == "failed" else ""),
+            f"{format_size(memory['estimated'])} / {actual}",
+            f"{m['slots']['busy']}/{m['slots']['total']}",
+            str(m["queued"]),
+            f"{m['idle_seconds']:.0f}s",
+            _until(m),
+        )
+    return table
+
+
+def _until(m: dict[str, Any]) -> str:
+    if m["pinned"] or m["preloaded"] or m["expires_at"] is None:
+        return "forever"
+    left = m["expires_at"] - time.time()
+    return f"{left / 60:.0f} min" if left >= 60 else f"{max(left, 0):.0f} s"
+
+
+def show_ps(base_url: str, console: Console) -> None:
+    models = call(base_url, "GET", "/admin/ps")["models"]
+    if not models:
+        console.print("No model is loaded.")
+        return
+    console.print(ps_table(models))

@@ -1,0 +1,558 @@
+"""The scheduler core: every model's state, one state machine, acting only through Effects.
+
+``SchedulerCore.handle(message)`` is the only way state changes. After each
+message one pass runs, in this order:
+
+1. fail queued requests whose queue timeout passed;
+2. stop idle models whose keep-alive expired;
+3. place waiting models (``policy.admit``): load, evict idle ones, or drain busy ones;
+4. grant free slots to queued requests;
+5. stop models that were draining and have finished.
+
+The core never awaits, spawns or sleeps: ``Effects`` starts and stops workers,
+resolves requests and tells the time, and reports back with messages (``Loaded``,
+``Stopped``, ...). Tests drive it with a recording fake; ``scheduler.Scheduler``
+runs it on one asyncio task. See ``design.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from corral.errors import (
+    CorralError,
+    InsufficientMemory,
+    QueueFull,
+    QueueTimeout,
+    ShuttingDown,
+)
+from corral.registry.store import ModelRecord
+from corral.scheduler import policy
+from corral.scheduler.memory import MemoryEstimate, WorkerParams
+from corral.scheduler.process import WorkerState
+from corral.scheduler.queue import FairQueue, Ticket
+from corral.units import format_size
+
+log = logging.getLogger("corral.scheduler")
+ACTIVE = (WorkerState.STARTING, WorkerState.READY, WorkerState.DRAINING)
+LOADED = (*ACTIVE, WorkerState.STOPPING)
+STABLE_SECONDS = 60.0  # a worker up this long before crashing resets the crash count
+MAX_BACKOFF_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A granted slot on a worker; returned with ``Release`` when the request ends."""
+
+    model: str
+    worker: Any
+    ticket_id: int
+
+
+class Effects(Protocol):
+    def now(self) -> float: ...
+    def memory_budget(self, held: int) -> int:
+        """Bytes models may use in all, given that our workers hold ``held`` now."""
+
+    def start_worker(self, record: ModelRecord, params: WorkerParams) -> None: ...
+    def stop_worker(self, model: str, worker: Any) -> None: ...
+    def grant(self, ticket: Ticket, lease: Lease) -> None: ...
+    def fail(self, ticket: Ticket, error: CorralError) -> None: ...
+    def measure(self, worker: Any) -> int | None: ...
+    def notify(self, waiter: Any, error: CorralError | None) -> None: ...
+
+
+# --- messages -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Submit:
+    ticket: Ticket
+    record: ModelRecord
+
+
+@dataclass(frozen=True)
+class Cancel:
+    ticket: Ticket
+
+
+@dataclass(frozen=True)
+class Release:
+    lease: Lease
+
+
+@dataclass(frozen=True)
+class Loaded:
+    model: str
+    worker: Any
+
+
+@dataclass(frozen=True)
+class LoadFailed:
+    model: str
+    error: CorralError
+
+
+@dataclass(frozen=True)
+class Exited:
+    """A worker died without being asked to."""
+
+    model: str
+    worker: Any
+    error: CorralError
+
+
+@dataclass(frozen=True)
+class Stopped:
+    model: str
+    worker: Any
+
+
+@dataclass(frozen=True)
+class Preload:
+    record: ModelRecord
+    waiter: Any = None
+
+
+@dataclass(frozen=True)
+class Reload:
+    record: ModelRecord
+    params: WorkerParams | None
+    waiter: Any = None
+
+
+@dataclass(frozen=True)
+class Unload:
+    model: str
+    waiter: Any = None
+
+
+@dataclass(frozen=True)
+class Tick:
+    pass
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    pass
+
+
+Message = (
+    Submit
+    | Cancel
+    | Release
+    | Loaded
+    | LoadFailed
+    | Exited
+    | Stopped
+    | Preload
+    | Reload
+    | Unload
+    | Tick
+    | Shutdown
+)
+
+
+# --- state --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    params: WorkerParams
+    keep_alive: float  # seconds idle before unloading; math.inf = forever
+    max_models: int
+    max_queue: int
+    queue_timeout: float
+    group_by_model: bool = True
+    pinned: frozenset[str] = frozenset()  # canonical names
+    preload: frozenset[str] = frozenset()
+
+
+@dataclass
+class ModelState:
+    record: ModelRecord
+    params: WorkerParams
+    estimate: MemoryEstimate
+    keep_alive: float  # math.inf = forever
+    pinned: bool = False
+    preloaded: bool = False
+    queue: FairQueue = field(default_factory=FairQueue)
+    state: WorkerState = WorkerState.STOPPED
+    worker: Any = None
+    in_flight: int = 0
+    last_used: float = 0.0
+    ready_at: float = 0.0
+    rss: int | None = None
+    wanted_since: int | None = None  # arrival number of a load wish without requests
+    drain_cutoff: int | None = None  # draining: serve tickets with arrival numbers up to it
+    leaving: bool = False  # unload or reload asked: finish in-flight work, then stop
+    next_params: WorkerParams | None = None  # reload: start again with these
+    crashes: int = 0
+    backoff_until: float = 0.0
+    last_error: str | None = None
+    load_waiters: list[Any] = field(default_factory=list)
+    stop_waiters: list[Any] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def need(self) -> int:
+        return max(self.estimate.total, self.rss or 0)
+
+    def eligible(self, ticket: Ticket) -> bool:
+        """May this ticket be served by the current worker?"""
+        if self.leaving:
+            return False
+        return self.drain_cutoff is None or ticket.seq <= self.drain_cutoff
+
+    def has_eligible(self) -> bool:
+        return any(self.eligible(t) for t in self.queue)
+
+    def wait_key(self) -> tuple[int, int]:
+        """Oldest claim to be loaded: the queue's head, or the preload/reload wish."""
+        keys = [t.order() for t in self.queue]
+        if self.wanted_since is not None:
+            keys.append((0, self.wanted_since))
+        return min(keys)
+
+
+Estimator = Callable[[ModelRecord, WorkerParams], MemoryEstimate]
+
+
+class SchedulerCore:
+    def __init__(self, config: CoreConfig, effects: Effects, estimator: Estimator) -> None:
+        self.config = config
+        self.effects = effects
+        self.estimator = estimator
+        self.models: dict[str, ModelState] = {}
+        self.closed = False
+        self._seq = 0
+
+    # --- messages -------------------------------------------------------------------
+
+    def handle(self, message: Message) -> None:
+        handler = getattr(self, "_on_" + type(message).__name__.lower())
+        handler(message)
+        self._schedule()
+
+    def _on_submit(self, m: Submit) -> None:
+        if self.closed:
+            self.effects.fail(m.ticket, ShuttingDown("The server is shutting down."))
+            return
+        st = self._state_for(m.record)
+        if len(st.queue) >= self.config.max_queue:
+            self.effects.fail(
+                m.ticket,
+                QueueFull(
+                    f"{len(st.queue)} requests are already waiting for '{st.name}'; retry later.",
+                    headers={"Retry-After": "1"},
+                ),
+            )
+            return
+        now = self.effects.now()
+        m.ticket.arrived = now
+        m.ticket.deadline = now + self.config.queue_timeout
+        m.ticket.seq = self._next_seq()
+        st.queue.push(m.ticket)
+
+    def _on_cancel(self, m: Cancel) -> None:
+        st = self.models.get(m.ticket.model)
+        if st is not None:
+            st.queue.remove(m.ticket)
+
+    def _on_release(self, m: Release) -> None:
+        st = self.models.get(m.lease.model)
+        if st is not None and m.lease.worker is st.worker and st.in_flight > 0:
+            st.in_flight -= 1
+            st.last_used = self.effects.now()
+
+    def _on_loaded(self, m: Loaded) -> None:
+        st = self.models[m.model]
+        if st.state != WorkerState.STARTING or self.closed:
+            self.effects.stop_worker(m.model, m.worker)
+            return
+        st.state, st.worker = WorkerState.READY, m.worker
+        st.ready_at = st.last_used = self.effects.now()
+        st.wanted_since = None
+        st.rss = self.effects.measure(m.worker)
+        log.info(
+            "loaded %s: estimated %s, measured %s",
+            st.name,
+            format_size(st.estimate.total),
+            format_size(st.rss) if st.rss else "?",
+        )
+        self._notify(st.load_waiters, None)
+
+    def _on_loadfailed(self, m: LoadFailed) -> None:
+        st = self.models[m.model]
+        st.state, st.worker, st.wanted_since = WorkerState.FAILED, None, None
+        self._record_failure(st, m.error, stable=False)
+        self._fail_queue(st, m.error)
+        self._notify(st.load_waiters, m.error)
+
+    def _on_exited(self, m: Exited) -> None:
+        st = self.models.get(m.model)
+        if st is None or m.worker is not st.worker:
+            return
+        stable = self.effects.now() - st.ready_at >= STABLE_SECONDS
+        st.state, st.worker, st.in_flight, st.rss = WorkerState.FAILED, None, 0, None
+        st.drain_cutoff = None
+        self._record_failure(st, m.error, stable=stable)
+        self._notify(st.stop_waiters, None)
+
+    def _on_stopped(self, m: Stopped) -> None:
+        st = self.models.get(m.model)
+        if st is None or m.worker is not st.worker:
+            return
+        st.state, st.worker, st.in_flight, st.rss = WorkerState.STOPPED, None, 0, None
+        st.drain_cutoff, st.leaving = None, False
+        if st.next_params is not None:
+            st.params, st.next_params = st.next_params, None
+            st.estimate = self.estimator(st.record, st.params)
+            st.wanted_since = self._next_seq()
+        self._notify(st.stop_waiters, None)
+
+    def _on_preload(self, m: Preload) -> None:
+        st = self._state_for(m.record)
+        st.preloaded = True
+        self._want_loaded(st, m.waiter)
+
+    def _on_reload(self, m: Reload) -> None:
+        st = self._state_for(m.record)
+        params = m.params or st.params
+        if st.state in (WorkerState.STOPPED, WorkerState.FAILED):
+            st.params, st.estimate = params, self.estimator(st.record, params)
+            st.backoff_until = 0.0
+            self._want_loaded(st, m.waiter)
+        else:
+            st.next_params, st.leaving = params, True
+            if m.waiter is not None:
+                st.load_waiters.append(m.waiter)
+
+    def _on_unload(self, m: Unload) -> None:
+        st = self.models.get(m.model)
+        if st is None or st.state in (WorkerState.STOPPED, WorkerState.FAILED):
+            self._notify([m.waiter], None)
+            return
+        st.leaving, st.wanted_since = True, None
+        if m.waiter is not None:
+            st.stop_waiters.append(m.waiter)
+
+    def _on_tick(self, _: Tick) -> None:
+        pass
+
+    def _on_shutdown(self, _: Shutdown) -> None:
+        self.closed = True
+        error = ShuttingDown("The server is shutting down.")
+        for st in self.models.values():
+            self._fail_queue(st, error)
+            self._notify(st.load_waiters, error)
+            st.wanted_since = None
+            if st.state in (WorkerState.READY, WorkerState.DRAINING):
+                self._stop(st)
+
+    # --- the pass ---------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        now = self.effects.now()
+        self._expire_tickets(now)
+        self._expire_keep_alive(now)
+        if not self.closed:
+            self._place(now)
+        self._grant()
+        self._stop_drained()
+
+    def _expire_tickets(self, now: float) -> None:
+        for st in self.models.values():
+            for ticket in [t for t in st.queue if t.deadline is not None and t.deadline <= now]:
+                st.queue.remove(ticket)
+                self.effects.fail(
+                    ticket,
+                    QueueTimeout(
+                        f"The request waited {self.config.queue_timeout:.0f} s for '{st.name}' "
+                        f"(state: {st.state.value}, {st.in_flight} in flight, "
+                        f"{len(st.queue)} queued) and timed out."
+                    ),
+                )
+
+    def _expire_keep_alive(self, now: float) -> None:
+        for st in self.models.values():
+            if (
+                st.state == WorkerState.READY
+                and not (st.pinned or st.preloaded or st.leaving)
+                and st.in_flight == 0
+                and not st.queue
+                and now >= st.last_used + st.keep_alive
+            ):
+                log.info("unloading %s: idle past its keep-alive", st.name)
+                self._stop(st)
+
+    def _place(self, now: float) -> None:
+        """Load waiting models in order; make room by evicting idle or draining busy ones."""
+        drains: dict[str, int] = {}
+        waiting = [
+            st
+            for st in self.models.values()
+            if st.state in (WorkerState.STOPPED, WorkerState.FAILED)
+            and (st.queue or st.wanted_since is not None)
+            and now >= st.backoff_until
+        ]
+        for st in sorted(waiting, key=lambda s: s.wait_key()):
+            # Models already stopping are memory on its way back: not candidates again.
+            active = [m for m in self.models.values() if m.state in ACTIVE]
+            leaving = [m for m in self.models.values() if m.state == WorkerState.STOPPING]
+            held = sum(m.rss or 0 for m in (*active, *leaving))
+            budget = policy.Budget(self.effects.memory_budget(held), self.config.max_models)
+            residents = [self._resident(m) for m in active]
+            verdict = policy.admit(st.estimate.total, residents, budget)
+            if verdict.refusal is not None:
+                error = InsufficientMemory(
+                    f"The model '{st.name}' cannot be loaded: it {verdict.refusal}."
+                )
+                st.wanted_since = None
+                st.last_error = error.message
+                self._fail_queue(st, error)
+                self._notify(st.load_waiters, error)
+                continue
+            if verdict.load_now:
+                used = sum(r.need for r in residents) + sum(m.need for m in leaving)
+                count = len(residents) + len(leaving)
+                if policy.fits(used, count, st.estimate.total, budget):
+                    self._start(st)
+                    continue
+                break  # it fits once the stopping models are gone: wait for them
+            for name in verdict.evict:
+                log.info("evicting idle %s to make room for %s", name, st.name)
+                self._stop(self.models[name])
+            # Grouping: the victim first serves all it had queued when draining began.
+            # Strict order: only what arrived before the waiting model's oldest request.
+            head = st.wait_key()[1]
+            for name in verdict.wait_for:
+                victim = self.models[name]
+                if self.config.group_by_model:
+                    cutoff = victim.drain_cutoff if victim.drain_cutoff is not None else self._seq
+                else:
+                    cutoff = head - 1
+                drains[name] = min(drains.get(name, cutoff), cutoff)
+            break  # the longest-waiting model gets the memory being freed
+        for st in self.models.values():
+            if st.state in (WorkerState.READY, WorkerState.DRAINING):
+                drain = drains.get(st.name)
+                st.state = WorkerState.DRAINING if drain is not None else WorkerState.READY
+                st.drain_cutoff = drain
+
+    def _grant(self) -> None:
+        for st in self.models.values():
+            if st.state not in (WorkerState.READY, WorkerState.DRAINING):
+                continue
+            while st.in_flight < st.params.slots:
+                ticket = next((t for t in st.queue if st.eligible(t)), None)
+                if ticket is None:
+                    break
+                st.queue.remove(ticket)
+                st.in_flight += 1
+                if ticket.keep_alive is not None:
+                    st.keep_alive = ticket.keep_alive
+                self.effects.grant(ticket, Lease(st.name, st.worker, ticket.id))
+
+    def _stop_drained(self) -> None:
+        for st in self.models.values():
+            draining = st.state == WorkerState.DRAINING or (
+                st.leaving and st.state == WorkerState.READY
+            )
+            if draining and st.in_flight == 0 and not st.has_eligible():
+                self._stop(st)
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _state_for(self, record: ModelRecord) -> ModelState:
+        st = self.models.get(record.name)
+        if st is None:
+            params = self.config.params
+            st = ModelState(
+                record=record,
+                params=params,
+                estimate=self.estimator(record, params),
+                keep_alive=self.config.keep_alive,
+                pinned=record.name in self.config.pinned,
+                preloaded=record.name in self.config.preload,
+            )
+            self.models[record.name] = st
+        elif st.state in (WorkerState.STOPPED, WorkerState.FAILED) and record != st.record:
+            st.record, st.estimate = record, self.estimator(record, st.params)
+        return st
+
+    def _want_loaded(self, st: ModelState, waiter: Any) -> None:
+        if st.state == WorkerState.READY:
+            self._notify([waiter], None)
+            return
+        if waiter is not None:
+            st.load_waiters.append(waiter)
+        if st.state in (WorkerState.STOPPED, WorkerState.FAILED):
+            st.wanted_since = st.wanted_since or self._next_seq()
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _resident(self, st: ModelState) -> policy.Resident:
+        busy = st.state != WorkerState.READY or st.in_flight > 0 or bool(st.queue)
+        return policy.Resident(st.name, st.need, busy, st.last_used, st.pinned or st.preloaded)
+
+    def _start(self, st: ModelState) -> None:
+        log.info("loading %s (estimated %s)", st.name, format_size(st.estimate.total))
+        st.state = WorkerState.STARTING
+        self.effects.start_worker(st.record, st.params)
+
+    def _stop(self, st: ModelState) -> None:
+        st.state = WorkerState.STOPPING
+        self.effects.stop_worker(st.name, st.worker)
+
+    def _record_failure(self, st: ModelState, error: CorralError, stable: bool) -> None:
+        st.crashes = 1 if stable else st.crashes + 1
+        st.last_error = error.message
+        delay = 0.0 if st.crashes <= 1 else min(2.0 ** (st.crashes - 2), MAX_BACKOFF_SECONDS)
+        st.backoff_until = self.effects.now() + delay
+        if delay:
+            log.warning(
+                "%s failed %d times in a row; next start in %.0f s", st.name, st.crashes, delay
+            )
+
+    def _fail_queue(self, st: ModelState, error: CorralError) -> None:
+        while (ticket := st.queue.pop()) is not None:
+            self.effects.fail(ticket, error)
+
+    def _notify(self, waiters: list[Any], error: CorralError | None) -> None:
+        for waiter in waiters:
+            if waiter is not None:
+                self.effects.notify(waiter, error)
+        waiters.clear()
+
+    def next_deadline(self) -> float | None:
+        """When a pass must run even if no message comes (timeouts, keep-alive, backoff).
+
+        Only future times: one already past that the last pass did not act on (a
+        keep-alive during a long request, a backoff over) waits for a message anyway,
+        and reporting it would make the caller spin.
+        """
+        times: list[float] = []
+        for st in self.models.values():
+            times.extend(t.deadline for t in st.queue if t.deadline is not None)
+            if st.state == WorkerState.READY and st.keep_alive != math.inf:
+                times.append(st.last_used + st.keep_alive)
+            if st.state in (WorkerState.STOPPED, WorkerState.FAILED) and (
+                st.queue or st.wanted_since is not None
+            ):
+                times.append(st.backoff_until)
+        now = self.effects.now()
+        future = [t for t in times if t > now]
+        return min(future) if future else None
+
+    def loaded(self) -> Iterable[ModelState]:
+        return [st for st in self.models.values() if st.state in LOADED]

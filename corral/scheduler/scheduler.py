@@ -1,0 +1,356 @@
+"""The scheduler as the gateway uses it: one asyncio task running ``SchedulerCore``.
+
+Routes call ``acquire`` (wait in line for a slot on a ready worker) and release
+the returned ``Grant`` when the response is done; admin routes call ``preload``,
+``reload`` and ``unload``. All of them only post messages: the task owns the core,
+so no state is shared between coroutines and nothing needs a lock. Worker
+processes are started and stopped by ``_ProcessEffects`` in tasks of their own,
+which report back with messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from corral.errors import CorralError, EngineLoadError, WorkerCrashed
+from corral.registry.store import ModelRecord
+from corral.scheduler import core
+from corral.scheduler.core import CoreConfig, Lease, Message, SchedulerCore
+from corral.scheduler.launch import Launcher, free_port
+from corral.scheduler.memory import MemoryProbe, SystemMemory, WorkerParams, estimate
+from corral.scheduler.process import WorkerProcess, WorkerState
+from corral.scheduler.queue import Priority, Ticket
+from corral.settings import Settings
+
+log = logging.getLogger("corral.scheduler")
+PORT_RETRIES = 3
+
+
+@dataclass
+class Grant:
+    """A slot on a ready worker. ``release`` it exactly when the response is finished."""
+
+    lease: Lease
+    _post: Callable[[Message], None]
+    _released: bool = field(default=False, init=False)
+
+    @property
+    def worker(self) -> WorkerProcess:
+        worker: WorkerProcess = self.lease.worker
+        return worker
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._post(core.Release(self.lease))
+
+
+def worker_params(settings: Settings) -> WorkerParams:
+    return WorkerParams(
+        threads=settings.threads,
+        slots=settings.slots,
+        context_length=settings.context_length,
+        batch_size=settings.batch_size,
+    )
+
+
+class Scheduler:
+    def __init__(
+        self,
+        settings: Settings,
+        launcher: Launcher,
+        session: aiohttp.ClientSession,
+        probe: MemoryProbe | None = None,
+        log_path: Callable[[str], Any] | None = None,
+    ) -> None:
+        from corral.registry.store import canonical_name
+
+        keep_alive = settings.keep_alive_seconds
+        config = CoreConfig(
+            params=worker_params(settings),
+            keep_alive=math.inf if keep_alive is None else keep_alive,
+            max_models=settings.max_loaded_models,
+            max_queue=settings.max_queue,
+            queue_timeout=settings.queue_timeout,
+            group_by_model=settings.group_by_model,
+            pinned=frozenset(canonical_name(n) for n in settings.pinned),
+            preload=frozenset(canonical_name(n) for n in settings.preload),
+        )
+        self._inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._effects = _ProcessEffects(
+            settings, launcher, session, probe or SystemMemory(), self._post, log_path
+        )
+        self._core = SchedulerCore(config, self._effects, _estimate)
+        self._task: asyncio.Task[None] | None = None
+        self._drained = asyncio.Event()  # set once shut down with no worker left
+
+    # --- what routes call -------------------------------------------------------------
+
+    async def acquire(
+        self,
+        record: ModelRecord,
+        *,
+        priority: Priority = Priority.INTERACTIVE,
+        key: str = "anonymous",
+        keep_alive: float | None = None,
+    ) -> Grant:
+        """Wait in line for a slot on a ready worker for ``record``."""
+        ticket = Ticket(record.name, priority=priority, key=key, keep_alive=keep_alive)
+        future = self._effects.expect(ticket)
+        self._post(core.Submit(ticket, record))
+        try:
+            lease = await future
+        except asyncio.CancelledError:
+            self._post(core.Cancel(ticket))
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self._post(core.Release(future.result()))
+            raise
+        return Grant(lease, self._post)
+
+    async def preload(self, record: ModelRecord) -> None:
+        await self._wait(lambda waiter: core.Preload(record, waiter))
+
+    async def reload(self, record: ModelRecord, params: WorkerParams | None) -> None:
+        await self._wait(lambda waiter: core.Reload(record, params, waiter))
+
+    async def unload(self, name: str) -> None:
+        await self._wait(lambda waiter: core.Unload(name, waiter))
+
+    def default_params(self) -> WorkerParams:
+        return self._core.config.params
+
+    def params_of(self, name: str) -> WorkerParams:
+        st = self._core.models.get(name)
+        return st.params if st is not None else self._core.config.params
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """What ``ps`` shows; read on the loop's thread, between messages."""
+        now, wall = time.monotonic(), time.time()
+        out = []
+        for st in self._core.models.values():
+            if st.state == WorkerState.STOPPED and not st.queue and not st.last_error:
+                continue
+            worker: WorkerProcess | None = st.worker
+            idle = now - st.last_used if st.in_flight == 0 and not st.queue else 0.0
+            expires = (
+                None
+                if st.keep_alive == math.inf or st.pinned or st.preloaded
+                else wall + max(0.0, st.last_used + st.keep_alive - now)
+            )
+            out.append(
+                {
+                    "model": st.name,
+                    "state": st.state.value,
+                    "pid": worker.pid if worker else None,
+                    "url": worker.base_url if worker else None,
+                    "memory": {
+                        "estimated": st.estimate.total,
+                        "actual": self._effects.measure(worker) if worker else None,
+                        "estimate_parts": {
+                            "weights": st.estimate.weights,
+                            "kv_cache": st.estimate.kv_cache,
+                            "buffers": st.estimate.buffers,
+                            "process": st.estimate.process,
+                        },
+                    },
+                    "slots": {"busy": st.in_flight, "total": st.params.slots},
+                    "queued": len(st.queue),
+                    "idle_seconds": round(idle, 1),
+                    "expires_at": expires,
+                    "keep_alive": None if st.keep_alive == math.inf else st.keep_alive,
+                    "pinned": st.pinned,
+                    "preloaded": st.preloaded,
+                    "params": {
+                        "threads": st.params.threads,
+                        "slots": st.params.slots,
+                        "context_length": st.params.context_length,
+                        "batch_size": st.params.batch_size,
+                    },
+                    "crashes": st.crashes,
+                    "last_error": st.last_error,
+                }
+            )
+        return out
+
+    # --- the task -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="scheduler")
+
+    async def close(self, timeout: float) -> None:
+        """Fail what is queued, stop every worker, and wait for them to be gone."""
+        self._post(core.Shutdown())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), timeout)
+        await self._effects.stop_everything()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _post(self, message: Message) -> None:
+        self._inbox.put_nowait(message)
+
+    async def _run(self) -> None:
+        while True:
+            message: Message
+            if not self._inbox.empty():
+                message = self._inbox.get_nowait()
+            else:
+                deadline = self._core.next_deadline()
+                timeout = None if deadline is None else max(0.001, deadline - time.monotonic())
+                try:
+                    message = await asyncio.wait_for(self._inbox.get(), timeout)
+                except TimeoutError:
+                    message = core.Tick()
+            try:
+                self._core.handle(message)
+            except Exception:  # a bug must not stop every future request from being served
+                log.exception("scheduler failed handling %s", type(message).__name__)
+            if self._core.closed and not any(True for _ in self._core.loaded()):
+                self._drained.set()
+
+    async def _wait(self, make: Callable[[Any], Message]) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._post(make(waiter))
+        await waiter
+
+
+def _estimate(record: ModelRecord, params: WorkerParams) -> Any:
+    return estimate(record.info, record.size, params)
+
+
+class _ProcessEffects:
+    """The core's effects, for real: worker processes, futures, the clock, the memory probe."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        launcher: Launcher,
+        session: aiohttp.ClientSession,
+        probe: MemoryProbe,
+        post: Callable[[Message], None],
+        log_path: Callable[[str], Any] | None,
+    ) -> None:
+        self._settings = settings
+        self._launcher = launcher
+        self._session = session
+        self._probe = probe
+        self._post = post
+        self._log_path = log_path
+        self._futures: dict[int, asyncio.Future[Lease]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._workers: set[WorkerProcess] = set()
+
+    def expect(self, ticket: Ticket) -> asyncio.Future[Lease]:
+        future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
+        self._futures[ticket.id] = future
+        return future
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def memory_budget(self, held: int) -> int:
+        configured = self._settings.memory_budget_bytes
+        if configured is not None:
+            return configured
+        return self._probe.available() + held - self._settings.memory_reserve_bytes
+
+    def measure(self, worker: Any) -> int | None:
+        return self._probe.rss(worker.pid) if worker is not None and worker.pid else None
+
+    def grant(self, ticket: Ticket, lease: Lease) -> None:
+        future = self._futures.pop(ticket.id, None)
+        if future is None or future.done():
+            self._post(core.Release(lease))  # the client left while the grant was on its way
+        else:
+            future.set_result(lease)
+
+    def fail(self, ticket: Ticket, error: CorralError) -> None:
+        future = self._futures.pop(ticket.id, None)
+        if future is not None and not future.done():
+            future.set_exception(error)
+
+    def notify(self, waiter: Any, error: CorralError | None) -> None:
+        if waiter.done():
+            return
+        if error is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(error)
+
+    def start_worker(self, record: ModelRecord, params: WorkerParams) -> None:
+        self._spawn(self._start(record, params))
+
+    def stop_worker(self, model: str, worker: Any) -> None:
+        self._spawn(self._stop(model, worker))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("worker task failed", exc_info=task.exception())
+
+    async def _start(self, record: ModelRecord, params: WorkerParams) -> None:
+        for attempt in range(PORT_RETRIES):
+            spec = self._launcher(record, free_port(), params)
+            log_path = self._log_path(record.name) if self._log_path else None
+            worker = WorkerProcess(spec, log_path)
+            self._workers.add(worker)
+            try:
+                await worker.start(self._session, self._settings.worker_start_timeout)
+            except EngineLoadError as exc:
+                self._workers.discard(worker)
+                if "address already in use" in worker.tail().lower() and attempt + 1 < PORT_RETRIES:
+                    continue
+                self._post(core.LoadFailed(record.name, exc))
+                return
+            except Exception as exc:  # spawning itself failed (e.g. out of file descriptors)
+                self._workers.discard(worker)
+                self._post(core.LoadFailed(record.name, EngineLoadError(f"could not start: {exc}")))
+                return
+            self._post(core.Loaded(record.name, worker))
+            self._spawn(self._watch(record.name, worker))
+            return
+
+    async def _watch(self, model: str, worker: WorkerProcess) -> None:
+        await worker.wait()
+        if worker.state == WorkerState.FAILED:
+            self._post(
+                core.Exited(
+                    model,
+                    worker,
+                    WorkerCrashed(
+                        f"The worker for '{model}' exited with code {worker.returncode}. "
+                        f"Its last output:\n{worker.tail()}"
+                    ),
+                )
+            )
+
+    async def _stop(self, model: str, worker: WorkerProcess) -> None:
+        await worker.stop(self._settings.worker_stop_grace)
+        self._workers.discard(worker)
+        self._post(core.Stopped(model, worker))
+
+    async def stop_everything(self) -> None:
+        """Last resort at shutdown: whatever is still running is stopped now."""
+        await asyncio.gather(
+            *(w.stop(self._settings.worker_stop_grace) for w in list(self._workers)),
+            return_exceptions=True,
+        )
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
