@@ -222,7 +222,14 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> 
     raise RuntimeError(f"{url} did not come up")
 
 
-def start_corral(home: Path, threads: int, slots: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_corral(
+    home: Path,
+    threads: int,
+    slots: int,
+    extra_env: dict[str, str] | None = None,
+    log: Path | None = None,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`corral serve` on a free port; with ``log``, its INFO log goes to that file."""
     port = free_port()
     env = {
         **os.environ,
@@ -232,13 +239,12 @@ def start_corral(home: Path, threads: int, slots: int) -> tuple[subprocess.Popen
         "CORRAL_SLOTS": str(slots),
         "CORRAL_CONTEXT_LENGTH": str(CONTEXT),
         "CORRAL_DEMO_MODEL": "0",
-        "CORRAL_LOG_LEVEL": "warning",
+        "CORRAL_LOG_LEVEL": "info" if log else "warning",
+        **(extra_env or {}),
     }
+    out = log.open("wb") if log else subprocess.DEVNULL
     proc = subprocess.Popen(
-        [sys.executable, "-m", "corral", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "corral", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
     )
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/health", proc)

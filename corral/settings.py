@@ -107,6 +107,10 @@ class Settings(BaseModel):
         default_factory=list,
         description="Models never evicted to make room (comma-separated).",
     )
+    batch_keys: list[str] = Field(
+        default_factory=list,
+        description="API keys whose requests always run at batch priority (comma-separated).",
+    )
     max_queue: int = Field(128, ge=0, description="Requests that may wait per model; more get 429.")
     queue_timeout: float = Field(
         300.0, gt=0, description="Seconds a request may wait for a model before a 503."
@@ -123,7 +127,7 @@ class Settings(BaseModel):
         "info", description="Log verbosity of the gateway and its workers."
     )
 
-    @field_validator("preload", "pinned", mode="before")
+    @field_validator("preload", "pinned", "batch_keys", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):

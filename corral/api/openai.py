@@ -73,7 +73,7 @@ async def _relay(
         request,
         gateway.scheduler.acquire(
             record,
-            priority=request_priority(request),
+            priority=request_priority(request, gateway.settings.batch_keys),
             key=client_key(request),
             keep_alive=keep_alive_of(req),
         ),

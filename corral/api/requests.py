@@ -1,6 +1,7 @@
 """What the scheduler needs to know about a request, read from its headers and body.
 
-- priority: ``X-Corral-Priority: interactive`` (default) or ``batch``;
+- priority: ``X-Corral-Priority: interactive`` (default) or ``batch``; requests made
+  with one of ``CORRAL_BATCH_KEYS`` are batch whatever the header says;
 - client key: the bearer token of ``Authorization`` (keys take turns in a queue);
 - keep-alive: the body's ``keep_alive`` (Ollama semantics), if any.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Collection
 
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -20,20 +22,25 @@ from corral.units import parse_keep_alive
 PRIORITY_HEADER = "x-corral-priority"
 
 
-def request_priority(request: Request) -> Priority:
+def request_priority(request: Request, batch_keys: Collection[str] = ()) -> Priority:
     value = request.headers.get(PRIORITY_HEADER, "interactive").strip().lower()
     try:
-        return Priority[value.upper()]
+        asked = Priority[value.upper()]
     except KeyError:
         raise InvalidRequest(
             f"{PRIORITY_HEADER} must be 'interactive' or 'batch', not {value!r}."
         ) from None
+    return Priority.BATCH if bearer_token(request) in batch_keys else asked
+
+
+def bearer_token(request: Request) -> str:
+    auth = request.headers.get("authorization", "")
+    return auth[7:].strip() if auth.lower().startswith("bearer ") else ""
 
 
 def client_key(request: Request) -> str:
     """A stable, non-secret name for the caller's API key (a hash, never the key)."""
-    auth = request.headers.get("authorization", "")
-    token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    token = bearer_token(request)
     if not token:
         return "anonymous"
     return "key-" + hashlib.sha256(token.encode()).hexdigest()[:12]

@@ -249,3 +249,48 @@ def test_cli_ps_load_stop_reload(tmp_path: Path, servers: list[CorralServer]) ->
     assert "No model is loaded" in corral("ps").stdout
     missing = corral("load", "nope")
     assert missing.returncode == 1 and "does not exist" in missing.stderr
+
+
+def test_interactive_requests_overtake_queued_batch_requests(
+    tmp_path: Path, servers: list[CorralServer]
+) -> None:
+    install(tmp_path, ["m1"])
+    srv = start(tmp_path, slots=1, batch_keys="batch-secret")
+    servers.append(srv)
+    thread = long_stream(srv, "m1", threading.Event(), tokens=1500)
+    finished: list[str] = []
+
+    def send(label: str, headers: dict[str, str]) -> None:
+        body = {"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+        r = httpx.post(
+            srv.openai_url + "/chat/completions", json=body, headers=headers, timeout=120
+        )
+        assert r.status_code == 200
+        finished.append(label)
+
+    senders = [
+        threading.Thread(target=send, args=("batch-header", {"X-Corral-Priority": "batch"})),
+        threading.Thread(
+            target=send,
+            args=(
+                "batch-key",
+                {"Authorization": "Bearer batch-secret", "X-Corral-Priority": "interactive"},
+            ),
+        ),
+    ]
+    for t in senders:
+        t.start()
+    assert wait_until(lambda: ps(srv)["m1:latest"]["queued"] == 2, 10)
+    senders.append(threading.Thread(target=send, args=("interactive", {})))
+    senders[-1].start()
+    assert wait_until(lambda: ps(srv)["m1:latest"]["queued"] == 3, 10)
+    thread.join()
+    for t in senders:
+        t.join()
+    assert finished[0] == "interactive"
+    bad = httpx.post(
+        srv.openai_url + "/chat/completions",
+        headers={"X-Corral-Priority": "urgent"},
+        json={"model": "m1", "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert bad.status_code == 400 and "x-corral-priority" in bad.json()["error"]["message"]
