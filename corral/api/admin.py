@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from corral.api.gateway import gateway_of
 from corral.httputil import json_response
-from corral.protocol.parse import validate
+from corral.protocol.parse import parse_json_object, validate
 
 
 class ReloadRequest(BaseModel):
@@ -57,8 +57,6 @@ async def reload(request: Request) -> Response:
 
 
 def _json_or_empty(raw: bytes) -> dict[str, object]:
-    from corral.protocol.parse import parse_json_object
-
     return parse_json_object(raw) if raw.strip() else {}
 
 

@@ -127,7 +127,7 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._exited.is_set():
-                await asyncio.gather(*self._tasks[:1], return_exceptions=True)  # drain output
+                await self._drain_output()
                 raise EngineLoadError(
                     f"The worker for '{self.spec.model}' exited with code {self.returncode} "
                     f"while loading. Its last output:\n{self.tail()}"
@@ -162,16 +162,23 @@ class WorkerProcess:
             if logfile:
                 logfile.close()
 
+    async def _drain_output(self) -> None:
+        """Let the reader take the dead process's last lines (bounded: a pipe held open
+        by anything else must not delay the exit)."""
+        await asyncio.wait(self._tasks[:1], timeout=1.0)
+
     async def _wait_exit(self) -> None:
         assert self._proc is not None
         self.returncode = await self._proc.wait()
         if self.state not in (WorkerState.STOPPING, WorkerState.STOPPED):
             self.state = WorkerState.FAILED
+            await self._drain_output()
             log.warning(
-                "worker for %s (pid %s) exited with code %s",
+                "worker for %s (pid %s) exited with code %s; its last output:\n%s",
                 self.spec.model,
                 self._proc.pid,
                 self.returncode,
+                self.tail(),
             )
         self._exited.set()
 

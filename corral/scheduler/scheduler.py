@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 
 from corral.errors import CorralError, EngineLoadError, WorkerCrashed
-from corral.registry.store import ModelRecord
+from corral.registry.store import ModelRecord, canonical_name
 from corral.scheduler import core
 from corral.scheduler.core import CoreConfig, Lease, Message, SchedulerCore
 from corral.scheduler.launch import Launcher, free_port
@@ -72,8 +72,6 @@ class Scheduler:
         probe: MemoryProbe | None = None,
         log_path: Callable[[str], Any] | None = None,
     ) -> None:
-        from corral.registry.store import canonical_name
-
         keep_alive = settings.keep_alive_seconds
         config = CoreConfig(
             params=worker_params(settings),

@@ -203,7 +203,7 @@ def test_reload_restarts_with_new_parameters_and_keeps_queued_requests(
     install(tmp_path, ["m1"])
     srv = start(tmp_path, slots=1)
     servers.append(srv)
-    thread = long_stream(srv, "m1", threading.Event(), tokens=400)
+    thread = long_stream(srv, "m1", threading.Event(), tokens=1500)
     old_pid = ps(srv)["m1:latest"]["pid"]
     results: list[httpx.Response] = []
     queued = threading.Thread(target=lambda: results.append(chat(srv, "m1", timeout=120)))

@@ -69,6 +69,15 @@ def finish(core: SchedulerCore, effects: FakeEffects, ticket: Ticket) -> None:
     core.handle(Release(effects.granted[ticket.id]))
 
 
+def serve_once(core: SchedulerCore, fx: FakeEffects, *records: ModelRecord) -> None:
+    """Load each model, serve it one request, and let 10 s pass: idle, in this order."""
+    for rec in records:
+        t = submit(core, rec)
+        load(core, rec)
+        finish(core, fx, t)
+        fx.clock += 10
+
+
 def state(core: SchedulerCore, rec: ModelRecord) -> WorkerState:
     return core.models[rec.name].state
 
@@ -105,11 +114,7 @@ def test_loaded_model_is_not_blocked_by_another_models_long_queue() -> None:
 def test_lru_idle_model_is_evicted_for_a_new_one() -> None:
     core, fx = make(budget=2.5)
     a, b, c = record("a"), record("b"), record("c")
-    for rec in (a, b):
-        t = submit(core, rec)
-        load(core, rec)
-        finish(core, fx, t)
-        fx.clock += 10
+    serve_once(core, fx, a, b)
     submit(core, c)
     assert fx.stopped == ["a:latest"] and "c:latest" not in fx.starts()
     core.handle(Stopped("a:latest", core.models["a:latest"].worker))
@@ -155,10 +160,7 @@ def test_model_that_cannot_fit_alone_is_refused_with_numbers() -> None:
 def test_pinned_model_is_never_evicted() -> None:
     core, fx = make(budget=2.5, pinned=frozenset({"p:latest"}))
     p, a, b = record("p"), record("a"), record("b")
-    for rec in (p, a):
-        t = submit(core, rec)
-        load(core, rec)
-        finish(core, fx, t)
+    serve_once(core, fx, p, a)
     submit(core, b)
     assert fx.stopped == ["a:latest"]
 
@@ -221,13 +223,10 @@ def test_preloaded_model_loads_without_requests_and_stays() -> None:
     assert fx.notified == [("w", None)]
     fx.clock += 100
     core.handle(Tick())
-    assert not fx.stopped
-    for rec in (a, b):
-        t = submit(core, rec)
-        if state(core, rec) == WorkerState.STARTING:
-            load(core, rec)
-        finish(core, fx, t) if t.id in fx.granted else None
-    assert "p:latest" not in fx.stopped
+    assert not fx.stopped  # past keep-alive, but preloaded
+    serve_once(core, fx, a)
+    submit(core, b)  # room for b must come from a, never from the preloaded p
+    assert fx.stopped == ["a:latest"]
 
 
 # --- queues ---------------------------------------------------------------------------------
@@ -399,11 +398,7 @@ def test_every_request_is_answered(group: bool) -> None:
 def test_a_model_being_stopped_for_room_is_not_followed_by_a_second_eviction() -> None:
     core, fx = make(budget=2.5)
     a, b, c = record("a"), record("b"), record("c")
-    for rec in (a, b):
-        t = submit(core, rec)
-        load(core, rec)
-        finish(core, fx, t)
-        fx.clock += 10
+    serve_once(core, fx, a, b)
     submit(core, c)
     core.handle(Tick())
     submit(core, c)
