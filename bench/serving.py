@@ -352,6 +352,19 @@ async def gateway_overhead(url: str, model: str, n: int) -> dict[str, float]:
     }
 
 
+def measure_server(
+    system: str, quant: str, url: str, warm: list[str], single: list[str], multi: list[str]
+) -> list[RunResult]:
+    """Warm the server up, then 1 client through ``single`` and 8 through ``multi``."""
+    asyncio.run(run_clients(url, "bench", warm, 1))
+    results = []
+    for clients, prompts in ((1, single), (8, multi)):
+        wall, ttfts = asyncio.run(run_clients(url, "bench", prompts, clients))
+        results.append(summarize(system, quant, clients, wall, ttfts))
+        print(results[-1], flush=True)
+    return results
+
+
 def measure_gateway_overhead(threads: int, samples: int) -> dict[str, float]:
     """On a ~2M-parameter model, so the worker's compute does not drown the difference."""
     tiny = CACHE / "overhead-tiny.gguf"
@@ -393,20 +406,12 @@ def main() -> None:
             ModelStore(Path(home)).import_file(path, "bench")
             proc, url = start_corral(Path(home), args.threads, slots=8)
             try:
-                asyncio.run(run_clients(url, "bench", warm, 1))  # load+warm
-                for clients, prompts in ((1, single), (8, multi)):
-                    wall, ttfts = asyncio.run(run_clients(url, "bench", prompts, clients))
-                    results.append(summarize("Corral", quant, clients, wall, ttfts))
-                    print(results[-1], flush=True)
+                results += measure_server("Corral", quant, url, warm, single, multi)
             finally:
                 stop(proc)
         proc, url = start_llama_cpp_server(path, args.threads)
         try:
-            asyncio.run(run_clients(url, "bench", warm, 1))
-            for clients, prompts in ((1, single), (8, multi)):
-                wall, ttfts = asyncio.run(run_clients(url, "bench", prompts, clients))
-                results.append(summarize("llama_cpp.server", quant, clients, wall, ttfts))
-                print(results[-1], flush=True)
+            results += measure_server("llama_cpp.server", quant, url, warm, single, multi)
         finally:
             stop(proc)
         results.append(run_direct(path, quant, single, args.threads))

@@ -13,11 +13,7 @@ from corral.httputil import json_response
 
 async def health(request: Request) -> Response:
     gateway = gateway_of(request)
-    workers = [
-        {key: entry[key] for key in ("model", "state", "pid", "url")}
-        for entry in gateway.scheduler.snapshot()
-        if entry["pid"] is not None
-    ]
+    workers = gateway.scheduler.workers()
     return json_response({"status": "ok", "version": __version__, "workers": workers})
 
 

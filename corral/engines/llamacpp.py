@@ -48,18 +48,10 @@ from corral.engines.base import (
 )
 from corral.engines.text import TextAssembler
 from corral.errors import EngineError, EngineLoadError
+from corral.registry.gguf_info import is_embedding_model
 
 log = logging.getLogger("corral.engine")
 
-ENCODER_ARCHITECTURES = {
-    "bert",
-    "nomic-bert",
-    "nomic-bert-moe",
-    "jina-bert-v2",
-    "modern-bert",
-    "neo-bert",
-    "t5encoder",
-}
 _FLASH_ATTENTION = {
     "auto": lc.LLAMA_FLASH_ATTN_TYPE_AUTO,
     "on": lc.LLAMA_FLASH_ATTN_TYPE_ENABLED,
@@ -176,9 +168,7 @@ class LlamaCppEngine(Engine):
 
     def _is_embedding_model(self) -> bool:
         pooling = self.meta(f"{self.architecture}.pooling_type")
-        if pooling is not None:
-            return pooling not in ("0", "")
-        return self.architecture in ENCODER_ARCHITECTURES
+        return is_embedding_model(self.architecture, int(pooling) if pooling else None)
 
     def _create_context(self, config: LlamaCppConfig) -> Any:
         train_ctx = lc.llama_model_n_ctx_train(self._model)

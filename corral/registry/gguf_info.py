@@ -17,6 +17,12 @@ ENCODER_ARCHITECTURES = frozenset(
 )
 
 
+def is_embedding_model(architecture: str, pooling_type: int | None) -> bool:
+    """The one rule, used by the registry (to route requests) and the engine (to build
+    its context): a pooling layer, or an encoder-only architecture."""
+    return (pooling_type not in (None, 0)) or architecture in ENCODER_ARCHITECTURES
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     format: str
@@ -69,7 +75,7 @@ def read_gguf_info(path: Path) -> ModelInfo:
         context_length=int(fields.get(f"{arch}.context_length", 0)),
         embedding_length=int(fields.get(f"{arch}.embedding_length", 0)),
         has_chat_template="tokenizer.chat_template" in fields,
-        embedding=(pooling not in (None, 0)) or arch in ENCODER_ARCHITECTURES,
+        embedding=is_embedding_model(arch, pooling),
         synthetic=fields.get("corral.synthetic"),
         block_count=_int(fields.get(f"{arch}.block_count")),
         head_count=head_count,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -554,5 +554,5 @@ class SchedulerCore:
         future = [t for t in times if t > now]
         return min(future) if future else None
 
-    def loaded(self) -> Iterable[ModelState]:
+    def loaded(self) -> list[ModelState]:
         return [st for st in self.models.values() if st.state in LOADED]

@@ -26,7 +26,13 @@ from corral.registry.store import ModelRecord, canonical_name
 from corral.scheduler import core
 from corral.scheduler.core import CoreConfig, Lease, Message, SchedulerCore
 from corral.scheduler.launch import Launcher, free_port
-from corral.scheduler.memory import MemoryProbe, SystemMemory, WorkerParams, estimate
+from corral.scheduler.memory import (
+    MemoryEstimate,
+    MemoryProbe,
+    SystemMemory,
+    WorkerParams,
+    estimate,
+)
 from corral.scheduler.process import WorkerProcess, WorkerState
 from corral.scheduler.queue import Priority, Ticket
 from corral.settings import Settings
@@ -123,12 +129,22 @@ class Scheduler:
     async def unload(self, name: str) -> None:
         await self._wait(lambda waiter: core.Unload(name, waiter))
 
-    def default_params(self) -> WorkerParams:
-        return self._core.config.params
-
     def params_of(self, name: str) -> WorkerParams:
         st = self._core.models.get(name)
         return st.params if st is not None else self._core.config.params
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The running workers, cheaply (no memory probe): what ``/health`` reports."""
+        return [
+            {
+                "model": st.name,
+                "state": st.state.value,
+                "pid": st.worker.pid,
+                "url": st.worker.base_url,
+            }
+            for st in self._core.models.values()
+            if st.worker is not None
+        ]
 
     def snapshot(self) -> list[dict[str, Any]]:
         """What ``ps`` shows; read on the loop's thread, between messages."""
@@ -214,7 +230,7 @@ class Scheduler:
                 self._core.handle(message)
             except Exception:  # a bug must not stop every future request from being served
                 log.exception("scheduler failed handling %s", type(message).__name__)
-            if self._core.closed and not any(True for _ in self._core.loaded()):
+            if self._core.closed and not self._core.loaded():
                 self._drained.set()
 
     async def _wait(self, make: Callable[[Any], Message]) -> None:
@@ -223,7 +239,7 @@ class Scheduler:
         await waiter
 
 
-def _estimate(record: ModelRecord, params: WorkerParams) -> Any:
+def _estimate(record: ModelRecord, params: WorkerParams) -> MemoryEstimate:
     return estimate(record.info, record.size, params)
 
 

@@ -16,7 +16,7 @@ def test_gateway_loads_no_engine_library_and_stays_small(server: CorralServer) -
         json={"model": "test-chat", "prompt": "hi", "max_tokens": 2},
         timeout=60,
     )
-    assert reply.status_code == 200
+    assert reply.status_code == 200, reply.text
     assert server.proc is not None
     pid = server.proc.pid
     with open(f"/proc/{pid}/maps") as f:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from corral.registry.gguf_info import read_gguf_info
 from corral.registry.store import ModelStore
 from corral.scheduler.memory import WorkerParams, estimate
 from tests.support import models
@@ -23,22 +24,28 @@ from tests.support.server import CorralServer, pid_alive, wait_until
 SLOTS, CONTEXT = 2, 2048
 
 
-def install(home: Path, names: list[str]) -> int:
-    """Install the chat model under several names; return one model's memory estimate."""
-    store = ModelStore(home)
-    records = [store.import_file(models.model_file(models.CHAT), n) for n in names]
-    return estimate(records[0].info, records[0].size, WorkerParams(1, SLOTS, CONTEXT, 512)).total
-
-
-def start(home: Path, **settings: Any) -> CorralServer:
-    base = {"slots": SLOTS, "context_length": CONTEXT}
-    return CorralServer(home, **{**base, **settings}).start()
+def chat_model_need() -> int:
+    """The memory the scheduler will estimate for one copy of the test chat model."""
+    path = models.model_file(models.CHAT)
+    info = read_gguf_info(path)
+    return estimate(info, path.stat().st_size, WorkerParams(1, SLOTS, CONTEXT, 512)).total
 
 
 @pytest.fixture
-def servers() -> Iterator[list[CorralServer]]:
+def serve(tmp_path: Path) -> Iterator[Callable[..., CorralServer]]:
+    """Start `corral serve` with the chat model installed under ``names``."""
     started: list[CorralServer] = []
-    yield started
+
+    def launch(names: list[str], **settings: Any) -> CorralServer:
+        store = ModelStore(tmp_path)
+        for name in names:
+            store.import_file(models.model_file(models.CHAT), name)
+        base = {"slots": SLOTS, "context_length": CONTEXT}
+        srv = CorralServer(tmp_path, **{**base, **settings}).start()
+        started.append(srv)
+        return srv
+
+    yield launch
     for srv in started:
         srv.stop()
 
@@ -82,11 +89,9 @@ def long_stream(
 
 
 def test_least_recently_used_model_is_evicted_when_a_third_needs_room(
-    tmp_path: Path, servers: list[CorralServer]
+    serve: Callable[..., CorralServer],
 ) -> None:
-    need = install(tmp_path, ["m1", "m2", "m3"])
-    srv = start(tmp_path, memory_budget=int(2.5 * need))
-    servers.append(srv)
+    srv = serve(["m1", "m2", "m3"], memory_budget=int(2.5 * chat_model_need()))
     assert chat(srv, "m1").status_code == 200
     assert chat(srv, "m2").status_code == 200
     assert loaded(srv) == {"m1:latest", "m2:latest"}
@@ -97,12 +102,8 @@ def test_least_recently_used_model_is_evicted_when_a_third_needs_room(
     assert wait_until(lambda: not pid_alive(pid2), 5)
 
 
-def test_concurrent_cold_requests_cause_one_load(
-    tmp_path: Path, servers: list[CorralServer]
-) -> None:
-    install(tmp_path, ["m1"])
-    srv = start(tmp_path)
-    servers.append(srv)
+def test_concurrent_cold_requests_cause_one_load(serve: Callable[..., CorralServer]) -> None:
+    srv = serve(["m1"])
     with ThreadPoolExecutor(8) as pool:
         replies = list(pool.map(lambda _: chat(srv, "m1"), range(8)))
     assert [r.status_code for r in replies] == [200] * 8
@@ -110,11 +111,9 @@ def test_concurrent_cold_requests_cause_one_load(
 
 
 def test_loaded_model_is_not_blocked_by_a_long_request_to_another(
-    tmp_path: Path, servers: list[CorralServer]
+    serve: Callable[..., CorralServer],
 ) -> None:
-    install(tmp_path, ["m1", "m2"])
-    srv = start(tmp_path, slots=1)
-    servers.append(srv)
+    srv = serve(["m1", "m2"], slots=1)
     assert chat(srv, "m2").status_code == 200
     thread = long_stream(srv, "m1", threading.Event())
     began = time.monotonic()
@@ -125,11 +124,9 @@ def test_loaded_model_is_not_blocked_by_a_long_request_to_another(
 
 
 def test_full_queue_gets_429_and_cancelled_waiters_leave_it(
-    tmp_path: Path, servers: list[CorralServer]
+    serve: Callable[..., CorralServer],
 ) -> None:
-    install(tmp_path, ["m1"])
-    srv = start(tmp_path, slots=1, max_queue=2)
-    servers.append(srv)
+    srv = serve(["m1"], slots=1, max_queue=2)
     thread = long_stream(srv, "m1", threading.Event())
     waiting = [
         threading.Thread(target=chat, args=(srv, "m1"), kwargs={"timeout": 120}) for _ in range(2)
@@ -151,12 +148,8 @@ def test_full_queue_gets_429_and_cancelled_waiters_leave_it(
     thread.join()
 
 
-def test_model_too_large_for_the_budget_is_a_clear_507(
-    tmp_path: Path, servers: list[CorralServer]
-) -> None:
-    install(tmp_path, ["m1"])
-    srv = start(tmp_path, memory_budget="50MiB")
-    servers.append(srv)
+def test_model_too_large_for_the_budget_is_a_clear_507(serve: Callable[..., CorralServer]) -> None:
+    srv = serve(["m1"], memory_budget="50MiB")
     reply = chat(srv, "m1")
     assert reply.status_code == 507
     message = reply.json()["error"]["message"]
@@ -164,12 +157,8 @@ def test_model_too_large_for_the_budget_is_a_clear_507(
     assert httpx.get(srv.url + "/health").status_code == 200
 
 
-def test_keep_alive_zero_unloads_after_the_request(
-    tmp_path: Path, servers: list[CorralServer]
-) -> None:
-    install(tmp_path, ["m1"])
-    srv = start(tmp_path)
-    servers.append(srv)
+def test_keep_alive_zero_unloads_after_the_request(serve: Callable[..., CorralServer]) -> None:
+    srv = serve(["m1"])
     assert chat(srv, "m1", keep_alive="10m").status_code == 200
     entry = ps(srv)["m1:latest"]
     assert entry["keep_alive"] == 600 and entry["expires_at"] > time.time() + 500
@@ -182,11 +171,9 @@ def test_keep_alive_zero_unloads_after_the_request(
 
 
 def test_preload_loads_in_the_background_and_ps_shows_memory(
-    tmp_path: Path, servers: list[CorralServer]
+    serve: Callable[..., CorralServer],
 ) -> None:
-    install(tmp_path, ["m1"])
-    srv = start(tmp_path, preload="m1")
-    servers.append(srv)
+    srv = serve(["m1"], preload="m1")
     assert wait_until(lambda: "m1:latest" in loaded(srv), 30)
     entry = ps(srv)["m1:latest"]
     assert entry["preloaded"] and entry["expires_at"] is None
@@ -198,11 +185,9 @@ def test_preload_loads_in_the_background_and_ps_shows_memory(
 
 
 def test_reload_restarts_with_new_parameters_and_keeps_queued_requests(
-    tmp_path: Path, servers: list[CorralServer]
+    serve: Callable[..., CorralServer],
 ) -> None:
-    install(tmp_path, ["m1"])
-    srv = start(tmp_path, slots=1)
-    servers.append(srv)
+    srv = serve(["m1"], slots=1)
     thread = long_stream(srv, "m1", threading.Event(), tokens=1500)
     old_pid = ps(srv)["m1:latest"]["pid"]
     results: list[httpx.Response] = []
@@ -219,13 +204,11 @@ def test_reload_restarts_with_new_parameters_and_keeps_queued_requests(
     assert entry["pid"] != old_pid and not pid_alive(old_pid)
 
 
-def test_cli_ps_load_stop_reload(tmp_path: Path, servers: list[CorralServer]) -> None:
-    install(tmp_path, ["m1"])
-    srv = start(tmp_path)
-    servers.append(srv)
+def test_cli_ps_load_stop_reload(serve: Callable[..., CorralServer]) -> None:
+    srv = serve(["m1"])
     env = {
         **os.environ,
-        "CORRAL_HOME": str(tmp_path),
+        "CORRAL_HOME": str(srv.home),
         "CORRAL_PORT": str(srv.port),
         "COLUMNS": "200",
     }
@@ -252,11 +235,9 @@ def test_cli_ps_load_stop_reload(tmp_path: Path, servers: list[CorralServer]) ->
 
 
 def test_interactive_requests_overtake_queued_batch_requests(
-    tmp_path: Path, servers: list[CorralServer]
+    serve: Callable[..., CorralServer],
 ) -> None:
-    install(tmp_path, ["m1"])
-    srv = start(tmp_path, slots=1, batch_keys="batch-secret")
-    servers.append(srv)
+    srv = serve(["m1"], slots=1, batch_keys="batch-secret")
     thread = long_stream(srv, "m1", threading.Event(), tokens=1500)
     finished: list[str] = []
 
