@@ -20,7 +20,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.serving import CACHE, start_corral, stop
-from corral.registry.store import ModelStore
+from corral.registry.store import Registry
 from corral.registry.synthetic import SyntheticSpec, write_model
 
 N = 1000
@@ -53,7 +53,7 @@ def main() -> None:
     if not tiny.exists():
         write_model(tiny, SyntheticSpec(name="overhead-tiny", n_embd=192, n_layer=4, n_ff=512))
     with tempfile.TemporaryDirectory() as home:
-        ModelStore(Path(home)).import_file(tiny, "tiny")
+        Registry(Path(home)).import_file(tiny, "tiny")
         proc, url = start_corral(Path(home), threads=1, slots=4)
         try:
             httpx.post(

@@ -35,7 +35,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from corral.registry.store import ModelStore  # noqa: E402
+from corral.registry.store import Registry  # noqa: E402
 from corral.registry.synthetic import SyntheticSpec, parameter_count, write_model  # noqa: E402
 from corral.scheduler.launch import free_port  # noqa: E402
 
@@ -371,7 +371,7 @@ def measure_gateway_overhead(threads: int, samples: int) -> dict[str, float]:
     if not tiny.exists():
         write_model(tiny, SyntheticSpec(name="overhead-tiny", n_embd=192, n_layer=4, n_ff=512))
     with tempfile.TemporaryDirectory() as home:
-        ModelStore(Path(home)).import_file(tiny, "tiny")
+        Registry(Path(home)).import_file(tiny, "tiny")
         proc, url = start_corral(Path(home), threads, slots=4)
         try:
             result = asyncio.run(gateway_overhead(url, "tiny:latest", samples))
@@ -403,7 +403,7 @@ def main() -> None:
         warm = make_prompts(1, 99, path)
         print(f"== {quant}: {path.name} ({path.stat().st_size / 1e6:.0f} MB)", flush=True)
         with tempfile.TemporaryDirectory() as home:
-            ModelStore(Path(home)).import_file(path, "bench")
+            Registry(Path(home)).import_file(path, "bench")
             proc, url = start_corral(Path(home), args.threads, slots=8)
             try:
                 results += measure_server("Corral", quant, url, warm, single, multi)

@@ -29,7 +29,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.serving import ROOT, build_models, start_corral, stop
-from corral.registry.store import ModelStore
+from corral.registry.store import Registry
 from corral.scheduler.launch import free_port
 from corral.scheduler.memory import WorkerParams, estimate
 
@@ -102,7 +102,7 @@ def unload(url: str, model: str) -> None:
 def cold_start(model: Path) -> dict[str, Any]:
     loads = [direct_load_seconds(model) for _ in range(REPEATS)]
     with tempfile.TemporaryDirectory() as home:
-        store = ModelStore(Path(home))
+        store = Registry(Path(home))
         store.import_file(model, "a")
         record = store.import_file(model, "b")
         need = estimate(record.info, record.size, WorkerParams(1, SLOTS, CONTEXT, 512)).total
@@ -151,7 +151,7 @@ async def alternating(url: str, n_each: int) -> float:
 
 def alternation(model: Path, group: bool, n_each: int = 8) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as home:
-        store = ModelStore(Path(home))
+        store = Registry(Path(home))
         store.import_file(model, "a")
         record = store.import_file(model, "b")
         need = estimate(record.info, record.size, WorkerParams(1, 1, CONTEXT, 512)).total

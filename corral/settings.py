@@ -123,6 +123,17 @@ class Settings(BaseModel):
     demo_model: bool = Field(
         True, description="Create a tiny random-weight demo model when no model exists."
     )
+    database_url: str | None = Field(
+        None,
+        description="Registry database (SQLAlchemy URL, e.g. postgresql+psycopg://...); "
+        "unset = SQLite in the home directory.",
+    )
+    disk_reserve: str = Field(
+        "1GiB", description="Free disk space a pull must leave; a pull that would not is refused."
+    )
+    max_parallel_pulls: int = Field(
+        2, ge=1, description="Pulls downloading at once; more wait in line."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log verbosity of the gateway and its workers."
     )
@@ -134,7 +145,7 @@ class Settings(BaseModel):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("memory_budget", "memory_reserve")
+    @field_validator("memory_budget", "memory_reserve", "disk_reserve")
     @classmethod
     def _size(cls, value: str | None) -> str | None:
         if value is not None:
@@ -158,6 +169,14 @@ class Settings(BaseModel):
     @property
     def memory_reserve_bytes(self) -> int:
         return parse_size(self.memory_reserve)
+
+    @property
+    def disk_reserve_bytes(self) -> int:
+        return parse_size(self.disk_reserve)
+
+    @property
+    def registry_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'registry.db'}"
 
     @property
     def models_dir(self) -> Path:

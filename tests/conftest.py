@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.registry.store import ModelStore
+from corral.registry.store import Registry
 from tests.support import models
 from tests.support.server import CorralServer
 
@@ -30,8 +30,8 @@ def embed_model_path() -> Path:
     return models.model_file(models.EMBED)
 
 
-def install_test_models(home: Path) -> ModelStore:
-    store = ModelStore(home)
+def install_test_models(home: Path) -> Registry:
+    store = Registry(home)
     store.import_file(models.model_file(models.CHAT), CHAT_MODEL)
     store.import_file(models.model_file(models.RAW), RAW_MODEL)
     store.import_file(models.model_file(models.EMBED), EMBED_MODEL)

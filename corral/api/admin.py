@@ -34,21 +34,21 @@ async def ps(request: Request) -> Response:
 
 async def load(request: Request) -> Response:
     gateway = gateway_of(request)
-    record = gateway.store.get(request.path_params["name"])
+    record = gateway.registry.get(request.path_params["name"])
     await gateway.scheduler.preload(record)
     return json_response({"model": record.name, "status": "loaded"})
 
 
 async def unload(request: Request) -> Response:
     gateway = gateway_of(request)
-    record = gateway.store.get(request.path_params["name"])
+    record = gateway.registry.get(request.path_params["name"])
     await gateway.scheduler.unload(record.name)
     return json_response({"model": record.name, "status": "unloaded"})
 
 
 async def reload(request: Request) -> Response:
     gateway = gateway_of(request)
-    record = gateway.store.get(request.path_params["name"])
+    record = gateway.registry.get(request.path_params["name"])
     raw = await request.body()
     changes = validate(_json_or_empty(raw), ReloadRequest).model_dump(exclude_none=True)
     params = replace(gateway.scheduler.params_of(record.name), **changes)

@@ -11,7 +11,8 @@ from starlette.requests import Request
 
 from corral.api.proxy import WorkerProxy
 from corral.errors import CorralError
-from corral.registry.store import ModelStore
+from corral.registry.pulls import Pulls
+from corral.registry.store import Registry
 from corral.scheduler.launch import Launcher, llamacpp_launcher
 from corral.scheduler.scheduler import Scheduler
 from corral.settings import Settings
@@ -22,10 +23,11 @@ log = logging.getLogger("corral")
 @dataclass
 class Gateway:
     settings: Settings
-    store: ModelStore
+    registry: Registry
     scheduler: Scheduler
     proxy: WorkerProxy
     session: aiohttp.ClientSession
+    pulls: Pulls
 
     @classmethod
     def build(cls, settings: Settings, launcher: Launcher | None = None) -> Gateway:
@@ -42,14 +44,24 @@ class Gateway:
             session,
             log_path=lambda name: settings.logs_dir / f"{name.replace('/', '_')}.log",
         )
-        return cls(settings, ModelStore(settings.home), scheduler, WorkerProxy(session), session)
+        registry = Registry(settings.home, settings.database_url)
+        pulls = Pulls(
+            registry,
+            downloads_dir=settings.home / "downloads",
+            disk_reserve=settings.disk_reserve_bytes,
+            max_parallel=settings.max_parallel_pulls,
+        )
+        return cls(settings, registry, scheduler, WorkerProxy(session), session, pulls)
 
     def start(self) -> None:
-        """Run the scheduler; preload models in the background (readiness does not wait)."""
+        """Run the scheduler; preload models in the background (readiness does not wait);
+        resume pulls a previous run left unfinished."""
         self.scheduler.start()
-        for name in self.settings.preload:
+        self.pulls.resume_unfinished()
+        declared = [r.name for r in self.registry.list() if r.params.get("preload")]
+        for name in [*self.settings.preload, *declared]:
             try:
-                record = self.store.get(name)
+                record = self.registry.get(name)
             except CorralError as exc:
                 log.error("cannot preload %s: %s", name, exc.message)
                 continue
@@ -57,8 +69,10 @@ class Gateway:
             task.add_done_callback(_log_preload_failure)
 
     async def close(self) -> None:
+        await asyncio.to_thread(self.pulls.close)
         await self.scheduler.close(self.settings.worker_stop_grace + 10)
         await self.session.close()
+        self.registry.close()
 
 
 def _log_preload_failure(task: asyncio.Task[None]) -> None:

@@ -20,7 +20,7 @@ async def ps(request: Request) -> Response:
     for entry in gateway.scheduler.snapshot():
         if entry["state"] not in ("ready", "draining"):
             continue
-        record = gateway.store.get(entry["model"])
+        record = gateway.registry.get(entry["model"])
         info = record.info
         memory = entry["memory"]
         expires = entry["expires_at"]

@@ -40,12 +40,12 @@ async def embeddings(request: Request) -> Response:
 
 
 async def list_models(request: Request) -> Response:
-    cards = [model_card(record) for record in gateway_of(request).store.list()]
+    cards = [model_card(record) for record in gateway_of(request).registry.list()]
     return Response(ModelList(data=cards).model_dump_json(), media_type="application/json")
 
 
 async def get_model(request: Request) -> Response:
-    record = gateway_of(request).store.get(request.path_params["name"])
+    record = gateway_of(request).registry.get(request.path_params["name"])
     return Response(model_card(record).model_dump_json(), media_type="application/json")
 
 
@@ -67,8 +67,9 @@ async def _relay(
     gateway = gateway_of(request)
     body = await request.body()
     req = parse_body(body, wire)
-    record = gateway.store.get(req.model)
+    record = gateway.registry.get(req.model)
     _require(record, capability)
+    gateway.registry.touch(record.name)
     grant = await run_until_disconnect(
         request,
         gateway.scheduler.acquire(
@@ -83,6 +84,12 @@ async def _relay(
 
 
 def _require(record: ModelRecord, capability: str) -> None:
+    if record.format != "gguf":
+        raise UnsupportedCapability(
+            f"The model '{record.name}' is {record.format}; this server has no engine for "
+            "that format yet (only GGUF on llama.cpp).",
+            param="model",
+        )
     if capability == "embeddings" and not record.info.embedding:
         raise UnsupportedCapability(
             f"The model '{record.name}' does not produce embeddings; use an embedding model.",

@@ -1,4 +1,4 @@
-"""The ``corral`` command: serve, import, list, run, config."""
+"""The ``corral`` command: serve, models (pull, import, list, show, rm, cp), run, config."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from corral.errors import CorralError
 from corral.settings import Settings, SettingsError, env_name, load_settings
 
 app = typer.Typer(help="Corral: a local-first model server.", no_args_is_help=True)
@@ -71,54 +70,201 @@ def serve(
     run_server(settings)
 
 
+def _registry(home: Path | None = None) -> Any:
+    from corral.cli.registry import connect
+
+    return connect(_settings(home=home))
+
+
+def _registry_call(action: Any) -> Any:
+    from corral.cli.registry import RegistryError
+
+    try:
+        return action()
+    except RegistryError as exc:
+        raise _fail(str(exc)) from None
+
+
 @app.command("import")
 def import_model(
-    path: Annotated[Path, typer.Argument(help="A local GGUF file.", exists=True, dir_okay=False)],
+    path: Annotated[
+        Path, typer.Argument(help="A local GGUF or ONNX file, or a model directory.", exists=True)
+    ],
     name: Annotated[str | None, typer.Option(help="Name to give it (default: file stem).")] = None,
     home: HomeOption = None,
 ) -> None:
-    """Add a local GGUF file to the models directory."""
-    from corral.registry.store import ModelStore
-
-    settings = _settings(home=home)
-    store = ModelStore(settings.home)
-    try:
-        with console.status(f"Importing {path.name} (hashing {path.stat().st_size:,} bytes)"):
-            record = store.import_file(path, name or path.stem)
-    except CorralError as exc:
-        raise _fail(exc.message) from None
-    except ValueError as exc:
-        raise _fail(f"{path} is not a valid GGUF file: {exc}") from None
+    """Add a local model file or directory to the registry."""
+    client = _registry(home)
+    with console.status(f"Importing {path.name} (copying and hashing)"):
+        m = _registry_call(lambda: client.import_path(path, name))
+    client.close()
+    info = m["info"]
     console.print(
-        f"imported [bold]{record.name}[/bold] ({_size(record.size)}, "
-        f"{record.info.architecture}, {record.info.quantization})"
+        f"imported [bold]{m['name']}[/bold] ({_size(m['size'])}, {m['format']}, "
+        f"{info['architecture']}, {info['quantization']})"
     )
 
 
 @app.command("list")
 def list_models(home: HomeOption = None) -> None:
     """Show installed models."""
-    from corral.registry.store import ModelStore
+    from corral.cli.models import models_table
 
-    records = ModelStore(_settings(home=home).home).list()
-    if not records:
-        console.print("No models installed. `corral import FILE.gguf` adds one.")
+    client = _registry(home)
+    models = _registry_call(client.list)
+    client.close()
+    if not models:
+        console.print("No models installed. `corral pull REF` or `corral import FILE` adds one.")
         return
-    table = Table(box=None, pad_edge=False)
-    for column in ("NAME", "ID", "SIZE", "PARAMS", "QUANT", "CONTEXT", "CAPABILITIES"):
-        table.add_column(column)
-    for r in records:
-        note = " [yellow](random weights)[/yellow]" if r.info.synthetic else ""
-        table.add_row(
-            r.name + note,
-            r.sha256[:12],
-            _size(r.size),
-            _count(r.info.parameters),
-            r.info.quantization,
-            str(r.info.context_length),
-            ",".join(r.capabilities),
-        )
-    console.print(table)
+    console.print(models_table(models))
+
+
+@app.command()
+def show(
+    model: Annotated[str, typer.Argument(help="Model name or alias.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Show a model: source, revision, files with sha256, header facts."""
+    from corral.cli.models import show_model
+
+    client = _registry(home)
+    m = _registry_call(lambda: client.show(model))
+    client.close()
+    if json_output:
+        console.print_json(data=m)
+    else:
+        show_model(m, console)
+
+
+@app.command()
+def rm(
+    models: Annotated[list[str], typer.Argument(help="Models (or aliases) to remove.")],
+    home: HomeOption = None,
+) -> None:
+    """Remove models (a loaded one is stopped first); files other models use stay."""
+    client = _registry(home)
+    for model in models:
+        removed = _registry_call(lambda m=model: client.remove(m))
+        console.print(f"deleted {', '.join(removed)}")
+    client.close()
+
+
+@app.command()
+def cp(
+    source: Annotated[str, typer.Argument(help="Existing model.")],
+    destination: Annotated[str, typer.Argument(help="New name for the same files.")],
+    home: HomeOption = None,
+) -> None:
+    """Give a model a second name (its files are shared, not copied)."""
+    client = _registry(home)
+    m = _registry_call(lambda: client.copy(source, destination))
+    client.close()
+    console.print(f"copied {source} to [bold]{m['name']}[/bold]")
+
+
+@app.command()
+def pull(
+    ref: Annotated[
+        str,
+        typer.Argument(
+            help="hf.co/ORG/REPO[:QUANT_OR_FILE], ORG/REPO, an https:// URL or a local path."
+        ),
+    ],
+    name: Annotated[str | None, typer.Option(help="Model name (default: from REF).")] = None,
+    revision: Annotated[str | None, typer.Option(help="Hub branch, tag or commit.")] = None,
+    sha256: Annotated[str | None, typer.Option(help="Expected checksum (URLs).")] = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="Start the pull on the server and return.")
+    ] = False,
+    home: HomeOption = None,
+) -> None:
+    """Download a model with progress; an interrupted pull resumes where it stopped."""
+    from corral.cli.models import follow_pull
+
+    client = _registry(home)
+    job = _registry_call(lambda: client.pull(ref, name=name, revision=revision, sha256=sha256))
+    if detach and client.where.startswith("http"):
+        console.print(f"pull {job['id']} started for {job['model']}")
+        client.close()
+        return
+    job = follow_pull(client, job, console)
+    client.close()
+    if job["state"] == "completed":
+        console.print(f"pulled [bold]{job['model']}[/bold] ({_size(job['bytes_total'] or 0)})")
+    elif job["state"] == "cancelled":
+        raise _fail(f"pull cancelled; {_size(job['bytes_done'])} kept, pull again to resume", 130)
+    else:
+        raise _fail(job["error"] or f"pull ended {job['state']}")
+
+
+FileOption = Annotated[
+    Path, typer.Option("--file", "-f", help="The model declarations.", dir_okay=False)
+]
+
+
+def _declarations(path: Path) -> Any:
+    from corral.registry.declared import DeclarationError, DeclarationErrors, load_declarations
+
+    try:
+        return load_declarations(path)
+    except (DeclarationError, DeclarationErrors) as exc:
+        raise _fail(str(exc), 2) from None
+    except FileNotFoundError:
+        raise _fail(f"{path} not found", 2) from None
+
+
+@app.command()
+def sync(
+    file: FileOption = Path("corral.yaml"),
+    locked: Annotated[
+        bool, typer.Option("--locked", help="Install exactly corral.lock; any drift is an error.")
+    ] = False,
+    home: HomeOption = None,
+) -> None:
+    """Make the registry match corral.yaml (pull what is missing or changed)."""
+    from corral.cli.sync import SyncError
+    from corral.cli.sync import sync as run_sync
+    from corral.registry.declared import DeclarationError, DeclarationErrors, read_lock
+
+    declared = _declarations(file)
+    lock = None
+    if locked:
+        lock_path = file.with_suffix(".lock")
+        try:
+            lock = read_lock(lock_path)
+        except FileNotFoundError:
+            raise _fail(f"{lock_path} not found; run `corral lock` first", 2) from None
+        except (DeclarationError, DeclarationErrors) as exc:
+            raise _fail(str(exc), 2) from None
+    client = _registry(home)
+    try:
+        _registry_call(lambda: run_sync(client, declared, file.resolve().parent, console, lock))
+    except SyncError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        client.close()
+
+
+@app.command()
+def lock(file: FileOption = Path("corral.yaml"), home: HomeOption = None) -> None:
+    """Sync, then write corral.lock with the exact revisions and sha256 of every file."""
+    from corral.cli.sync import SyncError, lock_from_installed
+    from corral.cli.sync import sync as run_sync
+    from corral.registry.declared import write_lock
+
+    declared = _declarations(file)
+    client = _registry(home)
+    try:
+        _registry_call(lambda: run_sync(client, declared, file.resolve().parent, console))
+        lock_file = _registry_call(lambda: lock_from_installed(client, declared))
+    except SyncError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        client.close()
+    path = file.with_suffix(".lock")
+    write_lock(path, lock_file)
+    console.print(f"wrote {path} ({len(lock_file.models)} models)")
 
 
 @app.command()
@@ -225,13 +371,6 @@ def _size(n: int) -> str:
         if value < 1000 or unit == "TB":
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
-    return str(n)
-
-
-def _count(n: int) -> str:
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f}{unit}"
     return str(n)
 
 

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from corral.registry.store import ModelRecord, ModelStore
+from corral.registry.store import ModelRecord, Registry
 
 DEMO_NAME = "demo:latest"
 
@@ -35,7 +35,7 @@ def create_demo_model(home: Path) -> ModelRecord:
         n_merges=300,
         seed=20261123,
     )
-    store = ModelStore(home)
+    store = Registry(home)
     with tempfile.TemporaryDirectory(dir=home) as tmp:
         path = write_model(Path(tmp) / "demo.gguf", spec)
         return store.import_file(path, DEMO_NAME)
@@ -43,7 +43,7 @@ def create_demo_model(home: Path) -> ModelRecord:
 
 def ensure_demo_model(home: Path) -> bool:
     """Create the demo model (in a child process) if no model is installed."""
-    if not ModelStore(home).is_empty():
+    if not Registry(home).is_empty():
         return False
     home.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "corral.registry.demo", str(home)], check=True)

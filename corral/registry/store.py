@@ -1,146 +1,216 @@
-"""The installed models: content-addressed blobs plus one small JSON manifest per name.
+"""The installed models: content-addressed blobs on disk, facts in the registry database.
 
 Layout under ``CORRAL_HOME``::
 
-    blobs/sha256-<hex>                  model files, named by content
-    models/<name>/<tag>.json            manifest: file, size, sha256, header facts
+    registry.db                         models, files, aliases, pull jobs (SQLite)
+    blobs/sha256-<hex>                  file contents, named by their hash
+    models/<name>/<tag>/...             a multi-file model's tree, as links to blobs
 
-Names are Ollama style, ``name:tag`` with ``latest`` as the default tag. Two names
-can share one blob (``corral cp`` later), and an import of a file already present
-still costs one copy but no second blob. This is the seam the full registry (SQLite, versions,
-pulling) replaces; everything outside ``corral.registry`` sees only ``ModelStore``
-and ``ModelRecord``.
+A blob belongs to every model that lists it; ``remove`` deletes a blob only once no
+model refers to it, so ``corral cp`` and two quants sharing a tokenizer cost no
+second copy. Everything outside ``corral.registry`` sees only ``Registry`` and the
+frozen ``ModelRecord`` it hands out.
 """
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
+import logging
 import os
-import re
 import shutil
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from corral.errors import InvalidRequest, ModelNotFound
-from corral.registry.gguf_info import ModelInfo, is_gguf, read_gguf_info
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, joinedload, selectinload
 
-DEFAULT_TAG = "latest"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+from corral.errors import CorralError, InvalidRequest, ModelNotFound
+from corral.registry import inspect
+from corral.registry.db import AliasRow, FileRow, ModelRow, open_database
+from corral.registry.gguf_info import ModelInfo, is_gguf
+from corral.registry.names import DEFAULT_TAG, InvalidModelName, canonical_name
+
+__all__ = [
+    "DEFAULT_TAG",
+    "InvalidModelName",
+    "ModelExists",
+    "ModelFile",
+    "ModelRecord",
+    "Registry",
+    "canonical_name",
+]
+
+log = logging.getLogger("corral.registry")
 _CHUNK = 4 << 20
+_CACHE_SECONDS = 2.0  # how stale a cached record may be when another process writes
+_USAGE_FLUSH_SECONDS = 30.0
 
 
-class InvalidModelName(InvalidRequest):
-    """A model name that is not ``name[:tag]`` with safe characters."""
+class ModelExists(CorralError):
+    status = 409
+    type = "invalid_request_error"
+    code = "model_exists"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"A model named {name!r} already exists; remove it first or pick another name."
+        )
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    path: str  # inside the model ("model.gguf", "onnx/model.onnx")
+    sha256: str
+    size: int
 
 
 @dataclass(frozen=True)
 class ModelRecord:
     name: str  # canonical "name:tag"
-    path: Path
-    size: int
-    sha256: str
+    path: Path  # what the engine opens: a GGUF/ONNX file, or a model directory
+    size: int  # all files together
+    sha256: str  # of the primary file (the model's id in listings)
     created: float
     info: ModelInfo
+    format: str = "gguf"
+    engine: str | None = None
+    files: tuple[ModelFile, ...] = ()
+    source: str = ""
+    revision: str | None = None
+    aliases: tuple[str, ...] = ()
+    params: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    last_used: float | None = field(default=None, compare=False, hash=False)
 
     @property
     def capabilities(self) -> list[str]:
         return ["embeddings"] if self.info.embedding else ["completion", "chat"]
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "size": self.size,
+            "sha256": self.sha256,
+            "format": self.format,
+            "engine": self.engine,
+            "source": self.source,
+            "revision": self.revision,
+            "aliases": list(self.aliases),
+            "files": [vars(f) for f in self.files],
+            "params": dict(self.params),
+            "capabilities": self.capabilities,
+            "info": self.info.to_dict(),
+            "created_at": self.created,
+            "last_used_at": self.last_used,
+        }
 
-def canonical_name(name: str) -> str:
-    """``demo`` -> ``demo:latest``; validates characters so names are safe as paths."""
-    base, _, tag = name.strip().partition(":")
-    tag = tag or DEFAULT_TAG
-    if not _NAME.match(base) or ".." in base.split("/") or not _TAG.match(tag):
-        raise InvalidModelName(
-            f"Invalid model name {name!r}: use name[:tag] with letters, digits, '.', '_', "
-            "'-' (and '/' in the name).",
-            param="model",
-        )
-    return f"{base}:{tag}"
 
-
-class ModelStore:
-    def __init__(self, home: Path) -> None:
-        self.models_dir = home / "models"
+class Registry:
+    def __init__(self, home: Path, database_url: str | None = None) -> None:
+        self.home = home
         self.blobs_dir = home / "blobs"
-        # Manifests read, keyed by path, with the mtime they had: `get` is on every
-        # request, and a stat is far cheaper than reading and parsing JSON.
-        self._cache: dict[Path, tuple[int, ModelRecord]] = {}
+        self.models_dir = home / "models"
+        home.mkdir(parents=True, exist_ok=True)
+        self.engine = open_database(database_url or f"sqlite:///{home / 'registry.db'}")
+        # Registration and removal are serialised in this process, so a removal never
+        # deletes a blob that a registration is about to refer to.
+        self._write_lock = threading.RLock()
+        self._cache: dict[str, tuple[float, ModelRecord]] = {}
+        self._usage: dict[str, float] = {}
+        self._usage_flushed = time.monotonic()
+        self._import_legacy_manifests()
 
-    def _manifest_path(self, name: str) -> Path:
-        base, _, tag = name.partition(":")
-        return self.models_dir / base / f"{tag}.json"
+    # --- reading ------------------------------------------------------------------------
 
     def get(self, name: str) -> ModelRecord:
-        """The model called ``name`` (tag defaults to ``latest``), or ModelNotFound."""
+        """The model called ``name`` or aliased so (tag defaults to ``latest``)."""
         try:
             canonical = canonical_name(name)
         except InvalidModelName:
             raise ModelNotFound(name) from None
-        path = self._manifest_path(canonical)
-        try:
-            mtime = path.stat().st_mtime_ns
-            cached = self._cache.get(path)
-            if cached is not None and cached[0] == mtime:
-                return cached[1]
-            record = self._record(json.loads(path.read_text()))
-        except FileNotFoundError:
-            raise ModelNotFound(name) from None
-        self._cache[path] = (mtime, record)
+        now = time.monotonic()
+        cached = self._cache.get(canonical)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        with Session(self.engine, expire_on_commit=False) as session:
+            row = self._find(session, canonical)
+            if row is None:
+                raise ModelNotFound(name)
+            record = self._record(row)
+        self._cache[canonical] = (now + _CACHE_SECONDS, record)
         return record
 
     def list(self) -> list[ModelRecord]:
-        records = []
-        for path in sorted(self.models_dir.rglob("*.json")):
-            try:
-                records.append(self._record(json.loads(path.read_text())))
-            except (OSError, ValueError, KeyError):
-                continue  # a half-written or foreign file is not a model
-        return records
+        with Session(self.engine, expire_on_commit=False) as session:
+            rows = session.scalars(
+                select(ModelRow)
+                .options(selectinload(ModelRow.files), selectinload(ModelRow.aliases))
+                .order_by(ModelRow.name)
+            ).all()
+            return [self._record(row) for row in rows]
 
     def is_empty(self) -> bool:
-        return not any(self.models_dir.rglob("*.json")) if self.models_dir.exists() else True
+        with Session(self.engine, expire_on_commit=False) as session:
+            return not session.scalar(select(func.count()).select_from(ModelRow))
 
-    def _record(self, data: dict[str, object]) -> ModelRecord:
-        return ModelRecord(
-            name=str(data["name"]),
-            path=self.blobs_dir / str(data["blob"]),
-            size=int(str(data["size"])),
-            sha256=str(data["sha256"]),
-            created=float(str(data["created"])),
-            info=ModelInfo.from_dict(data["info"]),  # type: ignore[arg-type]
+    def blob_path(self, sha256: str) -> Path:
+        return self.blobs_dir / f"sha256-{sha256}"
+
+    def has_blob(self, sha256: str, size: int | None = None) -> bool:
+        path = self.blob_path(sha256)
+        try:
+            return size is None or path.stat().st_size == size
+        except FileNotFoundError:
+            return False
+
+    # --- adding -------------------------------------------------------------------------
+
+    def import_path(
+        self, source: Path, name: str, *, params: Mapping[str, Any] | None = None
+    ) -> ModelRecord:
+        """Add a local GGUF or ONNX file, or a model directory (safetensors/ONNX)."""
+        canonical = canonical_name(name)
+        source = source.expanduser()
+        if source.is_dir():
+            files = {
+                p.relative_to(source).as_posix(): p
+                for p in sorted(source.rglob("*"))
+                if p.is_file() and not p.name.startswith(".")
+            }
+        elif source.is_file():
+            if source.suffix == ".gguf" and not is_gguf(source):
+                raise InvalidRequest(f"{source} is not a GGUF file (bad magic bytes).")
+            files = {source.name: source}
+        else:
+            raise InvalidRequest(f"No such file or directory: {source}")
+        try:
+            fmt = inspect.detect_format(files)
+            inspect.read_info(files, fmt)  # refuse a broken file before copying it
+        except (ValueError, KeyError, OSError) as exc:
+            raise InvalidRequest(f"{source} is not a model Corral can serve: {exc}") from None
+        added = [ModelFile(rel, *self.add_blob(path)) for rel, path in files.items()]
+        return self.register(
+            canonical,
+            added,
+            source=str(source.resolve()),
+            revision=None,
+            params=params,
         )
 
     def import_file(self, source: Path, name: str) -> ModelRecord:
-        """Add a local GGUF file under ``name`` (replacing an existing name)."""
-        canonical = canonical_name(name)
-        if not source.is_file():
-            raise InvalidRequest(f"No such file: {source}")
-        if not is_gguf(source):
+        """Add one local GGUF file."""
+        if source.is_file() and not is_gguf(source):
             raise InvalidRequest(f"{source} is not a GGUF file (bad magic bytes).")
-        info = read_gguf_info(source)
-        digest, size = self._add_blob(source)
-        manifest = {
-            "name": canonical,
-            "blob": f"sha256-{digest}",
-            "size": size,
-            "sha256": digest,
-            "created": time.time(),
-            "source": str(source.resolve()),
-            "info": info.to_dict(),
-        }
-        path = self._manifest_path(canonical)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(manifest, indent=2))
-        tmp.replace(path)
-        return self._record(manifest)
+        return self.import_path(source, name)
 
-    def _add_blob(self, source: Path) -> tuple[str, int]:
+    def add_blob(self, source: Path) -> tuple[str, int]:
         """Copy ``source`` into the blob store, hashing as it goes; return (sha256, size).
 
         A copy, not a hard link: with a link, editing or truncating the original file
@@ -151,14 +221,292 @@ class ModelStore:
         try:
             digest = _copy_hashing(source, tmp)
             size = tmp.stat().st_size
-            blob = self.blobs_dir / f"sha256-{digest}"
-            if blob.exists():
-                tmp.unlink()
-            else:
-                tmp.replace(blob)
+            self.adopt_blob(tmp, digest)
         finally:
             tmp.unlink(missing_ok=True)
         return digest, size
+
+    def adopt_blob(self, path: Path, sha256: str) -> Path:
+        """Move a verified file into the store under its hash (a no-op if present)."""
+        blob = self.blob_path(sha256)
+        if blob.exists():
+            path.unlink(missing_ok=True)
+        else:
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            path.replace(blob)
+        return blob
+
+    def register(
+        self,
+        name: str,
+        files: Iterable[ModelFile],
+        *,
+        source: str,
+        revision: str | None,
+        params: Mapping[str, Any] | None = None,
+        engine: str | None = None,
+        replace: bool = True,
+    ) -> ModelRecord:
+        """Record a model whose files are all in the blob store: the commit point of an
+        import or a pull. Nothing is registered unless every blob is present."""
+        canonical = canonical_name(name)
+        files = list(files)
+        with self._write_lock:
+            for f in files:
+                if not self.has_blob(f.sha256, f.size):
+                    raise InvalidRequest(f"{f.path}: blob sha256-{f.sha256[:12]} is missing")
+            paths = {f.path: self.blob_path(f.sha256) for f in files}
+            fmt = inspect.detect_format(paths)
+            info = inspect.read_info(paths, fmt)
+            primary = inspect.primary_file(paths, fmt)
+            old_blobs: set[str] = set()
+            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                existing = session.scalar(select(ModelRow).where(ModelRow.name == canonical))
+                if existing is not None:
+                    if not replace:
+                        raise ModelExists(canonical)
+                    old_blobs = {f.sha256 for f in existing.files}
+                    session.delete(existing)
+                    session.flush()
+                self._check_not_alias(session, canonical)
+                session.add(
+                    ModelRow(
+                        name=canonical,
+                        format=fmt,
+                        engine=engine,
+                        architecture=info.architecture,
+                        parameters=info.parameters,
+                        quantization=info.quantization,
+                        context_length=info.context_length,
+                        has_chat_template=info.has_chat_template,
+                        embedding=info.embedding,
+                        info=info.to_dict(),
+                        source=source,
+                        revision=revision,
+                        params=dict(params or {}),
+                        primary_file=primary,
+                        created_at=time.time(),
+                        last_used_at=None,
+                        files=[FileRow(path=f.path, sha256=f.sha256, size=f.size) for f in files],
+                    )
+                )
+            self._invalidate()
+            self._materialize(canonical, files)
+            self._collect(old_blobs)
+        return self.get(canonical)
+
+    # --- names --------------------------------------------------------------------------
+
+    def copy(self, source: str, destination: str) -> ModelRecord:
+        """A second, independent name for the same files (Ollama's ``cp``)."""
+        record = self.get(source)
+        dest = canonical_name(destination)
+        if dest == record.name:
+            raise InvalidRequest("Source and destination are the same model.")
+        return self.register(
+            dest,
+            record.files,
+            source=record.source,
+            revision=record.revision,
+            params=record.params,
+            engine=record.engine,
+            replace=False,
+        )
+
+    def set_aliases(self, name: str, aliases: Iterable[str]) -> ModelRecord:
+        """Make ``aliases`` exactly the other names of model ``name``."""
+        canonical = canonical_name(name)
+        wanted = sorted({canonical_name(a) for a in aliases})
+        with (
+            self._write_lock,
+            Session(self.engine, expire_on_commit=False) as session,
+            session.begin(),
+        ):
+            row = session.scalar(select(ModelRow).where(ModelRow.name == canonical))
+            if row is None:
+                raise ModelNotFound(name)
+            for alias in wanted:
+                if session.scalar(select(ModelRow.id).where(ModelRow.name == alias)):
+                    raise InvalidRequest(f"Alias {alias!r} is already a model's name.")
+                other = session.get(AliasRow, alias)
+                if other is not None and other.model_id != row.id:
+                    raise InvalidRequest(f"Alias {alias!r} already names another model.")
+            row.aliases = [AliasRow(alias=a) for a in wanted]
+        self._invalidate()
+        return self.get(canonical)
+
+    def configure(
+        self, name: str, *, params: Mapping[str, Any], aliases: Iterable[str]
+    ) -> ModelRecord:
+        """Set a model's engine parameters and aliases (what ``corral sync`` declares)."""
+        canonical = canonical_name(name)
+        with (
+            self._write_lock,
+            Session(self.engine, expire_on_commit=False) as session,
+            session.begin(),
+        ):
+            row = session.scalar(select(ModelRow).where(ModelRow.name == canonical))
+            if row is None:
+                raise ModelNotFound(name)
+            row.params = dict(params)
+        self._invalidate()
+        return self.set_aliases(canonical, aliases)
+
+    # --- removing -----------------------------------------------------------------------
+
+    def remove(self, name: str) -> builtins.list[str]:
+        """Remove a model (with its aliases) or just an alias; returns the names removed.
+
+        Blobs no other model lists are deleted; shared ones stay.
+        """
+        try:
+            canonical = canonical_name(name)
+        except InvalidModelName:
+            raise ModelNotFound(name) from None
+        with self._write_lock:
+            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                alias = session.get(AliasRow, canonical)
+                if alias is not None:
+                    session.delete(alias)
+                    removed, blobs = [canonical], set()
+                else:
+                    row = session.scalar(select(ModelRow).where(ModelRow.name == canonical))
+                    if row is None:
+                        raise ModelNotFound(name)
+                    removed = [row.name, *(a.alias for a in row.aliases)]
+                    blobs = {f.sha256 for f in row.files}
+                    session.delete(row)
+            self._invalidate()
+            if alias is None:
+                self._unmaterialize(canonical)
+            self._collect(blobs)
+        return removed
+
+    def _collect(self, candidates: set[str]) -> None:
+        """Delete the blobs among ``candidates`` that no model lists any more."""
+        if not candidates:
+            return
+        with Session(self.engine, expire_on_commit=False) as session:
+            used = set(
+                session.scalars(select(FileRow.sha256).where(FileRow.sha256.in_(candidates)))
+            )
+        for sha in candidates - used:
+            self.blob_path(sha).unlink(missing_ok=True)
+            log.info("deleted blob sha256-%s (no model uses it)", sha[:12])
+
+    # --- usage --------------------------------------------------------------------------
+
+    def touch(self, name: str) -> None:
+        """Note a use of ``name``; written in batches (a write per request would cost)."""
+        self._usage[name] = time.time()
+        if time.monotonic() - self._usage_flushed > _USAGE_FLUSH_SECONDS:
+            self.flush_usage()
+
+    def flush_usage(self) -> None:
+        pending, self._usage = self._usage, {}
+        self._usage_flushed = time.monotonic()
+        if not pending:
+            return
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            for row in session.scalars(select(ModelRow).where(ModelRow.name.in_(pending))):
+                row.last_used_at = pending[row.name]
+        self._invalidate()
+
+    def close(self) -> None:
+        self.flush_usage()
+        self.engine.dispose()
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _find(self, session: Session, canonical: str) -> ModelRow | None:
+        """By name, else by alias: one query either way."""
+        aliased = select(AliasRow.model_id).where(AliasRow.alias == canonical).scalar_subquery()
+        query = (
+            select(ModelRow)
+            .where((ModelRow.name == canonical) | (ModelRow.id == aliased))
+            .options(joinedload(ModelRow.files), joinedload(ModelRow.aliases))
+        )
+        return session.scalars(query).unique().first()
+
+    def _check_not_alias(self, session: Session, canonical: str) -> None:
+        if session.get(AliasRow, canonical) is not None:
+            raise InvalidRequest(f"{canonical!r} is an alias of another model; remove it first.")
+
+    def _record(self, row: ModelRow) -> ModelRecord:
+        files = tuple(ModelFile(f.path, f.sha256, f.size) for f in row.files)
+        by_path = {f.path: f for f in files}
+        primary = by_path.get(row.primary_file)
+        if len(files) == 1 and primary is not None:
+            path = self.blob_path(primary.sha256)  # one file: the engine opens the blob
+        else:
+            path = self._tree(row.name) / row.primary_file
+        return ModelRecord(
+            name=row.name,
+            path=path,
+            size=sum(f.size for f in files),
+            sha256=primary.sha256 if primary else _tree_digest(files),
+            created=row.created_at,
+            info=ModelInfo.from_dict(row.info),
+            format=row.format,
+            engine=row.engine,
+            files=files,
+            source=row.source,
+            revision=row.revision,
+            aliases=tuple(a.alias for a in row.aliases),
+            params=dict(row.params),
+            last_used=row.last_used_at,
+        )
+
+    def _tree(self, canonical: str) -> Path:
+        base, _, tag = canonical.partition(":")
+        return self.models_dir / base / tag
+
+    def _materialize(self, canonical: str, files: builtins.list[ModelFile]) -> None:
+        """Lay a multi-file model out as the directory its engine expects (links to
+        blobs): transformers and split GGUFs find their siblings by name."""
+        self._unmaterialize(canonical)
+        if len(files) <= 1:
+            return
+        tree = self._tree(canonical)
+        for f in files:
+            link = tree / f.path
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(self.blob_path(f.sha256))
+
+    def _unmaterialize(self, canonical: str) -> None:
+        tree = self._tree(canonical)
+        if tree.is_dir():
+            shutil.rmtree(tree)
+
+    def _invalidate(self) -> None:
+        self._cache.clear()
+
+    def _import_legacy_manifests(self) -> None:
+        """Adopt models installed by Corral 0.1 (one JSON manifest per name), once."""
+        if not self.models_dir.is_dir():
+            return
+        for manifest in sorted(self.models_dir.rglob("*.json")):
+            if manifest.is_symlink():
+                continue  # a file of a materialized model tree, not a manifest
+            try:
+                data = json.loads(manifest.read_text())
+                if not isinstance(data, dict) or "blob" not in data:
+                    continue
+                name = str(data["name"])
+                entry = ModelFile("model.gguf", str(data["sha256"]), int(data["size"]))
+                self.register(name, [entry], source=str(data.get("source", "")), revision=None)
+            except (OSError, ValueError, KeyError, CorralError, IntegrityError) as exc:
+                log.warning("could not adopt old manifest %s: %s", manifest, exc)
+                continue
+            manifest.rename(manifest.with_suffix(".json.migrated"))
+            log.info("adopted %s into the registry database", name)
+
+
+def _tree_digest(files: tuple[ModelFile, ...]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.path}\0{f.sha256}\n".encode())
+    return h.hexdigest()
 
 
 def _copy_hashing(source: Path, dest: Path) -> str:

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from corral.errors import (
@@ -35,7 +35,7 @@ from corral.scheduler import policy
 from corral.scheduler.memory import MemoryEstimate, WorkerParams
 from corral.scheduler.process import WorkerState
 from corral.scheduler.queue import FairQueue, Ticket
-from corral.units import format_size
+from corral.units import format_size, parse_keep_alive
 
 log = logging.getLogger("corral.scheduler")
 ACTIVE = (WorkerState.STARTING, WorkerState.READY, WorkerState.DRAINING)
@@ -474,14 +474,18 @@ class SchedulerCore:
     def _state_for(self, record: ModelRecord) -> ModelState:
         st = self.models.get(record.name)
         if st is None:
-            params = self.config.params
+            params = declared_params(self.config.params, record.params)
+            keep_alive = self.config.keep_alive
+            if record.params.get("keep_alive") is not None:
+                seconds = parse_keep_alive(record.params["keep_alive"])
+                keep_alive = math.inf if seconds is None else seconds
             st = ModelState(
                 record=record,
                 params=params,
                 estimate=self.estimator(record, params),
-                keep_alive=self.config.keep_alive,
-                pinned=record.name in self.config.pinned,
-                preloaded=record.name in self.config.preload,
+                keep_alive=keep_alive,
+                pinned=record.name in self.config.pinned or bool(record.params.get("pinned")),
+                preloaded=record.name in self.config.preload or bool(record.params.get("preload")),
             )
             self.models[record.name] = st
         elif st.state in (WorkerState.STOPPED, WorkerState.FAILED) and record != st.record:
@@ -556,3 +560,10 @@ class SchedulerCore:
 
     def loaded(self) -> list[ModelState]:
         return [st for st in self.models.values() if st.state in LOADED]
+
+
+def declared_params(base: WorkerParams, declared: Mapping[str, Any]) -> WorkerParams:
+    """A model's own engine parameters (``corral.yaml``) over the server's defaults."""
+    names = {"threads": "threads", "slots": "slots", "context": "context_length"}
+    changes = {f: declared[k] for k, f in names.items() if declared.get(k) is not None}
+    return replace(base, **changes) if changes else base

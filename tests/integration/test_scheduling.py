@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from corral.registry.gguf_info import read_gguf_info
-from corral.registry.store import ModelStore
+from corral.registry.store import Registry
 from corral.scheduler.memory import WorkerParams, estimate
 from tests.support import models
 from tests.support.server import CorralServer, pid_alive, wait_until
@@ -37,7 +37,7 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., CorralServer]]:
     started: list[CorralServer] = []
 
     def launch(names: list[str], **settings: Any) -> CorralServer:
-        store = ModelStore(tmp_path)
+        store = Registry(tmp_path)
         for name in names:
             store.import_file(models.model_file(models.CHAT), name)
         base = {"slots": SLOTS, "context_length": CONTEXT}

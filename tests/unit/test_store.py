@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from corral.errors import InvalidRequest, ModelNotFound
-from corral.registry.store import ModelStore, canonical_name
+from corral.registry.store import Registry, canonical_name
 from tests.support import models
 
 
@@ -16,7 +16,7 @@ def test_canonical_names() -> None:
 
 
 def test_import_get_list(tmp_path: Path) -> None:
-    store = ModelStore(tmp_path)
+    store = Registry(tmp_path)
     assert store.is_empty()
     record = store.import_file(models.model_file(models.EMBED), "emb")
     assert record.name == "emb:latest"
@@ -29,7 +29,7 @@ def test_import_get_list(tmp_path: Path) -> None:
 
 
 def test_same_file_twice_shares_one_blob(tmp_path: Path) -> None:
-    store = ModelStore(tmp_path)
+    store = Registry(tmp_path)
     a = store.import_file(models.model_file(models.EMBED), "a")
     b = store.import_file(models.model_file(models.EMBED), "b:v2")
     assert a.path == b.path
@@ -37,7 +37,7 @@ def test_same_file_twice_shares_one_blob(tmp_path: Path) -> None:
 
 
 def test_unknown_and_invalid_names_are_not_found(tmp_path: Path) -> None:
-    store = ModelStore(tmp_path)
+    store = Registry(tmp_path)
     with pytest.raises(ModelNotFound):
         store.get("nope")
     with pytest.raises(ModelNotFound):
@@ -48,4 +48,4 @@ def test_non_gguf_is_refused(tmp_path: Path) -> None:
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"not a model")
     with pytest.raises(InvalidRequest, match="not a GGUF"):
-        ModelStore(tmp_path).import_file(junk, "junk")
+        Registry(tmp_path).import_file(junk, "junk")

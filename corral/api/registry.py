@@ -1,0 +1,164 @@
+"""Admin routes over the registry: list, show, import, copy, remove; pull jobs.
+
+``corral list/show/rm/cp/import/pull`` use these while a server runs, so a removal
+stops the model's worker first and the server's cache never goes stale. Registry
+writes run in a thread: hashing a multi-GB import must not stall serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from corral.api.gateway import gateway_of
+from corral.errors import ModelNotFound
+from corral.httputil import json_response
+from corral.protocol.parse import parse_body
+
+
+class ImportRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(min_length=1)
+    name: str | None = None
+
+
+class CopyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    destination: str = Field(min_length=1)
+
+
+class PullRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, description="hf.co/ORG/REPO[:QUANT], ORG/REPO, URL, path")
+    name: str | None = None
+    revision: str | None = None
+    sha256: str | None = None
+    params: dict[str, Any] | None = None
+    aliases: list[str] | None = None
+    expect: dict[str, str] | None = Field(None, description="path -> sha256 from a lock file")
+
+
+class ConfigureRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    params: dict[str, Any] = Field(default_factory=dict)
+    aliases: list[str] = Field(default_factory=list)
+
+
+async def list_models(request: Request) -> Response:
+    records = await asyncio.to_thread(gateway_of(request).registry.list)
+    return json_response({"models": [r.to_dict() for r in records]})
+
+
+async def show_model(request: Request) -> Response:
+    record = gateway_of(request).registry.get(request.path_params["name"])
+    return json_response(record.to_dict())
+
+
+async def remove_model(request: Request) -> Response:
+    """Remove a model (stopping its worker first) or one alias."""
+    gateway = gateway_of(request)
+    name = request.path_params["name"]
+    record = gateway.registry.get(name)
+    if record.name == _canonical(name):  # the model itself, not one of its aliases
+        await gateway.scheduler.unload(record.name)
+    removed = await asyncio.to_thread(gateway.registry.remove, name)
+    return json_response({"removed": removed})
+
+
+async def copy_model(request: Request) -> Response:
+    gateway = gateway_of(request)
+    req = parse_body(await request.body(), CopyRequest)
+    record = await asyncio.to_thread(
+        gateway.registry.copy, request.path_params["name"], req.destination
+    )
+    return json_response(record.to_dict(), status=201)
+
+
+async def configure_model(request: Request) -> Response:
+    gateway = gateway_of(request)
+    req = parse_body(await request.body(), ConfigureRequest)
+    record = await asyncio.to_thread(
+        gateway.registry.configure,
+        request.path_params["name"],
+        params=req.params,
+        aliases=req.aliases,
+    )
+    return json_response(record.to_dict())
+
+
+async def import_model(request: Request) -> Response:
+    gateway = gateway_of(request)
+    req = parse_body(await request.body(), ImportRequest)
+    path = Path(req.path)
+    record = await asyncio.to_thread(gateway.registry.import_path, path, req.name or _stem(path))
+    return json_response(record.to_dict(), status=201)
+
+
+async def start_pull(request: Request) -> Response:
+    gateway = gateway_of(request)
+    req = parse_body(await request.body(), PullRequest)
+    status, created = await asyncio.to_thread(
+        gateway.pulls.submit,
+        req.model,
+        name=req.name,
+        revision=req.revision,
+        sha256=req.sha256,
+        params=req.params,
+        aliases=req.aliases,
+        expect=req.expect,
+    )
+    return json_response(status.to_dict(), status=202 if created else 200)
+
+
+async def list_pulls(request: Request) -> Response:
+    jobs = await asyncio.to_thread(gateway_of(request).pulls.list)
+    return json_response({"pulls": [j.to_dict() for j in jobs]})
+
+
+async def show_pull(request: Request) -> Response:
+    job = await asyncio.to_thread(gateway_of(request).pulls.get, request.path_params["id"])
+    return json_response(job.to_dict())
+
+
+async def cancel_pull(request: Request) -> Response:
+    job = await asyncio.to_thread(gateway_of(request).pulls.cancel, request.path_params["id"])
+    return json_response(job.to_dict())
+
+
+def _canonical(name: str) -> str:
+    from corral.registry.names import InvalidModelName, canonical_name
+
+    try:
+        return canonical_name(name)
+    except InvalidModelName:
+        raise ModelNotFound(name) from None
+
+
+def _stem(path: Path) -> str:
+    from corral.registry.refs import parse_reference
+
+    return parse_reference(str(path.resolve())).default_name
+
+
+routes = [
+    Route("/admin/models", list_models, methods=["GET"]),
+    Route("/admin/models/import", import_model, methods=["POST"]),
+    Route("/admin/models/{name:path}/copy", copy_model, methods=["POST"]),
+    Route("/admin/models/{name:path}", show_model, methods=["GET"]),
+    Route("/admin/models/{name:path}", remove_model, methods=["DELETE"]),
+    Route("/admin/models/{name:path}", configure_model, methods=["PATCH"]),
+    Route("/admin/pulls", start_pull, methods=["POST"]),
+    Route("/admin/pulls", list_pulls, methods=["GET"]),
+    Route("/admin/pulls/{id}", show_pull, methods=["GET"]),
+    Route("/admin/pulls/{id}", cancel_pull, methods=["DELETE"]),
+]

@@ -1,0 +1,28 @@
+"""Model names, Ollama style: ``name:tag`` with ``latest`` as the default tag."""
+
+from __future__ import annotations
+
+import re
+
+from corral.errors import InvalidRequest
+
+DEFAULT_TAG = "latest"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+
+
+class InvalidModelName(InvalidRequest):
+    """A model name that is not ``name[:tag]`` with safe characters."""
+
+
+def canonical_name(name: str) -> str:
+    """``demo`` -> ``demo:latest``; validates characters so names are safe as paths."""
+    base, _, tag = name.strip().partition(":")
+    tag = tag or DEFAULT_TAG
+    if not _NAME.match(base) or ".." in base.split("/") or not _TAG.match(tag):
+        raise InvalidModelName(
+            f"Invalid model name {name!r}: use name[:tag] with letters, digits, '.', '_', "
+            "'-' (and '/' in the name).",
+            param="model",
+        )
+    return f"{base}:{tag}"
