@@ -84,6 +84,12 @@ async def _relay(
 
 
 def _require(record: ModelRecord, capability: str) -> None:
+    if record.engine not in (None, "llamacpp"):
+        raise UnsupportedCapability(
+            f"The model '{record.name}' is declared for the {record.engine} engine, which "
+            "this server does not run yet (only llamacpp).",
+            param="model",
+        )
     if record.format != "gguf":
         raise UnsupportedCapability(
             f"The model '{record.name}' is {record.format}; this server has no engine for "

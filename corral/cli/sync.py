@@ -116,8 +116,12 @@ def sync(
         d = action.model
         if not action.pull:
             current = installed[d.name]
-            if current["params"] != d.params or sorted(current["aliases"]) != sorted(d.aliases):
-                client.configure(d.name, dict(d.params), list(d.aliases))
+            if (current["params"], current["engine"], sorted(current["aliases"])) != (
+                d.params,
+                d.engine,
+                sorted(d.aliases),
+            ):
+                client.configure(d.name, _params(d), list(d.aliases))
             console.print(f"[green]ok[/green] {d.name} ({action.reason})")
             continue
         console.print(f"[cyan]pull[/cyan] {d.name} from {d.source} ({action.reason})")
@@ -127,7 +131,7 @@ def sync(
                 name=d.name,
                 revision=action.revision,
                 sha256=d.sha256,
-                params=dict(d.params),
+                params=_params(d),
                 aliases=list(d.aliases),
                 expect=action.expect,
             )
@@ -140,6 +144,10 @@ def sync(
     if failures:
         raise SyncError("\n".join(failures))
     return actions
+
+
+def _params(d: DeclaredModel) -> dict[str, Any]:
+    return {**d.params, **({"engine": d.engine} if d.engine else {})}
 
 
 def lock_from_installed(client: RegistryClient, declared: list[DeclaredModel]) -> LockFile:

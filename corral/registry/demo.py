@@ -35,16 +35,23 @@ def create_demo_model(home: Path) -> ModelRecord:
         n_merges=300,
         seed=20261123,
     )
-    store = Registry(home)
-    with tempfile.TemporaryDirectory(dir=home) as tmp:
-        path = write_model(Path(tmp) / "demo.gguf", spec)
-        return store.import_file(path, DEMO_NAME)
+    registry = Registry(home)
+    try:
+        with tempfile.TemporaryDirectory(dir=home) as tmp:
+            path = write_model(Path(tmp) / "demo.gguf", spec)
+            return registry.import_file(path, DEMO_NAME)
+    finally:
+        registry.close()
 
 
 def ensure_demo_model(home: Path) -> bool:
     """Create the demo model (in a child process) if no model is installed."""
-    if not Registry(home).is_empty():
-        return False
+    registry = Registry(home)
+    try:
+        if not registry.is_empty():
+            return False
+    finally:
+        registry.close()
     home.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "corral.registry.demo", str(home)], check=True)
     return True

@@ -16,8 +16,9 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -125,14 +126,8 @@ def _stream(
             mode = "wb"
         try:
             with partial.open(mode) as f:
-                for chunk in response.iter_bytes():  # as received: a drop loses nothing
-                    if cancel.is_set():
-                        raise Cancelled()
-                    f.write(chunk)
-                    digest.update(chunk)
-                    progress(len(chunk))
-                f.flush()
-                os.fsync(f.fileno())
+                # As received, not re-chunked: a drop loses no byte that arrived.
+                _write(response.iter_bytes(), f, digest, progress, cancel)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise DiskFull(
@@ -144,6 +139,24 @@ def _stream(
     if remote.size is not None and got < remote.size:
         raise _ShortRead(f"got {got} of {remote.size} bytes")
     return digest
+
+
+def _write(
+    chunks: Iterator[bytes],
+    f: IO[bytes],
+    digest: hashlib._Hash,
+    progress: Progress,
+    cancel: threading.Event,
+) -> None:
+    """Append, hash and count each chunk, checking for cancellation; then fsync."""
+    for chunk in chunks:
+        if cancel.is_set():
+            raise Cancelled()
+        f.write(chunk)
+        digest.update(chunk)
+        progress(len(chunk))
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def _hash_existing(partial: Path, cancel: threading.Event) -> hashlib._Hash:
@@ -188,14 +201,7 @@ def _copy_local(
     assert remote.local is not None
     digest = hashlib.sha256()
     with remote.local.open("rb") as src, partial.open("wb") as dst:
-        while chunk := src.read(4 * CHUNK):
-            if cancel.is_set():
-                raise Cancelled()
-            dst.write(chunk)
-            digest.update(chunk)
-            progress(len(chunk))
-        dst.flush()
-        os.fsync(dst.fileno())
+        _write(iter(lambda: src.read(4 * CHUNK), b""), dst, digest, progress, cancel)
     shutil.copystat(remote.local, partial)
     return _verify(remote, partial, digest.hexdigest())
 

@@ -22,7 +22,8 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,6 +252,7 @@ class Registry:
         import or a pull. Nothing is registered unless every blob is present."""
         canonical = canonical_name(name)
         files = list(files)
+        params, engine = _split_engine(params, engine)
         with self._write_lock:
             for f in files:
                 if not self.has_blob(f.sha256, f.size):
@@ -283,7 +285,7 @@ class Registry:
                         info=info.to_dict(),
                         source=source,
                         revision=revision,
-                        params=dict(params or {}),
+                        params=params,
                         primary_file=primary,
                         created_at=time.time(),
                         last_used_at=None,
@@ -317,14 +319,8 @@ class Registry:
         """Make ``aliases`` exactly the other names of model ``name``."""
         canonical = canonical_name(name)
         wanted = sorted({canonical_name(a) for a in aliases})
-        with (
-            self._write_lock,
-            Session(self.engine, expire_on_commit=False) as session,
-            session.begin(),
-        ):
-            row = session.scalar(select(ModelRow).where(ModelRow.name == canonical))
-            if row is None:
-                raise ModelNotFound(name)
+        with self._writing() as session:
+            row = self._row(session, canonical)
             for alias in wanted:
                 if session.scalar(select(ModelRow.id).where(ModelRow.name == alias)):
                     raise InvalidRequest(f"Alias {alias!r} is already a model's name.")
@@ -338,17 +334,13 @@ class Registry:
     def configure(
         self, name: str, *, params: Mapping[str, Any], aliases: Iterable[str]
     ) -> ModelRecord:
-        """Set a model's engine parameters and aliases (what ``corral sync`` declares)."""
+        """Set a model's engine, engine parameters and aliases (what ``corral sync``
+        declares); ``params["engine"]``, if present, names the engine."""
         canonical = canonical_name(name)
-        with (
-            self._write_lock,
-            Session(self.engine, expire_on_commit=False) as session,
-            session.begin(),
-        ):
-            row = session.scalar(select(ModelRow).where(ModelRow.name == canonical))
-            if row is None:
-                raise ModelNotFound(name)
-            row.params = dict(params)
+        params, engine = _split_engine(params, None)
+        with self._writing() as session:
+            row = self._row(session, canonical)
+            row.params, row.engine = params, engine
         self._invalidate()
         return self.set_aliases(canonical, aliases)
 
@@ -417,6 +409,22 @@ class Registry:
         self.engine.dispose()
 
     # --- helpers ------------------------------------------------------------------------
+
+    @contextmanager
+    def _writing(self) -> Iterator[Session]:
+        """One transaction, serialised with this process's other registry writes."""
+        with (
+            self._write_lock,
+            Session(self.engine, expire_on_commit=False) as session,
+            session.begin(),
+        ):
+            yield session
+
+    def _row(self, session: Session, canonical: str) -> ModelRow:
+        row = session.scalar(select(ModelRow).where(ModelRow.name == canonical))
+        if row is None:
+            raise ModelNotFound(canonical)
+        return row
 
     def _find(self, session: Session, canonical: str) -> ModelRow | None:
         """By name, else by alias: one query either way."""
@@ -500,6 +508,15 @@ class Registry:
                 continue
             manifest.rename(manifest.with_suffix(".json.migrated"))
             log.info("adopted %s into the registry database", name)
+
+
+def _split_engine(
+    params: Mapping[str, Any] | None, engine: str | None
+) -> tuple[dict[str, Any], str | None]:
+    """Declared parameters travel as one mapping; the engine has its own column."""
+    rest = dict(params or {})
+    declared = rest.pop("engine", None)
+    return rest, engine or (str(declared) if declared else None)
 
 
 def _tree_digest(files: tuple[ModelFile, ...]) -> str:

@@ -103,7 +103,12 @@ def test_lock_then_sync_locked_round_trip(tmp_path: Path, hub: FakeHub) -> None:
     write_yaml(
         project / "corral.yaml",
         {
-            "chat": {"source": f"hf.co/{REPO}", "slots": 2, "aliases": ["default"]},
+            "chat": {
+                "source": f"hf.co/{REPO}",
+                "engine": "llamacpp",
+                "slots": 2,
+                "aliases": ["default"],
+            },
             "embedder": {"source": "./embed.gguf", "keep_alive": "1h"},
         },
     )
@@ -115,6 +120,7 @@ def test_lock_then_sync_locked_round_trip(tmp_path: Path, hub: FakeHub) -> None:
     assert chat["files"][0]["path"] == "Tiny-Q4_K_M.gguf"
     shown = json.loads(corral("show", "default", "--json", home=home, hub=hub).stdout)
     assert shown["name"] == "chat:latest" and shown["params"] == {"slots": 2}
+    assert shown["engine"] == "llamacpp"
 
     # A new commit upstream changes the file; --locked still installs the locked bytes.
     hub.add_repo(REPO, {"Tiny-Q4_K_M.gguf": models.model_file(models.RAW)})

@@ -419,3 +419,23 @@ def test_next_deadline_is_never_in_the_past() -> None:
     deadline = core.next_deadline()
     assert deadline is None or deadline > fx.clock
     finish(core, fx, t)
+
+
+def test_a_models_declared_parameters_override_the_servers() -> None:
+    """corral.yaml's per-model context, threads, slots, keep_alive, pinned reach the worker."""
+    from dataclasses import replace
+
+    core, fx = make(slots=2)
+    declared = replace(
+        record("tuned"),
+        params={"slots": 6, "threads": 3, "context": 1024, "keep_alive": "1h", "pinned": True},
+    )
+    plain = record("plain")
+    submit(core, declared)
+    submit(core, plain)
+    assert fx.started == [("tuned:latest", WorkerParams(3, 6, 1024, 512)), ("plain:latest", PARAMS)]
+    state = core.models["tuned:latest"]
+    assert state.keep_alive == 3600.0 and state.pinned
+    assert (
+        core.models["plain:latest"].keep_alive == 300.0 and not core.models["plain:latest"].pinned
+    )
