@@ -67,6 +67,11 @@ class Finished:
     reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    # Wall time in the engine: waiting for a slot excluded; prompt = until the first
+    # token is sampled (prefill), generation = from there to the end. Nanoseconds.
+    prompt_ns: int = 0
+    generation_ns: int = 0
+    prompt_tokens_cached: int = 0  # of prompt_tokens, reused from the prefix cache
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,9 @@ class _Slot:
     pending: int | None = None  # sampled, not yet decoded
     completion_tokens: int = 0
     admitted: int = 0  # admission order, for fair prefill
+    started_ns: int = 0
+    first_token_ns: int = 0
+    cached: int = 0  # prompt tokens reused from the prefix cache
 
     def prefilling(self) -> bool:
         assert self.job is not None
@@ -320,6 +323,9 @@ class LlamaCppEngine(Engine):
             keep = 0
         del slot.cache[keep:]
         self._prompt_cached += keep
+        slot.cached = keep
+        slot.started_ns = time.perf_counter_ns()
+        slot.first_token_ns = 0
         slot.job = job
         slot.sampler = self._make_sampler(job.request)
         slot.assembler = TextAssembler(job.request.stop)
@@ -381,6 +387,8 @@ class LlamaCppEngine(Engine):
         assert job is not None and assembler is not None
         request = job.request
         slot.completion_tokens += 1
+        if slot.completion_tokens == 1:
+            slot.first_token_ns = time.perf_counter_ns()
         if token in self._eog and not request.ignore_eos:
             self._finish(slot, "stop")
             return
@@ -406,7 +414,18 @@ class LlamaCppEngine(Engine):
         tail = assembler.finish()
         if tail:
             job.sink(TextDelta(tail))
-        job.sink(Finished(reason, len(job.request.prompt_tokens), slot.completion_tokens))
+        now = time.perf_counter_ns()
+        first = slot.first_token_ns or now
+        job.sink(
+            Finished(
+                reason,
+                len(job.request.prompt_tokens),
+                slot.completion_tokens,
+                prompt_ns=first - slot.started_ns,
+                generation_ns=now - first,
+                prompt_tokens_cached=slot.cached,
+            )
+        )
         self._release(slot)
 
     def _release(self, slot: _Slot, keep_cache: bool = True) -> None:

@@ -117,6 +117,8 @@ class SamplingFields(_Request):
     repeat_penalty: float | None = Field(None, gt=0.0)
     repeat_last_n: int | None = Field(None, ge=-1)
     ignore_eos: bool = False
+    # Corral's: add engine timings to the usage (what Ollama's API reports).
+    timings: bool = False
 
     @field_validator("logit_bias")
     @classmethod
@@ -181,10 +183,19 @@ class ChatChoice(_Wire):
     finish_reason: FinishReason
 
 
+class Timings(_Wire):
+    """Engine time for one request (Corral's extension; asked for with ``timings``)."""
+
+    prompt_ns: int
+    generation_ns: int
+    prompt_tokens_cached: int
+
+
 class Usage(_Wire):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    timings: Timings | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class ChatCompletion(_Wire):

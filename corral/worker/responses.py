@@ -24,6 +24,7 @@ from corral.protocol.openai import (
     ChoiceMessage,
     Completion,
     CompletionChoice,
+    Timings,
     Usage,
 )
 
@@ -32,11 +33,18 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def usage_of(finished: Finished) -> Usage:
+def usage_of(finished: Finished, timings: bool = False) -> Usage:
     return Usage(
         prompt_tokens=finished.prompt_tokens,
         completion_tokens=finished.completion_tokens,
         total_tokens=finished.prompt_tokens + finished.completion_tokens,
+        timings=Timings(
+            prompt_ns=finished.prompt_ns,
+            generation_ns=finished.generation_ns,
+            prompt_tokens_cached=finished.prompt_tokens_cached,
+        )
+        if timings
+        else None,
     )
 
 
@@ -45,11 +53,12 @@ def error_event(error: CorralError) -> bytes:
 
 
 class ChatStreamWriter:
-    def __init__(self, model: str, include_usage: bool) -> None:
+    def __init__(self, model: str, include_usage: bool, timings: bool = False) -> None:
         self.id = new_id("chatcmpl")
         self.created = int(time.time())
         self.model = model
         self.include_usage = include_usage
+        self.timings = timings
 
     def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None) -> bytes:
         chunk = ChatCompletionChunk(
@@ -71,16 +80,17 @@ class ChatStreamWriter:
             [ChatChunkChoice(index=0, delta=ChatDelta(), finish_reason=finished.reason)]
         )
         if self.include_usage:
-            out += self._chunk([], usage_of(finished))
+            out += self._chunk([], usage_of(finished, self.timings))
         return out
 
 
 class CompletionStreamWriter:
-    def __init__(self, model: str, include_usage: bool) -> None:
+    def __init__(self, model: str, include_usage: bool, timings: bool = False) -> None:
         self.id = new_id("cmpl")
         self.created = int(time.time())
         self.model = model
         self.include_usage = include_usage
+        self.timings = timings
 
     def _chunk(self, choices: list[CompletionChoice], usage: Usage | None = None) -> bytes:
         chunk = Completion(
@@ -95,11 +105,13 @@ class CompletionStreamWriter:
     def finish(self, finished: Finished) -> bytes:
         out = self._chunk([CompletionChoice(text="", index=0, finish_reason=finished.reason)])
         if self.include_usage:
-            out += self._chunk([], usage_of(finished))
+            out += self._chunk([], usage_of(finished, self.timings))
         return out
 
 
-def chat_completion(model: str, text: str, finished: Finished) -> ChatCompletion:
+def chat_completion(
+    model: str, text: str, finished: Finished, timings: bool = False
+) -> ChatCompletion:
     return ChatCompletion(
         id=new_id("chatcmpl"),
         created=int(time.time()),
@@ -111,15 +123,15 @@ def chat_completion(model: str, text: str, finished: Finished) -> ChatCompletion
                 finish_reason=finished.reason,
             )
         ],
-        usage=usage_of(finished),
+        usage=usage_of(finished, timings),
     )
 
 
-def completion(model: str, text: str, finished: Finished) -> Completion:
+def completion(model: str, text: str, finished: Finished, timings: bool = False) -> Completion:
     return Completion(
         id=new_id("cmpl"),
         created=int(time.time()),
         model=model,
         choices=[CompletionChoice(text=text, index=0, finish_reason=finished.reason)],
-        usage=usage_of(finished),
+        usage=usage_of(finished, timings),
     )

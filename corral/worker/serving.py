@@ -72,10 +72,12 @@ class WorkerService:
         context = self.engine.capabilities.context_length
         gen = translate.chat_request(req, self.template, self.tokenize_chat, context)
         if req.stream:
-            writer = ChatStreamWriter(self.model_name, req.include_usage())
+            writer = ChatStreamWriter(self.model_name, req.include_usage(), req.timings)
             return event_stream(self._chat_stream(gen, writer))
         text, finished = await run_until_disconnect(request, collect(self.engine, gen))
-        return model_response(responses.chat_completion(self.model_name, text, finished))
+        return model_response(
+            responses.chat_completion(self.model_name, text, finished, req.timings)
+        )
 
     async def _chat_stream(
         self, gen: GenerationRequest, writer: ChatStreamWriter
@@ -98,10 +100,12 @@ class WorkerService:
         gen = translate.completion_request(req, self.tokenize_prompt, context)
         echo = req.prompt if req.echo and isinstance(req.prompt, str) else ""
         if req.stream:
-            writer = CompletionStreamWriter(self.model_name, req.include_usage())
+            writer = CompletionStreamWriter(self.model_name, req.include_usage(), req.timings)
             return event_stream(self._completion_stream(gen, writer, echo))
         text, finished = await run_until_disconnect(request, collect(self.engine, gen))
-        return model_response(responses.completion(self.model_name, echo + text, finished))
+        return model_response(
+            responses.completion(self.model_name, echo + text, finished, req.timings)
+        )
 
     async def _completion_stream(
         self, gen: GenerationRequest, writer: CompletionStreamWriter, echo: str

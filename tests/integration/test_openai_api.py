@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from collections.abc import Iterator
 
 import httpx
@@ -193,3 +194,25 @@ async def test_eight_concurrent_streams_are_in_progress_together(
     finishes = [k for k, (kind, _) in enumerate(log) if kind == "finish"]
     assert len(firsts) == len(finishes) == 8
     assert max(firsts) < min(finishes)
+
+
+def test_timings_extension_only_when_asked(server: CorralServer) -> None:
+    """`timings: true` adds engine time to the usage (what the Ollama API reports)."""
+    body = {"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 5, "temperature": 0}
+    plain = httpx.post(server.openai_url + "/chat/completions", json=body, timeout=60).json()
+    assert "timings" not in plain["usage"]
+    timed = httpx.post(
+        server.openai_url + "/chat/completions", json={**body, "timings": True}, timeout=60
+    ).json()["usage"]["timings"]
+    assert timed["prompt_ns"] > 0 and timed["generation_ns"] > 0
+    assert 0 <= timed["prompt_tokens_cached"] < plain["usage"]["prompt_tokens"]
+    stream = {**body, "stream": True, "stream_options": {"include_usage": True}, "timings": True}
+    with httpx.stream("POST", server.openai_url + "/chat/completions", json=stream) as r:
+        lines = [ln for ln in r.iter_lines() if ln.startswith("data: {")]
+    last = json.loads(lines[-1].removeprefix("data: "))
+    assert last["choices"] == [] and last["usage"]["timings"]["generation_ns"] > 0
+    # Same prompt again: the prefix cache serves all but the last prompt token.
+    again = httpx.post(
+        server.openai_url + "/chat/completions", json={**body, "timings": True}, timeout=60
+    ).json()["usage"]
+    assert again["timings"]["prompt_tokens_cached"] == again["prompt_tokens"] - 1
