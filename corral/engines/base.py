@@ -69,9 +69,9 @@ class Finished:
     completion_tokens: int
     # Wall time in the engine: waiting for a slot excluded; prompt = until the first
     # token is sampled (prefill), generation = from there to the end. Nanoseconds.
-    prompt_ns: int = 0
-    generation_ns: int = 0
-    prompt_tokens_cached: int = 0  # of prompt_tokens, reused from the prefix cache
+    prompt_ns: int = field(default=0, compare=False)
+    generation_ns: int = field(default=0, compare=False)
+    prompt_tokens_cached: int = field(default=0, compare=False)  # of prompt_tokens, reused from the prefix cache
 
 
 @dataclass(frozen=True)
