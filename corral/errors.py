@@ -2,8 +2,8 @@
 
 Code raises the named error that says what went wrong; the HTTP layers turn it into
 the status code and error body of the API the client speaks (OpenAI's
-``{"error": {...}}`` here, Ollama's ``{"error": "..."}`` later). Nothing else
-decides status codes, so the same failure looks the same on every route.
+``{"error": {...}}``, Ollama's ``{"error": "..."}``). Nothing else decides status
+codes, so the same failure looks the same on every route.
 """
 
 from __future__ import annotations
@@ -36,6 +36,10 @@ class CorralError(Exception):
                 "code": self.code,
             }
         }
+
+    def to_ollama(self) -> dict[str, Any]:
+        """The body Ollama's API returns for this error (a plain message)."""
+        return {"error": self.message}
 
 
 class InvalidRequest(CorralError):
@@ -70,6 +74,10 @@ class ModelNotFound(CorralError):
             param="model",
         )
         self.name = name
+
+    def to_ollama(self) -> dict[str, Any]:
+        # Ollama's own words: clients and scripts match on them.
+        return {"error": f'model "{self.name}" not found, try pulling it first'}
 
 
 class RouteNotFound(CorralError):

@@ -134,6 +134,12 @@ class Settings(BaseModel):
     max_parallel_pulls: int = Field(
         2, ge=1, description="Pulls downloading at once; more wait in line."
     )
+    max_upload: str = Field(
+        "512MiB", description="Largest file /v1/files accepts; a larger upload stops at the limit."
+    )
+    batch_in_flight: int = Field(
+        16, ge=1, description="Requests each batch keeps waiting in the scheduler at once."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log verbosity of the gateway and its workers."
     )
@@ -145,7 +151,7 @@ class Settings(BaseModel):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("memory_budget", "memory_reserve", "disk_reserve")
+    @field_validator("memory_budget", "memory_reserve", "disk_reserve", "max_upload")
     @classmethod
     def _size(cls, value: str | None) -> str | None:
         if value is not None:
@@ -169,6 +175,10 @@ class Settings(BaseModel):
     @property
     def memory_reserve_bytes(self) -> int:
         return parse_size(self.memory_reserve)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return parse_size(self.max_upload)
 
     @property
     def disk_reserve_bytes(self) -> int:

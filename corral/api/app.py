@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 
-from corral.api import admin, health, ollama, openai, registry
+from corral.api import admin, batches, files, health, ollama, openai, registry
 from corral.api.gateway import Gateway
 from corral.httputil import openai_error_handlers
 from corral.scheduler.launch import Launcher
@@ -30,7 +30,15 @@ def create_app(settings: Settings, launcher: Launcher | None = None) -> Starlett
             await gateway.close()
 
     return Starlette(
-        routes=[*health.routes, *openai.routes, *ollama.routes, *admin.routes, *registry.routes],
+        routes=[
+            *health.routes,
+            *openai.routes,
+            *ollama.routes,
+            *admin.routes,
+            *registry.routes,
+            *files.routes,
+            *batches.routes,
+        ],
         exception_handlers=openai_error_handlers(),
         lifespan=lifespan,
     )

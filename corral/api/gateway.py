@@ -10,11 +10,16 @@ import aiohttp
 from starlette.requests import Request
 
 from corral.api.proxy import WorkerProxy
+from corral.api.requests import client_key, request_priority
+from corral.batch.batches import Batches
+from corral.batch.files import FileStore
+from corral.batch.runner import BatchRunner
 from corral.errors import CorralError
+from corral.httputil import run_until_disconnect
 from corral.registry.pulls import Pulls
-from corral.registry.store import Registry
+from corral.registry.store import ModelRecord, Registry
 from corral.scheduler.launch import Launcher, llamacpp_launcher
-from corral.scheduler.scheduler import Scheduler
+from corral.scheduler.scheduler import Grant, Scheduler
 from corral.settings import Settings
 
 log = logging.getLogger("corral")
@@ -28,6 +33,9 @@ class Gateway:
     proxy: WorkerProxy
     session: aiohttp.ClientSession
     pulls: Pulls
+    files: FileStore
+    batches: Batches
+    batch_runner: BatchRunner
 
     @classmethod
     def build(cls, settings: Settings, launcher: Launcher | None = None) -> Gateway:
@@ -51,13 +59,35 @@ class Gateway:
             disk_reserve=settings.disk_reserve_bytes,
             max_parallel=settings.max_parallel_pulls,
         )
-        return cls(settings, registry, scheduler, WorkerProxy(session), session, pulls)
+        files = FileStore(registry.engine, settings.home / "files", settings.max_upload_bytes)
+        batches = Batches(registry.engine, files)
+        runner = BatchRunner(
+            batches,
+            files,
+            registry,
+            scheduler,
+            session,
+            settings.home / "batches",
+            in_flight=settings.batch_in_flight,
+        )
+        return cls(
+            settings,
+            registry,
+            scheduler,
+            WorkerProxy(session),
+            session,
+            pulls,
+            files,
+            batches,
+            runner,
+        )
 
     def start(self) -> None:
         """Run the scheduler; preload models in the background (readiness does not wait);
         resume pulls a previous run left unfinished."""
         self.scheduler.start()
         self.pulls.resume_unfinished()
+        self.batch_runner.start()  # resumes batches a previous run left unfinished
         declared = [r.name for r in self.registry.list() if r.params.get("preload")]
         for name in [*self.settings.preload, *declared]:
             try:
@@ -68,8 +98,25 @@ class Gateway:
             task = asyncio.create_task(self.scheduler.preload(record))
             task.add_done_callback(_log_preload_failure)
 
+    async def acquire(
+        self, request: Request, record: ModelRecord, keep_alive: float | None
+    ) -> Grant:
+        """A slot for an API request: priority and key from its headers; the wait ends
+        if the client leaves. Every API (OpenAI, Ollama) waits through here."""
+        self.registry.touch(record.name)
+        return await run_until_disconnect(
+            request,
+            self.scheduler.acquire(
+                record,
+                priority=request_priority(request, self.settings.batch_keys),
+                key=client_key(request),
+                keep_alive=keep_alive,
+            ),
+        )
+
     async def close(self) -> None:
         await asyncio.to_thread(self.pulls.close)
+        await self.batch_runner.close()
         await self.scheduler.close(self.settings.worker_stop_grace + 10)
         await self.session.close()
         self.registry.close()

@@ -1,19 +1,45 @@
-"""Ollama-compatible routes. So far: ``GET /api/ps`` (the rest of the API comes next)."""
+"""Ollama-compatible routes: the whole table, and the model routes themselves.
+
+Inference (``/api/chat``, ``/api/generate``, ``/api/embed``, ``/api/embeddings``)
+is in ``ollama_inference``, ``/api/pull`` in ``ollama_pull``; here are the routes
+over installed and loaded models (tags, show, ps, copy, delete), the version and
+the ``/`` health check. Errors are Ollama's ``{"error": "..."}`` (``ollama_http``).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from corral.api.gateway import gateway_of
+from corral.api import ollama_inference, ollama_pull
+from corral.api.gateway import Gateway, gateway_of
+from corral.api.ollama_http import ollama_errors
+from corral.api.registry import remove_installed
 from corral.httputil import json_response
+from corral.protocol.ollama import CopyRequest, DeleteRequest, ShowRequest
+from corral.protocol.ollama_openai import timestamp
+from corral.protocol.parse import parse_body
+from corral.registry.gguf_header import read_metadata
+from corral.registry.store import ModelRecord
+from corral.scheduler.core import declared_params
 
 FOREVER = datetime(2318, 1, 1, tzinfo=UTC)  # Ollama's "never expires" is a far-future time
+# Ollama clients parse the version as semver and turn features on by it (tools,
+# structured outputs, /api/embed). Corral's own version (0.x) would read as an
+# Ollama from 2023 without them, so this is the Ollama API release whose routes
+# and fields Corral implements; Corral's own version is in GET /health.
+OLLAMA_API_VERSION = "0.6.0"
+RUNNING = "Ollama is running"  # clients and tools check for exactly this text
 
 
+@ollama_errors
 async def ps(request: Request) -> Response:
     gateway = gateway_of(request)
     models = []
@@ -30,14 +56,7 @@ async def ps(request: Request) -> Response:
                 "model": record.name,
                 "size": memory["actual"] or memory["estimated"],
                 "digest": record.sha256,
-                "details": {
-                    "parent_model": "",
-                    "format": info.format,
-                    "family": info.architecture,
-                    "families": [info.architecture],
-                    "parameter_size": parameter_size(info.parameters),
-                    "quantization_level": info.quantization,
-                },
+                "details": details(record),
                 "expires_at": (
                     datetime.fromtimestamp(expires, UTC) if expires is not None else FOREVER
                 ).isoformat(),
@@ -56,4 +75,138 @@ def parameter_size(n: int) -> str:
     return str(n)
 
 
-routes = [Route("/api/ps", ps, methods=["GET"])]
+@ollama_errors
+async def tags(request: Request) -> Response:
+    records = await asyncio.to_thread(gateway_of(request).registry.list)
+    records.sort(key=lambda r: r.created, reverse=True)  # newest first, as Ollama lists
+    models = [
+        {
+            "name": r.name,
+            "model": r.name,
+            "modified_at": modified_at(r),
+            "size": r.size,
+            "digest": r.sha256,
+            "details": details(r),
+        }
+        for r in records
+    ]
+    return json_response({"models": models})
+
+
+@ollama_errors
+async def show(request: Request) -> Response:
+    req = parse_body(await request.body(), ShowRequest)
+    gateway = gateway_of(request)
+    record = gateway.registry.get(req.target())
+    header: dict[str, Any] = {}
+    if record.format == "gguf":
+        read = functools.partial(read_metadata, max_array=2**62) if req.verbose else _header
+        header = dict(await asyncio.to_thread(read, record.path))
+    template = str(header.pop("tokenizer.chat_template", ""))
+    header.pop("general.name", None)  # as Ollama: the name is the one asked for
+    header.setdefault("general.parameter_count", record.info.parameters)
+    license_text = header.get("general.license", "")
+    # The context a request gets here: clients size their prompts by num_ctx, and
+    # Corral refuses a prompt that does not fit instead of dropping old messages.
+    params = [("num_ctx", _context_length(gateway, record))]
+    return json_response(
+        {
+            "license": license_text if isinstance(license_text, str) else "",
+            "modelfile": modelfile(record, params, template),
+            "parameters": "\n".join(f"{k:<30} {v}" for k, v in params),
+            "template": template,
+            "details": details(record),
+            "model_info": header,
+            "capabilities": capabilities(record, template),
+            "modified_at": modified_at(record),
+        }
+    )
+
+
+@ollama_errors
+async def delete(request: Request) -> Response:
+    req = parse_body(await request.body(), DeleteRequest)
+    await remove_installed(gateway_of(request), req.target())
+    return Response(status_code=200)
+
+
+@ollama_errors
+async def copy(request: Request) -> Response:
+    req = parse_body(await request.body(), CopyRequest)
+    await asyncio.to_thread(gateway_of(request).registry.copy, req.source, req.destination)
+    return Response(status_code=200)
+
+
+async def version(request: Request) -> Response:
+    return json_response({"version": OLLAMA_API_VERSION})
+
+
+async def root(request: Request) -> Response:
+    return PlainTextResponse(RUNNING)
+
+
+def details(record: ModelRecord) -> dict[str, Any]:
+    info = record.info
+    return {
+        "parent_model": "",
+        "format": info.format,
+        "family": info.architecture,
+        "families": [info.architecture],
+        "parameter_size": parameter_size(info.parameters),
+        "quantization_level": info.quantization,
+    }
+
+
+def capabilities(record: ModelRecord, template: str) -> list[str]:
+    """Ollama's names: ``completion`` or ``embedding``, and ``tools`` when the chat
+    template renders tools (Ollama's own test)."""
+    if record.info.embedding:
+        return ["embedding"]
+    return ["completion", "tools"] if "tools" in template else ["completion"]
+
+
+def modified_at(record: ModelRecord) -> str:
+    return timestamp(int(record.created * 1e9))
+
+
+def modelfile(record: ModelRecord, params: list[tuple[str, Any]], template: str) -> str:
+    """A Modelfile in Ollama's layout. Without TEMPLATE: the model's template is
+    jinja2 (see ``template``), not the Go template a Modelfile holds."""
+    lines = [
+        '# Modelfile generated by Corral, in the layout of "ollama show"',
+        "# To build a new Modelfile based on this, replace FROM with:",
+        f"# FROM {record.name}",
+        "",
+        f"FROM {record.path}",
+    ]
+    if template:
+        lines.append("# TEMPLATE: the model's own jinja2 chat template (see /api/show template)")
+    lines += [f"PARAMETER {k} {v}" for k, v in params]
+    return "\n".join(lines) + "\n"
+
+
+def _context_length(gateway: Gateway, record: ModelRecord) -> int:
+    params = declared_params(gateway.scheduler.params_of(record.name), record.params)
+    trained = record.info.context_length
+    asked = params.context_length
+    return min(asked, trained) if asked and trained else asked or trained
+
+
+@functools.lru_cache(maxsize=64)
+def _header(path: Path) -> dict[str, Any]:
+    """A model file's header without its long arrays (a few kB), read once: model
+    files are content-addressed, never rewritten. Verbose reads are not kept."""
+    return read_metadata(path)
+
+
+routes = [
+    Route("/", root, methods=["GET"]),
+    Route("/api/version", version, methods=["GET"]),
+    Route("/api/tags", tags, methods=["GET"]),
+    Route("/api/show", show, methods=["POST"]),
+    Route("/api/ps", ps, methods=["GET"]),
+    Route("/api/copy", copy, methods=["POST"]),
+    Route("/api/delete", delete, methods=["DELETE"]),
+    *ollama_inference.routes,
+    *ollama_pull.routes,
+]

@@ -13,9 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from corral.api.gateway import gateway_of
-from corral.api.requests import client_key, keep_alive_of, request_priority
-from corral.errors import UnsupportedCapability
-from corral.httputil import run_until_disconnect
+from corral.api.requests import keep_alive_of
 from corral.protocol.openai import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -69,43 +67,13 @@ async def _relay(
     req = parse_body(body, wire)
     record = gateway.registry.get(req.model)
     _require(record, capability)
-    gateway.registry.touch(record.name)
-    grant = await run_until_disconnect(
-        request,
-        gateway.scheduler.acquire(
-            record,
-            priority=request_priority(request, gateway.settings.batch_keys),
-            key=client_key(request),
-            keep_alive=keep_alive_of(req),
-        ),
-    )
+    grant = await gateway.acquire(request, record, keep_alive_of(req))
     stream = bool(getattr(req, "stream", False))
     return await gateway.proxy.forward(request, grant.worker, path, body, stream, grant.release)
 
 
 def _require(record: ModelRecord, capability: str) -> None:
-    if record.engine not in (None, "llamacpp"):
-        raise UnsupportedCapability(
-            f"The model '{record.name}' is declared for the {record.engine} engine, which "
-            "this server does not run yet (only llamacpp).",
-            param="model",
-        )
-    if record.format != "gguf":
-        raise UnsupportedCapability(
-            f"The model '{record.name}' is {record.format}; this server has no engine for "
-            "that format yet (only GGUF on llama.cpp).",
-            param="model",
-        )
-    if capability == "embeddings" and not record.info.embedding:
-        raise UnsupportedCapability(
-            f"The model '{record.name}' does not produce embeddings; use an embedding model.",
-            param="model",
-        )
-    if capability == "completion" and record.info.embedding:
-        raise UnsupportedCapability(
-            f"The model '{record.name}' is an embedding model; it cannot generate text.",
-            param="model",
-        )
+    record.check_serves(capability)
 
 
 def model_card(record: ModelRecord) -> ModelCard:

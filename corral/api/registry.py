@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from corral.api.gateway import gateway_of
+from corral.api.gateway import Gateway, gateway_of
 from corral.errors import ModelNotFound
 from corral.httputil import json_response
 from corral.protocol.parse import parse_body
@@ -65,14 +65,17 @@ async def show_model(request: Request) -> Response:
 
 
 async def remove_model(request: Request) -> Response:
-    """Remove a model (stopping its worker first) or one alias."""
-    gateway = gateway_of(request)
-    name = request.path_params["name"]
+    removed = await remove_installed(gateway_of(request), request.path_params["name"])
+    return json_response({"removed": removed})
+
+
+async def remove_installed(gateway: Gateway, name: str) -> list[str]:
+    """Remove a model (stopping its worker first) or one alias; the names removed.
+    Ollama's ``DELETE /api/delete`` removes through here too."""
     record = gateway.registry.get(name)
     if record.name == _canonical(name):  # the model itself, not one of its aliases
         await gateway.scheduler.unload(record.name)
-    removed = await asyncio.to_thread(gateway.registry.remove, name)
-    return json_response({"removed": removed})
+    return await asyncio.to_thread(gateway.registry.remove, name)
 
 
 async def copy_model(request: Request) -> Response:

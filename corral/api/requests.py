@@ -48,7 +48,12 @@ def client_key(request: Request) -> str:
 
 def keep_alive_of(req: BaseModel) -> float | None:
     """Seconds to keep the model loaded after this request; inf = forever; None = unset."""
-    raw = (req.model_extra or {}).get("keep_alive")
+    return keep_alive_seconds((req.model_extra or {}).get("keep_alive"))
+
+
+def keep_alive_seconds(raw: str | float | None) -> float | None:
+    """A ``keep_alive`` value (Ollama's: seconds or "5m"; negative = forever) as seconds;
+    inf = forever; None = unset. A bad value is a 400 naming the parameter."""
     if raw is None:
         return None
     try:

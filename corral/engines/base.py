@@ -12,9 +12,9 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from corral.errors import CorralError, EngineError
+from corral.errors import CorralError, EngineError, UnsupportedCapability
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,10 @@ class GenerationRequest:
     max_tokens: int | None = None  # None = until end of sequence or context
     sampling: SamplingParams = SamplingParams()
     stop: Sequence[str] = ()
-    ignore_eos: bool = False
+    ignore_eos: bool = False  # not with a grammar: its end is the end of the output
+    # Engine-specific grammar (GBNF for llama.cpp) from ``Engine.json_grammar``; the
+    # output is constrained to it and ends when it is complete.
+    grammar: str | None = None
 
 
 FinishReason = Literal["stop", "length"]
@@ -71,7 +74,8 @@ class Finished:
     # token is sampled (prefill), generation = from there to the end. Nanoseconds.
     prompt_ns: int = field(default=0, compare=False)
     generation_ns: int = field(default=0, compare=False)
-    prompt_tokens_cached: int = field(default=0, compare=False)  # of prompt_tokens, reused from the prefix cache
+    # Of prompt_tokens, those reused from the prefix cache.
+    prompt_tokens_cached: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class Capabilities:
     context_length: int  # tokens one request may use (prompt + completion)
     slots: int  # requests decoded together
     embedding_length: int = 0
+    structured_output: bool = False  # ``json_grammar`` works: output can be held to a schema
 
 
 class RequestHandle(ABC):
@@ -111,6 +116,16 @@ class Engine(ABC):
     @abstractmethod
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         """Text to token ids, as the model's own tokenizer does it."""
+
+    def json_grammar(self, schema: dict[str, Any] | None, *, param: str) -> str:
+        """A grammar for ``GenerationRequest.grammar`` admitting only JSON valid under ``schema``.
+
+        ``None`` means any JSON object. A schema that cannot be enforced exactly is an
+        InvalidRequest naming ``param``, never a grammar that admits more than it says.
+        """
+        raise UnsupportedCapability(
+            "This model's engine cannot constrain output to a JSON schema.", param=param
+        )
 
     @abstractmethod
     def submit(self, request: GenerationRequest, sink: EventSink) -> RequestHandle:

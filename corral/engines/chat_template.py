@@ -8,6 +8,10 @@ non-ASCII), so prompts match what the model saw in training.
 Fallback, for models without a template: ChatML (``<|im_start|>role ... <|im_end|>``),
 the same default llama.cpp's server uses. It is documented in the README because a
 base model prompted with the wrong template produces poor answers.
+
+A template that never reads ``tools`` (the fallback included) gets tools, tool calls
+and tool results written into the messages in the Hermes convention instead
+(``tool_prompt``), so that they reach the model whatever the template.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from functools import lru_cache
 from typing import Any
 
 import jinja2
+import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from corral.engines import tool_prompt
 from corral.errors import InvalidRequest
 
 CHATML_FALLBACK = (
@@ -40,6 +46,7 @@ class ChatTemplate:
         self.source = source or CHATML_FALLBACK
         self.is_fallback = source is None
         self._template = _compile(self.source)
+        self.renders_tools = "tools" in _variables(self.source)
         self._bos = bos_token
         self._eos = eos_token
 
@@ -51,6 +58,8 @@ class ChatTemplate:
         tools: Sequence[dict[str, Any]] | None = None,
         **extra: Any,
     ) -> str:
+        if not self.renders_tools and (tools or tool_prompt.mentions_tools(messages)):
+            messages, tools = tool_prompt.inline_tools(messages, tools or []), None
         try:
             return self._template.render(
                 messages=list(messages),
@@ -75,6 +84,13 @@ def _compile(source: str) -> jinja2.Template:
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     return env.from_string(source)
+
+
+@lru_cache(maxsize=16)
+def _variables(source: str) -> frozenset[str]:
+    """The variables a template reads from its context."""
+    env = jinja2.Environment(extensions=["jinja2.ext.loopcontrols"])
+    return frozenset(jinja2.meta.find_undeclared_variables(env.parse(source)))
 
 
 def _tojson(

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
-import math
 import sys
 import threading
 import time
@@ -35,6 +34,7 @@ from typing import Any
 import llama_cpp as lc
 import numpy as np
 
+from corral.engines import grammar
 from corral.engines.base import (
     Capabilities,
     Engine,
@@ -46,8 +46,9 @@ from corral.engines.base import (
     RequestHandle,
     TextDelta,
 )
+from corral.engines.sampling import GrammarError, SlotSampler, compile_grammar, ignores_eos
 from corral.engines.text import TextAssembler
-from corral.errors import EngineError, EngineLoadError
+from corral.errors import EngineError, EngineLoadError, InvalidRequest
 from corral.registry.gguf_info import is_embedding_model
 
 log = logging.getLogger("corral.engine")
@@ -90,7 +91,7 @@ class _Slot:
     cache: list[int] = field(default_factory=list)  # tokens whose KV is in this sequence
     last_used: float = 0.0
     job: _Job | None = None
-    sampler: Any = None
+    sampler: SlotSampler | None = None
     assembler: TextAssembler | None = None
     pending: int | None = None  # sampled, not yet decoded
     completion_tokens: int = 0
@@ -142,6 +143,9 @@ class LlamaCppEngine(Engine):
             context_length=self.n_ctx_slot,
             slots=config.slots,
             embedding_length=lc.llama_model_n_embd_out(self._model),
+            # A complete grammar leaves end-of-generation as the only allowed token; a
+            # vocabulary without one could not end (and llama.cpp aborts on no candidate).
+            structured_output=not self.embedding_model and bool(self._eog),
         )
         self._slots = [_Slot(seq_id=i) for i in range(config.slots)]
         self._inbox: deque[_Job] = deque()
@@ -225,6 +229,24 @@ class LlamaCppEngine(Engine):
 
     def detokenize(self, tokens: Sequence[int]) -> bytes:
         return b"".join(self._piece(t) for t in tokens)
+
+    def json_grammar(self, schema: dict[str, Any] | None, *, param: str) -> str:
+        if not self.capabilities.structured_output:
+            return super().json_grammar(schema, param=param)
+        text = (
+            grammar.JSON_OBJECT_GRAMMAR
+            if schema is None
+            else grammar.schema_grammar(schema, param=param)
+        )
+        # Compile it here, on the request's thread, so a bad one is a 400 before streaming.
+        sampler = compile_grammar(self._vocab, text)
+        if sampler is None:
+            raise InvalidRequest(
+                f"The grammar made from {param} did not compile (the worker log says why).",
+                param=param,
+            )
+        lc.llama_sampler_free(sampler)
+        return text
 
     def submit(self, request: GenerationRequest, sink: EventSink) -> RequestHandle:
         if not request.prompt_tokens:
@@ -327,7 +349,12 @@ class LlamaCppEngine(Engine):
         slot.started_ns = time.perf_counter_ns()
         slot.first_token_ns = 0
         slot.job = job
-        slot.sampler = self._make_sampler(job.request)
+        try:
+            slot.sampler = SlotSampler(job.request, self._vocab, self._eog, self.n_ctx_slot)
+        except GrammarError as exc:
+            job.sink(Failed(EngineError(str(exc))))
+            self._release(slot)
+            return
         slot.assembler = TextAssembler(job.request.stop)
         slot.pending = None
         slot.completion_tokens = 0
@@ -379,8 +406,8 @@ class LlamaCppEngine(Engine):
         for slot, index in outputs:
             if slot.job is None or slot.job.cancelled:
                 continue
-            token = lc.llama_sampler_sample(slot.sampler, self._ctx, index)
-            self._accept(slot, token)
+            assert slot.sampler is not None
+            self._accept(slot, slot.sampler.sample(self._ctx, index))
 
     def _accept(self, slot: _Slot, token: int) -> None:
         job, assembler = slot.job, slot.assembler
@@ -389,7 +416,9 @@ class LlamaCppEngine(Engine):
         slot.completion_tokens += 1
         if slot.completion_tokens == 1:
             slot.first_token_ns = time.perf_counter_ns()
-        if token in self._eog and not request.ignore_eos:
+        if token in self._eog and not ignores_eos(request):
+            # With a grammar this is also how a complete one ends: end-of-generation is
+            # then the only token it allows, whatever the model prefers.
             self._finish(slot, "stop")
             return
         text = assembler.feed(self._piece(token))
@@ -416,17 +445,17 @@ class LlamaCppEngine(Engine):
             job.sink(TextDelta(tail))
         now = time.perf_counter_ns()
         first = slot.first_token_ns or now
-        job.sink(
-            Finished(
-                reason,
-                len(job.request.prompt_tokens),
-                slot.completion_tokens,
-                prompt_ns=first - slot.started_ns,
-                generation_ns=now - first,
-                prompt_tokens_cached=slot.cached,
-            )
+        finished = Finished(
+            reason,
+            len(job.request.prompt_tokens),
+            slot.completion_tokens,
+            prompt_ns=first - slot.started_ns,
+            generation_ns=now - first,
+            prompt_tokens_cached=slot.cached,
         )
+        # Free the slot first: whoever sees the request finished must see its slot free.
         self._release(slot)
+        job.sink(finished)
 
     def _release(self, slot: _Slot, keep_cache: bool = True) -> None:
         self._free_sampler(slot)
@@ -450,7 +479,7 @@ class LlamaCppEngine(Engine):
 
     def _free_sampler(self, slot: _Slot) -> None:
         if slot.sampler is not None:
-            lc.llama_sampler_free(slot.sampler)
+            slot.sampler.free()
             slot.sampler = None
 
     def _piece(self, token: int) -> bytes:
@@ -464,50 +493,6 @@ class LlamaCppEngine(Engine):
             piece = buf.raw[:n]
             self._pieces[token] = piece
         return piece
-
-    def _make_sampler(self, request: GenerationRequest) -> Any:
-        """A llama.cpp sampler chain in the order llama.cpp's own server builds it."""
-        p = request.sampling
-        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-        bias = {t: b for t, b in p.logit_bias.items() if 0 <= t < self._n_vocab}
-        if request.ignore_eos:
-            bias.update(dict.fromkeys(self._eog, -math.inf))
-        if bias:
-            entries = (lc.llama_logit_bias * len(bias))(
-                *(lc.llama_logit_bias(t, b) for t, b in bias.items())
-            )
-            lc.llama_sampler_chain_add(
-                chain, lc.llama_sampler_init_logit_bias(self._n_vocab, len(bias), entries)
-            )
-        if p.penalized:
-            last_n = self.n_ctx_slot if p.repeat_last_n < 0 else p.repeat_last_n
-            lc.llama_sampler_chain_add(
-                chain,
-                lc.llama_sampler_init_penalties(
-                    self._n_vocab,
-                    last_n,
-                    p.repeat_penalty,
-                    p.frequency_penalty,
-                    p.presence_penalty,
-                ),
-            )
-        if p.greedy:
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
-        else:
-            if p.top_k > 0:
-                lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(p.top_k))
-            if p.top_p < 1.0:
-                lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(p.top_p, 1))
-            if p.min_p > 0.0:
-                lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_min_p(p.min_p, 1))
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(p.temperature))
-            seed = lc.LLAMA_DEFAULT_SEED if p.seed is None else p.seed & 0xFFFFFFFF
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed))
-        if p.penalized:
-            # Penalties count the recent prompt too, as in llama.cpp's server.
-            for token in list(request.prompt_tokens)[-max(p.repeat_last_n, 0) :]:
-                lc.llama_sampler_accept(chain, token)
-        return chain
 
     # --- embeddings ---------------------------------------------------------------------
 

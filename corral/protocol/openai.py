@@ -90,9 +90,29 @@ class ChatMessage(_Request):
     tool_call_id: str | None = None
 
 
+class JsonSchemaFormat(_Request):
+    """``response_format.json_schema``: the schema the reply must follow (structured outputs)."""
+
+    name: str = Field(max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None  # the schema is always enforced, strict or not
+
+
 class ResponseFormat(_Request):
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    json_schema: JsonSchemaFormat | None = None
+
+
+class NamedFunction(_Request):
+    name: str
+
+
+class NamedToolChoice(_Request):
+    """``tool_choice`` naming the one function the reply must call."""
+
+    type: Literal["function"]
+    function: NamedFunction
 
 
 Stop = str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None
@@ -150,27 +170,46 @@ class ChatCompletionRequest(SamplingFields):
     n: int = Field(1, ge=1, le=1)
     response_format: ResponseFormat | None = None
     tools: list[Tool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
 
-class ChatDelta(_Wire):
-    """A streamed message fragment; absent fields are omitted, as OpenAI sends them."""
-
-    role: Literal["assistant"] | None = None
-    content: str | None = None
+class _Sparse(_Wire):
+    """A streamed fragment: fields that are None are omitted, as OpenAI sends them."""
 
     @model_serializer(mode="wrap")
     def _drop_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         return {k: v for k, v in handler(self).items() if v is not None}
 
 
+class FunctionDelta(_Sparse):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(_Sparse):
+    """A piece of a streamed tool call: the first carries id, type and name, later ones
+    only argument text; ``index`` says which call of the message it belongs to."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionDelta
+
+
+class ChatDelta(_Sparse):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+
+
 class ChoiceMessage(_Wire):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: None = None
+    tool_calls: list[ToolCall] | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]

@@ -69,6 +69,11 @@ class PullStatus:
     error: str | None
     created_at: float
     finished_at: float | None
+    # The file being fetched now, while the job runs here (Ollama reports per file).
+    file: str | None = None
+    file_sha256: str | None = None
+    file_size: int | None = None
+    file_done: int = 0
 
     @property
     def eta(self) -> float | None:
@@ -89,6 +94,14 @@ class PullStatus:
             "error": self.error,
             "created_at": self.created_at,
             "finished_at": self.finished_at,
+            "file": None
+            if self.file is None
+            else {
+                "path": self.file,
+                "sha256": self.file_sha256,
+                "size": self.file_size,
+                "bytes_done": self.file_done,
+            },
         }
 
 
@@ -102,9 +115,12 @@ class _Run:
         self.rate = 0.0
         self._window: list[tuple[float, int]] = []
         self.thread: threading.Thread | None = None
+        self.file: RemoteFile | None = None  # the file being fetched
+        self.file_done = 0
 
     def add(self, n: int) -> None:
         self.done += n
+        self.file_done += n
         now = time.monotonic()
         self._window.append((now, self.done))
         while len(self._window) > 2 and now - self._window[0][0] > 5.0:
@@ -334,6 +350,7 @@ class Pulls:
         run: _Run,
         client: httpx.Client,
     ) -> ModelFile:
+        run.file, run.file_done = remote, 0
         if remote.sha256 and self.registry.has_blob(remote.sha256, remote.size):
             progress(remote.size or 0)  # already in the store (another model has it)
             return ModelFile(remote.path, remote.sha256, remote.size or 0)
@@ -393,6 +410,7 @@ class Pulls:
     def _status(self, row: PullRow) -> PullStatus:
         run = self._runs.get(row.id)
         live = run is not None and row.state in ACTIVE
+        file = run.file if live and run else None
         return PullStatus(
             id=row.id,
             ref=row.ref,
@@ -404,6 +422,10 @@ class Pulls:
             error=row.error,
             created_at=row.created_at,
             finished_at=row.finished_at,
+            file=file.path if file else None,
+            file_sha256=file.sha256 if file else None,
+            file_size=file.size if file else None,
+            file_done=max(run.file_done, 0) if file and run else 0,
         )
 
 

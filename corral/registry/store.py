@@ -32,7 +32,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from corral.errors import CorralError, InvalidRequest, ModelNotFound
+from corral.errors import CorralError, InvalidRequest, ModelNotFound, UnsupportedCapability
 from corral.registry import inspect
 from corral.registry.db import AliasRow, FileRow, ModelRow, open_database
 from corral.registry.gguf_info import ModelInfo, is_gguf
@@ -92,6 +92,32 @@ class ModelRecord:
     @property
     def capabilities(self) -> list[str]:
         return ["embeddings"] if self.info.embedding else ["completion", "chat"]
+
+    def check_serves(self, capability: str) -> None:
+        """Raise a clear 400 unless this model can serve ``capability`` here
+        (``chat``, ``completion`` or ``embeddings``)."""
+        if self.engine not in (None, "llamacpp"):
+            raise UnsupportedCapability(
+                f"The model '{self.name}' is declared for the {self.engine} engine, which "
+                "this server does not run yet (only llamacpp).",
+                param="model",
+            )
+        if self.format != "gguf":
+            raise UnsupportedCapability(
+                f"The model '{self.name}' is {self.format}; this server has no engine for "
+                "that format yet (only GGUF on llama.cpp).",
+                param="model",
+            )
+        if capability == "embeddings" and not self.info.embedding:
+            raise UnsupportedCapability(
+                f"The model '{self.name}' does not produce embeddings; use an embedding model.",
+                param="model",
+            )
+        if capability != "embeddings" and self.info.embedding:
+            raise UnsupportedCapability(
+                f"The model '{self.name}' is an embedding model; it cannot generate text.",
+                param="model",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {

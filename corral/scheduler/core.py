@@ -452,10 +452,9 @@ class SchedulerCore:
             if st.state not in (WorkerState.READY, WorkerState.DRAINING):
                 continue
             while st.in_flight < st.params.slots:
-                ticket = next((t for t in st.queue if st.eligible(t)), None)
+                ticket = st.queue.take(st.eligible)
                 if ticket is None:
                     break
-                st.queue.remove(ticket)
                 st.in_flight += 1
                 if ticket.keep_alive is not None:
                     st.keep_alive = ticket.keep_alive

@@ -51,6 +51,8 @@ def llamacpp_launcher(settings: Settings) -> Launcher:
             settings.flash_attention,
             "--log-level",
             settings.log_level,
+            "--spool-dir",
+            str(settings.home / "batches"),
             "--exit-on-stdin-eof",
         ]
         return WorkerSpec(model=model.name, argv=tuple(argv), host="127.0.0.1", port=port)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import itertools
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 
@@ -77,6 +77,21 @@ class FairQueue:
                 keys[key] = tickets  # re-inserted last: the next key takes its turn
             self._size -= 1
             return ticket
+        return None
+
+    def take(self, eligible: Callable[[Ticket], bool]) -> Ticket | None:
+        """The next eligible ticket in fair order (as ``pop``: priority, then keys in
+        turn, first come first served within a key), removed; its key goes last."""
+        for keys in self._classes.values():
+            for key, tickets in list(keys.items()):
+                for ticket in tickets:
+                    if eligible(ticket):
+                        tickets.remove(ticket)
+                        del keys[key]
+                        if tickets:
+                            keys[key] = tickets
+                        self._size -= 1
+                        return ticket
         return None
 
     def remove(self, ticket: Ticket) -> bool:

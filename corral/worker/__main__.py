@@ -30,6 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--flash-attention", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--log-level", default="info")
+    p.add_argument("--spool-dir", type=Path, default=None, help="where batch results are spooled")
     p.add_argument(
         "--exit-on-stdin-eof",
         action="store_true",
@@ -48,6 +49,9 @@ def watch_parent() -> None:
             while os.read(0, 4096):
                 pass
         finally:
+            from corral.worker import handoff
+
+            handoff.lock.acquire()  # never between running a request and recording it
             os._exit(0)
 
     threading.Thread(target=wait_for_eof, name="parent-watch", daemon=True).start()
@@ -66,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.exit_on_stdin_eof:
         watch_parent()
+    from corral.worker import handoff
+
+    handoff.configure(args.spool_dir)
 
     import uvicorn
 

@@ -4,7 +4,9 @@ The writers reproduce OpenAI's stream byte for byte: a first chat chunk carrying
 ``{"role": "assistant", "content": ""}``, content deltas, a last chunk with an empty
 delta and the finish reason, then, with ``stream_options.include_usage``, a chunk
 with empty ``choices`` and the usage (every earlier chunk carrying ``"usage": null``),
-and finally ``data: [DONE]``.
+and finally ``data: [DONE]``. Tool calls stream as OpenAI streams them: a delta with
+the call's index, id, type, name and empty arguments, then deltas with pieces of the
+arguments, and ``finish_reason: "tool_calls"`` at the end.
 """
 
 from __future__ import annotations
@@ -24,9 +26,14 @@ from corral.protocol.openai import (
     ChoiceMessage,
     Completion,
     CompletionChoice,
+    FinishReason,
+    FunctionDelta,
     Timings,
+    ToolCall,
+    ToolCallDelta,
     Usage,
 )
+from corral.worker.tool_calls import CallStart, Content, ReplyEvent
 
 
 def new_id(prefix: str) -> str:
@@ -75,10 +82,26 @@ class ChatStreamWriter:
     def delta(self, text: str) -> bytes:
         return self._chunk([ChatChunkChoice(index=0, delta=ChatDelta(content=text))])
 
-    def finish(self, finished: Finished) -> bytes:
-        out = self._chunk(
-            [ChatChunkChoice(index=0, delta=ChatDelta(), finish_reason=finished.reason)]
-        )
+    def events(self, events: list[ReplyEvent]) -> bytes:
+        return b"".join(self._event(event) for event in events)
+
+    def _event(self, event: ReplyEvent) -> bytes:
+        if isinstance(event, Content):
+            return self.delta(event.text)
+        if isinstance(event, CallStart):
+            call = ToolCallDelta(
+                index=event.index,
+                id=event.id,
+                type="function",
+                function=FunctionDelta(name=event.name, arguments=""),
+            )
+        else:
+            call = ToolCallDelta(index=event.index, function=FunctionDelta(arguments=event.text))
+        return self._chunk([ChatChunkChoice(index=0, delta=ChatDelta(tool_calls=[call]))])
+
+    def finish(self, finished: Finished, called_tools: bool = False) -> bytes:
+        reason = finish_reason(finished, called_tools)
+        out = self._chunk([ChatChunkChoice(index=0, delta=ChatDelta(), finish_reason=reason)])
         if self.include_usage:
             out += self._chunk([], usage_of(finished, self.timings))
         return out
@@ -109,8 +132,17 @@ class CompletionStreamWriter:
         return out
 
 
+def finish_reason(finished: Finished, called_tools: bool) -> FinishReason:
+    """``tool_calls`` when a reply that called tools ended by itself (not cut short)."""
+    return "tool_calls" if called_tools and finished.reason == "stop" else finished.reason
+
+
 def chat_completion(
-    model: str, text: str, finished: Finished, timings: bool = False
+    model: str,
+    text: str | None,
+    finished: Finished,
+    timings: bool = False,
+    tool_calls: list[ToolCall] | None = None,
 ) -> ChatCompletion:
     return ChatCompletion(
         id=new_id("chatcmpl"),
@@ -119,8 +151,8 @@ def chat_completion(
         choices=[
             ChatChoice(
                 index=0,
-                message=ChoiceMessage(content=text),
-                finish_reason=finished.reason,
+                message=ChoiceMessage(content=text, tool_calls=tool_calls or None),
+                finish_reason=finish_reason(finished, bool(tool_calls)),
             )
         ],
         usage=usage_of(finished, timings),

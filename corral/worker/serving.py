@@ -30,12 +30,9 @@ from corral.protocol.openai import (
     EmbeddingUsage,
 )
 from corral.protocol.parse import parse_body
-from corral.worker import responses, translate
+from corral.worker import handoff, responses, tool_calls, translate
 from corral.worker.responses import ChatStreamWriter, CompletionStreamWriter, error_event
-
-
-def model_response(body: BaseModel) -> Response:
-    return Response(body.model_dump_json(), media_type="application/json")
+from corral.worker.tool_calls import ReplyParser
 
 
 class WorkerService:
@@ -64,30 +61,43 @@ class WorkerService:
                 param="model",
             )
 
+    def _finished(self, request: Request, body: BaseModel) -> Response:
+        """A whole response for a request the engine ran to the end: recorded first
+        (batch spool, execution log; see ``handoff``), then sent."""
+        payload = body.model_dump_json()
+        handoff.finished(request, payload)
+        return Response(payload, media_type="application/json")
+
     # --- endpoints -----------------------------------------------------------------
 
     async def chat(self, request: Request) -> Response:
         req = parse_body(await request.body(), ChatCompletionRequest)
         self._require_completion()
         context = self.engine.capabilities.context_length
-        gen = translate.chat_request(req, self.template, self.tokenize_chat, context)
+        gen = translate.chat_request(
+            req, self.template, self.tokenize_chat, context, self.engine.json_grammar
+        )
+        reply = translate.reply_parser(req)
         if req.stream:
             writer = ChatStreamWriter(self.model_name, req.include_usage(), req.timings)
-            return event_stream(self._chat_stream(gen, writer))
+            return event_stream(self._chat_stream(gen, writer, reply))
         text, finished = await run_until_disconnect(request, collect(self.engine, gen))
-        return model_response(
-            responses.chat_completion(self.model_name, text, finished, req.timings)
+        content, calls = tool_calls.collect(reply, text)
+        return self._finished(
+            request,
+            responses.chat_completion(self.model_name, content, finished, req.timings, calls),
         )
 
     async def _chat_stream(
-        self, gen: GenerationRequest, writer: ChatStreamWriter
+        self, gen: GenerationRequest, writer: ChatStreamWriter, reply: ReplyParser
     ) -> AsyncIterator[bytes]:
         yield writer.start()
         async for event in stream_events(self.engine, gen):
             if isinstance(event, TextDelta):
-                yield writer.delta(event.text)
+                if chunk := writer.events(reply.feed(event.text)):
+                    yield chunk
             elif isinstance(event, Finished):
-                yield writer.finish(event)
+                yield writer.events(reply.finish()) + writer.finish(event, reply.calls > 0)
             else:
                 yield error_event(event.error)
                 return
@@ -103,8 +113,8 @@ class WorkerService:
             writer = CompletionStreamWriter(self.model_name, req.include_usage(), req.timings)
             return event_stream(self._completion_stream(gen, writer, echo))
         text, finished = await run_until_disconnect(request, collect(self.engine, gen))
-        return model_response(
-            responses.completion(self.model_name, echo + text, finished, req.timings)
+        return self._finished(
+            request, responses.completion(self.model_name, echo + text, finished, req.timings)
         )
 
     async def _completion_stream(
@@ -147,7 +157,7 @@ class WorkerService:
             model=self.model_name,
             usage=EmbeddingUsage(prompt_tokens=n_tokens, total_tokens=n_tokens),
         )
-        return model_response(body)
+        return self._finished(request, body)
 
     def _embedding_tokens(self, inputs: Sequence[str | list[int]]) -> list[list[int]]:
         limit = self.engine.capabilities.context_length

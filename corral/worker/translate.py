@@ -7,8 +7,10 @@ a model.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from corral.engines.base import GenerationRequest, SamplingParams
 from corral.engines.chat_template import ChatTemplate
@@ -17,11 +19,22 @@ from corral.protocol.openai import (
     ChatCompletionRequest,
     ChatMessage,
     CompletionRequest,
+    NamedToolChoice,
     SamplingFields,
     TextPart,
+    Tool,
+    ToolCall,
 )
+from corral.worker import tool_calls
 
 Tokenize = Callable[[str], list[int]]
+ToolMode = Literal["off", "auto", "forced"]
+
+
+class JsonGrammar(Protocol):
+    """``Engine.json_grammar``: a grammar holding output to a JSON Schema (None: any object)."""
+
+    def __call__(self, schema: dict[str, Any] | None, *, param: str) -> str: ...
 
 
 def sampling_from(req: SamplingFields) -> SamplingParams:
@@ -42,17 +55,6 @@ def sampling_from(req: SamplingFields) -> SamplingParams:
 
 def refuse_unsupported(req: ChatCompletionRequest | CompletionRequest) -> None:
     """Clear 400s for features this engine does not provide yet, instead of ignoring them."""
-    if isinstance(req, ChatCompletionRequest):
-        if req.response_format is not None and req.response_format.type != "text":
-            raise InvalidRequest(
-                f"response_format type '{req.response_format.type}' is not supported yet.",
-                param="response_format",
-            )
-        if req.tool_choice not in (None, "none", "auto"):
-            raise InvalidRequest(
-                "tool_choice other than 'none' or 'auto' is not supported yet.",
-                param="tool_choice",
-            )
     if req.logprobs:
         raise InvalidRequest("logprobs are not supported yet.", param="logprobs")
     if isinstance(req, CompletionRequest) and req.suffix:
@@ -66,9 +68,18 @@ def template_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
         item = message.model_dump(exclude_none=True, exclude={"content"})
         item["content"] = _text_content(message, i)
         if message.tool_calls:
-            item["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+            item["tool_calls"] = [_template_call(call) for call in message.tool_calls]
         out.append(item)
     return out
+
+
+def _template_call(call: ToolCall) -> dict[str, Any]:
+    """Arguments as an object: templates write them with ``tojson`` (as transformers expects);
+    OpenAI's JSON string would come out encoded twice."""
+    item = call.model_dump()
+    with contextlib.suppress(json.JSONDecodeError):  # not JSON: passed on as sent
+        item["function"]["arguments"] = json.loads(call.function.arguments)
+    return item
 
 
 def _text_content(message: ChatMessage, index: int) -> str:
@@ -95,8 +106,10 @@ def chat_request(
     template: ChatTemplate,
     tokenize_chat: Tokenize,
     context_length: int,
+    json_grammar: JsonGrammar | None = None,
 ) -> GenerationRequest:
     refuse_unsupported(req)
+    grammar = output_grammar(req, json_grammar or _no_grammar)
     tokens = tokenize_chat(chat_prompt(req, template))
     max_tokens = req.token_limit()
     check_context(len(tokens), max_tokens, context_length, what="messages")
@@ -106,7 +119,79 @@ def chat_request(
         sampling=sampling_from(req),
         stop=req.stop_list(),
         ignore_eos=req.ignore_eos,
+        grammar=grammar,
     )
+
+
+# --- structured outputs and tool calls ------------------------------------------------
+
+
+def tool_choice(req: ChatCompletionRequest) -> tuple[ToolMode, list[Tool]]:
+    """How the reply may call tools, and which: ``auto`` (may call any), ``forced`` (must
+    call one of those returned: all for "required", the named one) or ``off``."""
+    tools = req.tools or []
+    choice = req.tool_choice
+    if choice == "none" or (choice in (None, "auto") and not tools):
+        return "off", []
+    if choice in (None, "auto"):
+        return "auto", tools
+    if not tools:
+        raise InvalidRequest(
+            "tool_choice requires tools, and this request has none.", param="tool_choice"
+        )
+    if not isinstance(choice, NamedToolChoice):
+        return "forced", tools  # "required"
+    named = [t for t in tools if t.function.name == choice.function.name]
+    if not named:
+        known = ", ".join(repr(t.function.name) for t in tools)
+        raise InvalidRequest(
+            f"tool_choice names the function '{choice.function.name}', which is not among "
+            f"the tools ({known}).",
+            param="tool_choice",
+        )
+    return "forced", named[:1]
+
+
+def output_grammar(req: ChatCompletionRequest, json_grammar: JsonGrammar) -> str | None:
+    """The grammar the reply is held to: a forced tool call, else ``response_format``'s JSON.
+
+    A forced call takes precedence: ``response_format`` shapes content, and a reply that
+    must call a tool has none.
+    """
+    mode, tools = tool_choice(req)
+    if mode == "forced":
+        # Each schema checked on its own first, so that a 400 names the tool it is about.
+        forced = {id(tool) for tool in tools}
+        for i, tool in enumerate(req.tools or []):
+            if id(tool) in forced and tool.function.parameters is not None:
+                json_grammar(tool.function.parameters, param=f"tools[{i}].function.parameters")
+        return json_grammar(tool_calls.tool_call_schema(tools), param="tools")
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return json_grammar(None, param="response_format")
+    if fmt.json_schema is None or fmt.json_schema.schema_ is None:
+        raise InvalidRequest(
+            "response_format of type 'json_schema' needs json_schema.schema, the JSON Schema "
+            "the reply must follow.",
+            param="response_format.json_schema.schema",
+        )
+    return json_grammar(fmt.json_schema.schema_, param="response_format")
+
+
+def reply_parser(req: ChatCompletionRequest) -> tool_calls.ReplyParser:
+    """How to read the reply back: plain text, Hermes ``<tool_call>`` blocks, or one call."""
+    mode, tools = tool_choice(req)
+    if mode == "forced":
+        return tool_calls.ForcedCall()
+    if mode == "auto":
+        return tool_calls.TaggedCalls(t.function.name for t in tools)
+    return tool_calls.PlainReply()
+
+
+def _no_grammar(schema: dict[str, Any] | None, *, param: str) -> str:
+    raise UnsupportedCapability("This model cannot constrain its output.", param=param)
 
 
 def completion_request(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -245,3 +246,64 @@ async def test_events_arrive_on_the_callers_loop(engine: LlamaCppEngine) -> None
         events.append(event)
     assert threads == {threading.current_thread().name}
     assert isinstance(events[-1], Finished)
+
+
+# --- grammars ---------------------------------------------------------------------------
+
+DIGITS = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+
+
+async def test_grammar_holds_output_and_ends_it(engine: LlamaCppEngine) -> None:
+    grammar = engine.json_grammar(DIGITS, param="p")
+    for seed in range(4):
+        req = GenerationRequest(prompt(engine), 200, SamplingParams(seed=seed), grammar=grammar)
+        events = [e async for e in stream_events(engine, req)]
+        deltas = [e.text for e in events if isinstance(e, TextDelta)]
+        finished = events[-1]
+        assert isinstance(finished, Finished) and finished.reason == "stop"
+        assert set(json.loads("".join(deltas))) == {"n"}
+        # ASCII output: one delta per token, and one token more, the end-of-generation
+        # token that the complete grammar left as the only choice.
+        assert finished.completion_tokens == len(deltas) + 1
+
+
+async def test_grammar_overrides_ignore_eos_and_survives_penalties(
+    engine: LlamaCppEngine,
+) -> None:
+    """ignore_eos would ban the only token a complete grammar allows; penalties feed the
+    prompt to their sampler, and a grammar fed prompt tokens makes llama.cpp abort."""
+    sampling = SamplingParams(seed=1, repeat_penalty=1.3, frequency_penalty=0.5)
+    req = GenerationRequest(
+        prompt(engine),
+        200,
+        sampling,
+        ignore_eos=True,
+        grammar=engine.json_grammar(DIGITS, param="p"),
+    )
+    text, finished = await collect(engine, req)
+    assert finished.reason == "stop" and "n" in json.loads(text)
+
+
+async def test_grammar_cut_short_by_max_tokens(engine: LlamaCppEngine) -> None:
+    grammar = engine.json_grammar(None, param="p")
+    text, finished = await collect(
+        engine, GenerationRequest(prompt(engine), 3, SamplingParams(seed=0), grammar=grammar)
+    )
+    assert finished == Finished("length", finished.prompt_tokens, 3) and text.startswith("{")
+
+
+async def test_grammar_requests_batch_with_free_ones(engine: LlamaCppEngine) -> None:
+    grammar = engine.json_grammar(DIGITS, param="p")
+    free = GenerationRequest(prompt(engine), 40, SamplingParams(seed=2), ignore_eos=True)
+    held = GenerationRequest(prompt(engine), 200, SamplingParams(seed=2), grammar=grammar)
+    (free_text, free_end), (held_text, held_end) = await asyncio.gather(
+        collect(engine, free), collect(engine, held)
+    )
+    assert free_end.completion_tokens == 40 and held_end.reason == "stop"
+    assert "n" in json.loads(held_text)
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(free_text)
+
+
+def test_capabilities_declare_structured_output(engine: LlamaCppEngine) -> None:
+    assert engine.capabilities.structured_output

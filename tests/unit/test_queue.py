@@ -40,3 +40,17 @@ def test_remove_and_iterate() -> None:
         q.push(t)
     assert q.remove(b) and not q.remove(b)
     assert list(q) == [a, c] and len(q) == 2
+
+
+def test_take_keeps_keys_taking_turns_and_skips_ineligible() -> None:
+    """What the scheduler dispatches with: two batches (keys) alternate slot by slot."""
+    q = FairQueue()
+    for i in range(3):
+        q.push(Ticket("m", priority=Priority.BATCH, key="batch-a", id=i))
+    for i in range(3, 6):
+        q.push(Ticket("m", priority=Priority.BATCH, key="batch-b", id=i))
+    taken = []
+    while (t := q.take(lambda t: t.id != 1)) is not None:
+        taken.append(t.id)
+    assert taken == [0, 3, 2, 4, 5]
+    assert len(q) == 1 and q.peek() is not None and q.peek().id == 1

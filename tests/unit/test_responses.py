@@ -2,7 +2,14 @@ import json
 
 from corral.engines.base import Finished
 from corral.errors import WorkerCrashed
-from corral.worker.responses import ChatStreamWriter, CompletionStreamWriter, error_event
+from corral.protocol.openai import ToolCall, ToolCallFunction
+from corral.worker.responses import (
+    ChatStreamWriter,
+    CompletionStreamWriter,
+    chat_completion,
+    error_event,
+)
+from corral.worker.tool_calls import CallArguments, CallStart, Content
 
 
 def events(raw: bytes) -> list[dict]:
@@ -70,3 +77,42 @@ def test_error_event_is_openai_error() -> None:
             "code": "worker_crashed",
         }
     }
+
+
+def test_tool_call_stream_matches_openai_shape() -> None:
+    w = ChatStreamWriter("m", include_usage=False)
+    raw = w.events([Content("ok"), CallStart(0, "call_x", "f"), CallArguments(0, '{"a"')])
+    content, start, args = (e["choices"][0]["delta"] for e in events(raw))
+    assert content == {"content": "ok"}
+    assert start == {
+        "tool_calls": [
+            {
+                "index": 0,
+                "id": "call_x",
+                "type": "function",
+                "function": {"name": "f", "arguments": ""},
+            }
+        ]
+    }
+    assert args == {"tool_calls": [{"index": 0, "function": {"arguments": '{"a"'}}]}
+    assert w.events([]) == b""
+    done = events(w.finish(Finished("stop", 3, 4), called_tools=True))[0]["choices"][0]
+    assert done["finish_reason"] == "tool_calls" and done["delta"] == {}
+    # Cut short by the token budget: "length", even with a call under way.
+    cut = events(w.finish(Finished("length", 3, 4), called_tools=True))[0]["choices"][0]
+    assert cut["finish_reason"] == "length"
+
+    call = ToolCall(id="call_x", function=ToolCallFunction(name="f", arguments="{}"))
+    whole = chat_completion("m", None, Finished("stop", 3, 4), tool_calls=[call]).model_dump()
+    assert whole["choices"][0]["finish_reason"] == "tool_calls"
+    assert whole["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": None,
+        "refusal": None,
+        "tool_calls": [
+            {"id": "call_x", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+        ],
+    }
+    plain = chat_completion("m", "hi", Finished("stop", 3, 4)).model_dump(mode="json")
+    assert "tool_calls" not in plain["choices"][0]["message"]
+    assert plain["choices"][0]["finish_reason"] == "stop"

@@ -1,0 +1,76 @@
+"""What every Ollama route shares: Ollama's error shape and NDJSON streaming.
+
+The app's exception handlers answer in OpenAI's shape, which Ollama clients cannot
+read (``ollama.ResponseError`` takes the ``error`` string). So each Ollama route is
+wrapped by ``ollama_errors``: the same named errors and status codes, in Ollama's
+body ``{"error": "..."}``. Once a stream has begun the status is sent, so an error
+then is one more line, ``{"error": "..."}``, which is what Ollama does.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from corral.errors import CorralError, EngineError
+from corral.httputil import (
+    SSE_HEADERS,
+    DisconnectAwareStreamingResponse,
+    json_dumps,
+    json_response,
+)
+from corral.protocol.ollama_openai import timestamp
+
+log = logging.getLogger("corral.ollama")
+NDJSON = "application/x-ndjson"
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def ollama_errors(handler: Handler) -> Handler:
+    """Answer the route's failures in Ollama's error shape."""
+
+    @functools.wraps(handler)
+    async def route(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except CorralError as exc:
+            if exc.status >= 500:
+                log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+            return error_response(exc)
+        except ClientDisconnect:
+            raise
+        except Exception as exc:  # the app's handler would answer in OpenAI's shape
+            log.exception("unexpected error on %s %s", request.method, request.url.path)
+            return error_response(EngineError(f"Internal error: {type(exc).__name__}: {exc}"))
+
+    return route
+
+
+def error_response(error: CorralError) -> Response:
+    return json_response(error.to_ollama(), status=error.status, headers=error.headers)
+
+
+def line(value: Any) -> bytes:
+    """One NDJSON line."""
+    return json_dumps(value).encode() + b"\n"
+
+
+def ndjson_stream(
+    body: AsyncIterator[bytes], on_close: Callable[[], None] | None = None
+) -> Response:
+    """A streamed NDJSON answer; stops as soon as the client leaves, then ``on_close``.
+    Unbuffered by proxies, as the SSE streams are."""
+    return DisconnectAwareStreamingResponse(
+        body, media_type=NDJSON, headers=SSE_HEADERS, on_close=on_close
+    )
+
+
+def now() -> str:
+    """``created_at`` for a line written now."""
+    return timestamp(time.time_ns())

@@ -1,0 +1,189 @@
+"""Batch objects: creating, reading, listing and cancelling them (the runner runs them).
+
+Status follows OpenAI's life cycle: ``validating`` -> ``in_progress`` ->
+``finalizing`` -> ``completed``, or ``failed`` (the input is not a valid batch),
+``expired`` (the completion window passed), ``cancelling`` -> ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from corral.batch.files import FileStore
+from corral.batch.lines import ENDPOINTS
+from corral.batch.tables import BatchRow
+from corral.errors import CorralError, InvalidRequest
+from corral.units import parse_keep_alive
+
+ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+
+
+class BatchNotFound(CorralError):
+    status = 404
+    type = "invalid_request_error"
+    code = "batch_not_found"
+
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(f"No such batch: {batch_id}", param="batch_id")
+
+
+def window_seconds(window: str) -> float:
+    """OpenAI accepts only "24h"; Corral also takes other durations ("1h", "30m")."""
+    try:
+        seconds = parse_keep_alive(window)
+    except ValueError:
+        seconds = None
+    if seconds is None or seconds <= 0:
+        raise InvalidRequest(
+            f"completion_window must be a duration such as '24h', not {window!r}.",
+            param="completion_window",
+        )
+    return seconds
+
+
+def batch_object(row: BatchRow) -> dict[str, Any]:
+    """OpenAI's Batch object."""
+
+    def ts(value: float | None) -> int | None:
+        return int(value) if value is not None else None
+
+    return {
+        "id": row.id,
+        "object": "batch",
+        "endpoint": row.endpoint,
+        "model": row.model,
+        "errors": {"object": "list", "data": row.errors} if row.errors else None,
+        "input_file_id": row.input_file_id,
+        "completion_window": row.completion_window,
+        "status": row.status,
+        "output_file_id": row.output_file_id,
+        "error_file_id": row.error_file_id,
+        "created_at": int(row.created_at),
+        "in_progress_at": ts(row.in_progress_at),
+        "expires_at": ts(row.expires_at),
+        "finalizing_at": ts(row.finalizing_at),
+        "completed_at": ts(row.completed_at),
+        "failed_at": ts(row.failed_at),
+        "expired_at": ts(row.expired_at),
+        "cancelling_at": ts(row.cancelling_at),
+        "cancelled_at": ts(row.cancelled_at),
+        "request_counts": {"total": row.total, "completed": row.completed, "failed": row.failed},
+        "metadata": row.metadata_,
+    }
+
+
+class Batches:
+    def __init__(self, engine: Engine, files: FileStore) -> None:
+        self.engine = engine
+        self.files = files
+
+    def create(
+        self,
+        input_file_id: str,
+        endpoint: str,
+        completion_window: str,
+        metadata: dict[str, str] | None = None,
+    ) -> BatchRow:
+        if endpoint not in ENDPOINTS:
+            raise InvalidRequest(
+                f"endpoint must be one of {', '.join(ENDPOINTS)}, not {endpoint!r}.",
+                param="endpoint",
+            )
+        window = window_seconds(completion_window)
+        stored = self.files.get(input_file_id)
+        if stored.purpose != "batch":
+            raise InvalidRequest(
+                f"File {input_file_id} has purpose {stored.purpose!r}, not 'batch'.",
+                param="input_file_id",
+            )
+        if metadata is not None and (
+            len(metadata) > 16 or any(len(k) > 64 or len(str(v)) > 512 for k, v in metadata.items())
+        ):
+            raise InvalidRequest(
+                "metadata holds at most 16 pairs; keys up to 64 characters, values up to 512.",
+                param="metadata",
+            )
+        now = time.time()
+        row = BatchRow(
+            id="batch_" + uuid.uuid4().hex[:24],
+            endpoint=endpoint,
+            input_file_id=input_file_id,
+            model=None,
+            completion_window=completion_window,
+            status="validating",
+            output_file_id=None,
+            error_file_id=None,
+            errors=None,
+            metadata_=metadata,
+            total=stored.lines,
+            completed=0,
+            failed=0,
+            created_at=now,
+            expires_at=now + window,
+        )
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            session.add(row)
+        return row
+
+    def get(self, batch_id: str) -> BatchRow:
+        with Session(self.engine, expire_on_commit=False) as session:
+            row = session.get(BatchRow, batch_id)
+        if row is None:
+            raise BatchNotFound(batch_id)
+        return row
+
+    def list(
+        self, limit: int = 20, after: str | None = None
+    ) -> tuple[builtins.list[BatchRow], bool]:
+        """Newest first, OpenAI's cursor pagination: (page, has_more)."""
+        query = select(BatchRow).order_by(BatchRow.created_at.desc(), BatchRow.id.desc())
+        if after:
+            anchor = self.get(after)
+            query = query.where(
+                (BatchRow.created_at < anchor.created_at)
+                | ((BatchRow.created_at == anchor.created_at) & (BatchRow.id < anchor.id))
+            )
+        with Session(self.engine, expire_on_commit=False) as session:
+            rows = list(session.scalars(query.limit(limit + 1)))
+        return rows[:limit], len(rows) > limit
+
+    def active(self) -> builtins.list[BatchRow]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(
+                session.scalars(
+                    select(BatchRow)
+                    .where(BatchRow.status.in_(ACTIVE))
+                    .order_by(BatchRow.created_at)
+                )
+            )
+
+    def cancel(self, batch_id: str) -> BatchRow:
+        """Ask the runner to stop: no new request starts; results so far are kept."""
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            row = session.get(BatchRow, batch_id)
+            if row is None:
+                raise BatchNotFound(batch_id)
+            if row.status in ("validating", "in_progress"):
+                row.status, row.cancelling_at = "cancelling", time.time()
+            elif row.status in TERMINAL and row.status != "cancelled":
+                raise InvalidRequest(
+                    f"Batch {batch_id} is {row.status}; only a running batch can be cancelled.",
+                    param="batch_id",
+                )
+        return row
+
+    def update(self, batch_id: str, **values: Any) -> BatchRow:
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            row = session.get(BatchRow, batch_id)
+            if row is None:
+                raise BatchNotFound(batch_id)
+            for key, value in values.items():
+                setattr(row, key, value)
+        return row

@@ -1,0 +1,157 @@
+"""Stored files for the Batch API: uploads (checked line by line) and batch results.
+
+Files live under ``CORRAL_HOME/files/<id>``; their rows say what they are. An upload
+with ``purpose=batch`` is checked while it streams in: the first bad line stops it
+and is named in the error, so a 50,000-line file with a typo on line 3 fails at once.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from corral.batch.lines import BadLine, LineChecker
+from corral.batch.tables import StoredFileRow
+from corral.batch.upload import receive_upload
+from corral.errors import CorralError, InvalidRequest
+
+PURPOSES = ("batch",)
+
+
+class FileNotFound(CorralError):
+    status = 404
+    type = "invalid_request_error"
+    code = "file_not_found"
+
+    def __init__(self, file_id: str) -> None:
+        super().__init__(f"No such File object: {file_id}", param="file_id")
+
+
+def file_object(row: StoredFileRow) -> dict[str, Any]:
+    """OpenAI's File object."""
+    return {
+        "id": row.id,
+        "object": "file",
+        "bytes": row.bytes,
+        "created_at": int(row.created_at),
+        "expires_at": int(row.expires_at) if row.expires_at else None,
+        "filename": row.filename,
+        "purpose": row.purpose,
+        "status": "processed",
+        "status_details": None,
+    }
+
+
+class FileStore:
+    def __init__(self, engine: Engine, directory: Path, max_upload_bytes: int) -> None:
+        self.engine = engine
+        self.directory = directory
+        self.max_upload_bytes = max_upload_bytes
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, file_id: str) -> Path:
+        self.get(file_id)
+        return self.directory / file_id
+
+    async def upload(self, content_type: str, body: AsyncIterator[bytes]) -> StoredFileRow:
+        file_id = "file-" + uuid.uuid4().hex[:24]
+        dest = self.directory / f".upload-{file_id}"
+        checker = LineChecker()
+        checked = [False]
+        fields_seen: dict[str, str] = {}
+
+        def on_line(raw: bytes) -> None:
+            # The purpose field normally comes first; if it did, check as we go.
+            if fields_seen.get("purpose") == "batch":
+                checked[0] = True
+                checker.feed(raw)
+
+        try:
+            upload = await receive_upload(
+                content_type, body, dest, limit=self.max_upload_bytes, on_line=on_line
+            )
+            fields_seen.update(upload.fields)
+            purpose = upload.fields.get("purpose")
+            if purpose not in PURPOSES:
+                raise InvalidRequest(
+                    f"purpose must be 'batch' (Corral stores files for the Batch API), "
+                    f"not {purpose!r}.",
+                    param="purpose",
+                )
+            if not checked[0]:
+                _check_file(dest, checker)
+            if checker.count == 0:
+                raise InvalidRequest("The file is empty: a batch needs at least one request.")
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
+        return self._adopt(dest, file_id, upload.filename or "upload.jsonl", "batch", checker.count)
+
+    def add(self, source: Path, filename: str, purpose: str, lines: int) -> StoredFileRow:
+        """Register a file Corral wrote (a batch's output or errors), moving it in."""
+        file_id = "file-" + uuid.uuid4().hex[:24]
+        return self._adopt(source, file_id, filename, purpose, lines)
+
+    def _adopt(
+        self, source: Path, file_id: str, filename: str, purpose: str, lines: int
+    ) -> StoredFileRow:
+        final = self.directory / file_id
+        os.replace(source, final)
+        row = StoredFileRow(
+            id=file_id,
+            filename=filename,
+            purpose=purpose,
+            bytes=final.stat().st_size,
+            lines=lines,
+            created_at=time.time(),
+            expires_at=None,
+        )
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            session.add(row)
+        return row
+
+    def get(self, file_id: str) -> StoredFileRow:
+        with Session(self.engine, expire_on_commit=False) as session:
+            row = session.get(StoredFileRow, file_id)
+        if row is None:
+            raise FileNotFound(file_id)
+        return row
+
+    def list(
+        self, purpose: str | None = None, limit: int = 10000, after: str | None = None
+    ) -> builtins.list[StoredFileRow]:
+        query = select(StoredFileRow).order_by(StoredFileRow.created_at.desc())
+        if purpose:
+            query = query.where(StoredFileRow.purpose == purpose)
+        with Session(self.engine, expire_on_commit=False) as session:
+            rows = list(session.scalars(query))
+        if after:
+            ids = [r.id for r in rows]
+            rows = rows[ids.index(after) + 1 :] if after in ids else []
+        return rows[:limit]
+
+    def delete(self, file_id: str) -> None:
+        with Session(self.engine) as session, session.begin():
+            row = session.get(StoredFileRow, file_id)
+            if row is None:
+                raise FileNotFound(file_id)
+            session.delete(row)
+        (self.directory / file_id).unlink(missing_ok=True)
+
+
+def _check_file(path: Path, checker: LineChecker) -> None:
+    """Check a stored file line by line (when ``purpose`` came after the file part)."""
+    with path.open("rb") as f:
+        for raw in f:
+            checker.feed(raw.rstrip(b"\r\n"))
+
+
+__all__ = ["BadLine", "FileNotFound", "FileStore", "file_object"]

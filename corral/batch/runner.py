@@ -1,0 +1,437 @@
+"""Run batches inside the server, at batch priority, durably.
+
+Each active batch gets a task that streams its input file, skipping lines already
+answered, and keeps a bounded number of requests waiting in the scheduler at
+``Priority.BATCH``: interactive requests go first and batch requests fill the slots
+they leave idle, in the same continuous batches. Batches wait in the model's queue
+under their own key, so several batches on one model take turns; batches on
+different models run side by side.
+
+Results go to a committer that appends them to the batch's journal (fsync) and then
+marks their lines done in the database, in groups. On start, every unfinished batch
+is recovered from its journal (see ``journal.py``) and carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from corral.batch.batches import Batches
+from corral.batch.files import FileStore
+from corral.batch.journal import Journal, Result
+from corral.batch.lines import BatchLine, parse_line
+from corral.batch.tables import BatchDoneRow, BatchRow
+from corral.errors import CorralError, QueueFull, WorkerUnavailable
+from corral.registry.store import Registry
+from corral.scheduler.queue import Priority
+from corral.scheduler.scheduler import Scheduler
+from corral.worker.handoff import BATCH_HEADER, REQUEST_ID_HEADER
+
+log = logging.getLogger("corral.batch")
+COMMIT_GROUP = 512  # most results per fsync + transaction
+CAPABILITY = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completion",
+    "/v1/embeddings": "embeddings",
+}
+
+
+@dataclass
+class _Run:
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class BatchRunner:
+    def __init__(
+        self,
+        batches: Batches,
+        files: FileStore,
+        registry: Registry,
+        scheduler: Scheduler,
+        session: aiohttp.ClientSession,
+        directory: Path,
+        in_flight: int = 16,
+    ) -> None:
+        self.batches = batches
+        self.files = files
+        self.registry = registry
+        self.scheduler = scheduler
+        self.session = session
+        self.directory = directory
+        self.in_flight = in_flight
+        self._runs: dict[str, _Run] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # --- control -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._watch(), name="batch-runner")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def cancel(self, batch_id: str) -> None:
+        run = self._runs.get(batch_id)
+        if run is not None:
+            run.stop.set()
+        self.wake()
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._task, *(r.task for r in self._runs.values())) if t]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _watch(self) -> None:
+        """Start a task for every active batch (new ones, and those a restart left)."""
+        while True:
+            self._wake.clear()
+            try:
+                rows = await asyncio.to_thread(self.batches.active)
+            except Exception:
+                log.exception("cannot list batches")
+                rows = []
+            for row in rows:
+                if row.id not in self._runs:
+                    run = _Run()
+                    self._runs[row.id] = run
+                    run.task = asyncio.create_task(self._guarded(row.id, run), name=row.id)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 2.0)
+
+    async def _guarded(self, batch_id: str, run: _Run) -> None:
+        try:
+            await self._run(batch_id, run)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("batch %s failed", batch_id)
+            await asyncio.to_thread(
+                self.batches.update,
+                batch_id,
+                status="failed",
+                failed_at=time.time(),
+                errors=[{"code": "internal_error", "message": str(exc), "line": None}],
+            )
+        finally:
+            self._runs.pop(batch_id, None)
+
+    # --- one batch -------------------------------------------------------------------------
+
+    async def _run(self, batch_id: str, run: _Run) -> None:
+        row = await asyncio.to_thread(self.batches.get, batch_id)
+        if row.status == "validating":
+            row = await asyncio.to_thread(self._validate, row)
+            if row.status == "failed":
+                return
+        if row.status == "cancelling":
+            run.stop.set()
+        journal = Journal(self.directory / batch_id)
+        try:
+            done = await asyncio.to_thread(self._recover, row, journal)
+            if row.status in ("in_progress", "cancelling"):
+                await self._execute_all(row, run, journal, done)
+            await self._finish(batch_id, journal, done)
+        finally:
+            journal.close()
+
+    def _input(self, row: BatchRow) -> Iterator[BatchLine]:
+        with self.files.path(row.input_file_id).open("rb") as f:
+            for number, raw in enumerate(f, start=1):
+                yield parse_line(raw.rstrip(b"\r\n"), number)
+
+    def _validate(self, row: BatchRow) -> BatchRow:
+        """The checks OpenAI makes between ``validating`` and ``in_progress``."""
+        errors: list[dict[str, Any]] = []
+        model: str | None = None
+        for line in self._input(row):
+            if line.url != row.endpoint:
+                errors.append(
+                    _error(
+                        "mismatched_endpoint",
+                        f"url {line.url} is not the batch's endpoint {row.endpoint}.",
+                        line.number,
+                    )
+                )
+            elif model is None:
+                model = line.model
+            elif line.model != model:
+                errors.append(
+                    _error(
+                        "mismatched_model",
+                        f"model {line.model!r} differs from {model!r} "
+                        "on earlier lines; a batch uses one model.",
+                        line.number,
+                    )
+                )
+            if len(errors) >= 10:
+                break
+        if not errors and model is not None:
+            try:
+                record = self.registry.get(model)
+                record.check_serves(CAPABILITY[row.endpoint])
+                model = record.name
+            except CorralError as exc:
+                errors.append(_error(exc.code or "invalid_request", exc.message, 1, "body.model"))
+        if errors:
+            return self.batches.update(
+                row.id, status="failed", failed_at=time.time(), errors=errors, model=model
+            )
+        return self.batches.update(
+            row.id, status="in_progress", in_progress_at=time.time(), model=model
+        )
+
+    def _recover(self, row: BatchRow, journal: Journal) -> set[int]:
+        """Lines already answered: the journal is the truth; bring the index level."""
+        line_of = {line.custom_id: line.number for line in self._input(row)}
+        on_disk = journal.recover(line_of)
+        spooled = [
+            _result(line, 200, body)
+            for line, body in self._spooled(row, line_of)
+            if line.number not in on_disk
+        ]
+        if spooled:
+            # Finished by a worker, never committed: the gateway died in between.
+            journal.append(spooled)
+            on_disk.update({r.line: r.ok for r in spooled})
+            log.info("batch %s: %d results picked up from worker spools", row.id, len(spooled))
+        with Session(self.batches.engine) as session, session.begin():
+            indexed = set(
+                session.scalars(select(BatchDoneRow.line).where(BatchDoneRow.batch_id == row.id))
+            )
+            missing = [
+                {"batch_id": row.id, "line": n, "ok": ok}
+                for n, ok in on_disk.items()
+                if n not in indexed
+            ]
+            if missing:
+                session.execute(insert(BatchDoneRow), missing)
+                log.info(
+                    "batch %s: %d answered lines recovered from its journal", row.id, len(missing)
+                )
+            current = session.get(BatchRow, row.id)
+            assert current is not None
+            current.completed = sum(1 for ok in on_disk.values() if ok)
+            current.failed = len(on_disk) - current.completed
+        return set(on_disk)
+
+    def _spooled(
+        self, row: BatchRow, line_of: dict[str, int]
+    ) -> Iterator[tuple[BatchLine, dict[str, Any]]]:
+        """Results workers spooled for this batch (see ``corral.worker.handoff``)."""
+        by_number = {n: c for c, n in line_of.items()}
+        for spool in sorted((self.directory / row.id).glob("spool-*.jsonl")):
+            with spool.open("rb") as f:
+                for raw in f:
+                    try:
+                        entry = json.loads(raw)
+                    except json.JSONDecodeError:
+                        continue  # torn by the crash
+                    _, _, custom_id = str(entry.get("id", "")).partition("/")
+                    number = line_of.get(custom_id)
+                    if number is not None and isinstance(entry.get("body"), dict):
+                        yield BatchLine(number, by_number[number], row.endpoint, {}), entry["body"]
+
+    async def _execute_all(
+        self, row: BatchRow, run: _Run, journal: Journal, done: set[int]
+    ) -> None:
+        results: asyncio.Queue[Result | None] = asyncio.Queue()
+        committer = asyncio.create_task(self._commit_loop(row.id, journal, results, done))
+        slots = asyncio.Semaphore(self.in_flight)
+        pending: set[asyncio.Task[None]] = set()
+        assert row.model is not None
+        try:
+            # Streamed from the file, not loaded: a 50,000-line batch stays small.
+            for line in _undone(self._input(row), done):
+                await slots.acquire()
+                if run.stop.is_set() or _expired(row):
+                    slots.release()
+                    break
+                task = asyncio.create_task(self._one(row, line, results, slots))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            if pending:
+                await asyncio.gather(*pending)
+        finally:
+            for task in pending:
+                task.cancel()
+            await results.put(None)
+            await committer
+
+    async def _one(
+        self,
+        row: BatchRow,
+        line: BatchLine,
+        results: asyncio.Queue[Result | None],
+        slots: asyncio.Semaphore,
+    ) -> None:
+        try:
+            status, body = await self._call(row, line)
+            await results.put(_result(line, status, body))
+        finally:
+            slots.release()
+
+    async def _call(self, row: BatchRow, line: BatchLine) -> tuple[int, dict[str, Any]]:
+        """One request through the scheduler to the model's worker: (status, body)."""
+        assert row.model is not None
+        try:
+            record = self.registry.get(row.model)
+            record.check_serves(CAPABILITY[row.endpoint])
+            while True:
+                try:
+                    grant = await self.scheduler.acquire(
+                        record, priority=Priority.BATCH, key=row.id
+                    )
+                    break
+                except QueueFull:
+                    await asyncio.sleep(0.5)  # interactive traffic filled the queue
+            try:
+                body = {**line.body, "model": record.name, "stream": False}
+                url = grant.worker.base_url + line.url
+                headers = {REQUEST_ID_HEADER: f"{row.id}/{line.custom_id}", BATCH_HEADER: row.id}
+                async with self.session.post(url, json=body, headers=headers) as response:
+                    data = await response.json(content_type=None)
+                    return response.status, data
+            except aiohttp.ClientError as exc:
+                raise WorkerUnavailable(f"The worker for {record.name} failed: {exc!r}") from None
+            finally:
+                grant.release()
+        except CorralError as exc:
+            return exc.status, exc.to_openai()
+
+    async def _commit_loop(
+        self,
+        batch_id: str,
+        journal: Journal,
+        results: asyncio.Queue[Result | None],
+        done: set[int],
+    ) -> None:
+        finished = False
+        while not finished:
+            first = await results.get()
+            group = [] if first is None else [first]
+            finished = first is None
+            while not finished and not results.empty() and len(group) < COMMIT_GROUP:
+                item = results.get_nowait()
+                if item is None:
+                    finished = True
+                else:
+                    group.append(item)
+            if group:
+                await asyncio.to_thread(self._commit, batch_id, journal, group)
+                done.update(r.line for r in group)
+
+    def _commit(self, batch_id: str, journal: Journal, group: list[Result]) -> None:
+        journal.append(group)  # durable first ...
+        ok = sum(1 for r in group if r.ok)
+        with Session(self.batches.engine) as session, session.begin():  # ... then indexed
+            session.execute(
+                insert(BatchDoneRow),
+                [{"batch_id": batch_id, "line": r.line, "ok": r.ok} for r in group],
+            )
+            row = session.get(BatchRow, batch_id)
+            assert row is not None
+            row.completed += ok
+            row.failed += len(group) - ok
+
+    # --- the end of a batch ----------------------------------------------------------------
+
+    async def _finish(self, batch_id: str, journal: Journal, done: set[int]) -> None:
+        row = await asyncio.to_thread(self.batches.get, batch_id)
+        now = time.time()
+        if row.status == "cancelling":
+            final = {"status": "cancelled", "cancelled_at": now}
+        elif row.total > len(done) and _expired(row):
+            await asyncio.to_thread(self._expire_rest, row, journal, done)
+            final = {"status": "expired", "expired_at": now}
+        elif row.total > len(done):
+            return  # stopped early (server shutting down): resumed at next start
+        else:
+            final = {"status": "completed", "completed_at": now}
+            await asyncio.to_thread(
+                self.batches.update, batch_id, status="finalizing", finalizing_at=now
+            )
+        journal.close()
+        ids = await asyncio.to_thread(self._publish, row, journal)
+        await asyncio.to_thread(self.batches.update, batch_id, **ids, **final)
+        for spool in (self.directory / batch_id).glob("spool-*.jsonl"):
+            spool.unlink(missing_ok=True)  # everything in them is in the journal now
+        log.info("batch %s %s", batch_id, final["status"])
+
+    def _expire_rest(self, row: BatchRow, journal: Journal, done: set[int]) -> None:
+        """Requests the window left unrun go to the error file, as OpenAI reports them."""
+        message = "This request could not be executed before the completion window expired."
+        group = [
+            Result(
+                line.number,
+                False,
+                _record(line, None, {"code": "batch_expired", "message": message}),
+            )
+            for line in _undone(self._input(row), done)
+        ]
+        for start in range(0, len(group), COMMIT_GROUP):
+            self._commit(row.id, journal, group[start : start + COMMIT_GROUP])
+        done.update(r.line for r in group)
+
+    def _publish(self, row: BatchRow, journal: Journal) -> dict[str, str | None]:
+        """Make the journal's files into File objects (copies: the journal stays whole
+        until the batch row points at the files)."""
+        out_lines, err_lines = journal.counts()
+        ids: dict[str, str | None] = {"output_file_id": None, "error_file_id": None}
+        for path, lines, key, suffix in (
+            (journal.output_path, out_lines, "output_file_id", "output"),
+            (journal.error_path, err_lines, "error_file_id", "error"),
+        ):
+            if lines:
+                staged = path.with_suffix(".publish")
+                shutil.copyfile(path, staged)
+                stored = self.files.add(staged, f"{row.id}_{suffix}.jsonl", "batch_output", lines)
+                ids[key] = stored.id
+        return ids
+
+
+def _undone(lines: Iterator[BatchLine], done: set[int]) -> Iterator[BatchLine]:
+    return (line for line in lines if line.number not in done)
+
+
+def _expired(row: BatchRow) -> bool:
+    return row.expires_at is not None and time.time() >= row.expires_at
+
+
+def _error(code: str, message: str, line: int | None, param: str | None = None) -> dict[str, Any]:
+    return {"code": code, "message": message, "param": param, "line": line}
+
+
+def _record(
+    line: BatchLine, response: dict[str, Any] | None, error: dict[str, Any] | None
+) -> dict[str, Any]:
+    return {
+        "id": "batch_req_" + uuid.uuid4().hex[:24],
+        "custom_id": line.custom_id,
+        "response": response,
+        "error": error,
+    }
+
+
+def _result(line: BatchLine, status: int, body: dict[str, Any]) -> Result:
+    """OpenAI's output line: the response whatever its status; errors in the error file."""
+    response = {"status_code": status, "request_id": uuid.uuid4().hex, "body": body}
+    return Result(line.number, status == 200, _record(line, response, None))

@@ -1,0 +1,165 @@
+"""Receive a multipart upload straight to disk, checking it as it arrives.
+
+Starlette's form parser would spool the whole file to a temporary file before the
+route sees it, so a 10 GB upload could fill the disk before being refused. Here
+``python_multipart`` hands over the file part chunk by chunk: each chunk is counted
+against the limit (the upload stops at the first byte over it), written to its final
+place, and split into lines that a callback checks, so a bad line stops the upload
+at that line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from python_multipart import MultipartParser
+from python_multipart.multipart import parse_options_header
+
+from corral.errors import CorralError, InvalidRequest
+
+MAX_FIELD_BYTES = 64 << 10
+
+
+class UploadTooLarge(CorralError):
+    status = 413
+    type = "invalid_request_error"
+    code = "file_too_large"
+
+
+@dataclass
+class Upload:
+    fields: dict[str, str] = field(default_factory=dict)
+    filename: str | None = None
+    bytes: int = 0
+
+
+class _Receiver:
+    def __init__(self, dest: Path, limit: int, on_line: Callable[[bytes], None] | None) -> None:
+        self.dest = dest
+        self.limit = limit
+        self.on_line = on_line
+        self.upload = Upload()
+        self._headers: dict[bytes, bytes] = {}
+        self._header_field = b""
+        self._header_value = b""
+        self._name: str | None = None
+        self._is_file = False
+        self._value = bytearray()
+        self._file: IO[bytes] | None = None
+        self._pending = b""  # the start of a line whose end has not arrived
+
+    # --- python_multipart callbacks -------------------------------------------------------
+
+    def on_part_begin(self) -> None:
+        self._headers, self._name, self._is_file = {}, None, False
+        self._value = bytearray()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self._headers[self._header_field.lower()] = self._header_value
+        self._header_field = self._header_value = b""
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        name = options.get(b"name")
+        self._name = name.decode() if name else None
+        filename = options.get(b"filename")
+        if filename is not None and self._name == "file":
+            if self._file is not None:
+                raise InvalidRequest("Send one file per upload.", param="file")
+            self._is_file = True
+            self.upload.filename = Path(filename.decode(errors="replace")).name or "upload"
+            self._file = self.dest.open("wb")
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        chunk = data[start:end]
+        if not self._is_file:
+            self._value += chunk
+            if len(self._value) > MAX_FIELD_BYTES:
+                raise InvalidRequest(f"Form field {self._name!r} is too large.")
+            return
+        self.upload.bytes += len(chunk)
+        if self.upload.bytes > self.limit:
+            raise UploadTooLarge(
+                f"The file is larger than this server's limit of {self.limit:,} bytes "
+                "(CORRAL_MAX_UPLOAD)."
+            )
+        assert self._file is not None
+        self._file.write(chunk)
+        if self.on_line is not None:
+            self._lines(chunk)
+
+    def on_part_end(self) -> None:
+        if self._is_file:
+            if self.on_line is not None and self._pending:
+                self.on_line(self._pending)  # a last line with no newline
+                self._pending = b""
+        elif self._name:
+            self.upload.fields[self._name] = self._value.decode(errors="replace")
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _lines(self, chunk: bytes) -> None:
+        assert self.on_line is not None
+        data = self._pending + chunk
+        *complete, self._pending = data.split(b"\n")
+        for line in complete:
+            self.on_line(line.rstrip(b"\r"))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            self._file.close()
+            self._file = None
+
+
+async def receive_upload(
+    content_type: str,
+    body: AsyncIterator[bytes],
+    dest: Path,
+    *,
+    limit: int,
+    on_line: Callable[[bytes], None] | None = None,
+) -> Upload:
+    """Parse a ``multipart/form-data`` body, writing its ``file`` part to ``dest``.
+
+    On any error the partial file is removed and the error propagates.
+    """
+    kind, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if kind != b"multipart/form-data" or not boundary:
+        raise InvalidRequest("Upload files as multipart/form-data with a 'file' part.")
+    receiver = _Receiver(dest, limit, on_line)
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": receiver.on_part_begin,
+            "on_header_field": receiver.on_header_field,
+            "on_header_value": receiver.on_header_value,
+            "on_header_end": receiver.on_header_end,
+            "on_headers_finished": receiver.on_headers_finished,
+            "on_part_data": receiver.on_part_data,
+            "on_part_end": receiver.on_part_end,
+        },
+    )
+    try:
+        async for chunk in body:
+            parser.write(chunk)
+        parser.finalize()
+    except BaseException:
+        receiver.close()
+        dest.unlink(missing_ok=True)  # noqa: ASYNC240 (a local unlink; chunks are written the same way)
+        raise
+    receiver.close()
+    if receiver.upload.filename is None:
+        dest.unlink(missing_ok=True)  # noqa: ASYNC240
+        raise InvalidRequest("The upload has no 'file' part.", param="file")
+    return receiver.upload

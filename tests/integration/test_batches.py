@@ -1,0 +1,318 @@
+"""The Batch API end to end with the official `openai` client, against the real server."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import CHAT_MODEL, EMBED_MODEL, install_test_models
+from tests.support.server import CorralServer
+
+
+def jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+def chat_line(i: int, model: str = CHAT_MODEL, **body: Any) -> dict[str, Any]:
+    return {
+        "custom_id": f"req-{i}",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": model,
+            "messages": [{"role": "user", "content": f"Say {i}"}],
+            "max_tokens": 4,
+            "temperature": 0,
+            **body,
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def batch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CorralServer]:
+    home = tmp_path_factory.mktemp("batch-home")
+    install_test_models(home).close()
+    srv = CorralServer(home, slots=4, context_length=512, max_upload="128KiB")
+    srv.env["CORRAL_EXECUTION_LOG"] = str(home / "executions.log")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(batch_server: CorralServer) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=batch_server.openai_url, api_key="x", max_retries=0) as c:
+        yield c
+
+
+def wait_batch(client: openai.OpenAI, batch_id: str, timeout: float = 120) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in ("completed", "failed", "expired", "cancelled"):
+            return batch
+        time.sleep(0.1)
+    raise AssertionError(f"batch {batch_id} still {batch.status}")
+
+
+def test_files_and_batches_end_to_end(client: openai.OpenAI) -> None:
+    lines = [chat_line(i) for i in range(20)]
+    lines[7] = chat_line(7, max_tokens=-5)  # a per-request failure goes to the error file
+    uploaded = client.files.create(file=("in.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
+    assert uploaded.purpose == "batch" and uploaded.bytes == len(jsonl(lines))
+    assert client.files.retrieve(uploaded.id).filename == "in.jsonl"
+    batch = client.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"job": "test"},
+    )
+    assert batch.status == "validating" and batch.metadata == {"job": "test"}
+    done = wait_batch(client, batch.id)
+    assert done.status == "completed", done
+    assert done.request_counts is not None
+    assert (done.request_counts.total, done.request_counts.completed) == (20, 19)
+    assert done.request_counts.failed == 1
+    assert done.in_progress_at and done.finalizing_at and done.completed_at
+    output = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
+    assert sorted(o["custom_id"] for o in output) == sorted(f"req-{i}" for i in range(20) if i != 7)
+    first = output[0]
+    assert first["response"]["status_code"] == 200 and first["error"] is None
+    assert first["response"]["body"]["object"] == "chat.completion"
+    assert first["response"]["body"]["usage"]["completion_tokens"] == 4
+    [error] = [json.loads(x) for x in client.files.content(done.error_file_id).text.splitlines()]
+    assert error["custom_id"] == "req-7" and error["response"]["status_code"] == 400
+    assert error["response"]["body"]["error"]["param"] == "max_tokens"
+    listed = client.batches.list(limit=5)
+    assert batch.id in [b.id for b in listed.data]
+    client.files.delete(uploaded.id)
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(uploaded.id)
+
+
+def test_embeddings_batch_and_pagination(client: openai.OpenAI) -> None:
+    lines = [
+        {
+            "custom_id": f"e{i}",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": EMBED_MODEL, "input": f"text {i}"},
+        }
+        for i in range(5)
+    ]
+    ids = []
+    for _ in range(3):
+        f = client.files.create(file=("e.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
+        ids.append(
+            client.batches.create(
+                input_file_id=f.id, endpoint="/v1/embeddings", completion_window="24h"
+            ).id
+        )
+    for batch_id in ids:
+        done = wait_batch(client, batch_id)
+        assert done.status == "completed" and done.request_counts.completed == 5
+    page = client.batches.list(limit=2)
+    assert len(page.data) == 2 and page.has_more
+    everything = [b.id for b in client.batches.list(limit=2)]  # the client follows pages
+    assert set(ids) <= set(everything) and len(everything) == len(set(everything))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"custom_id": "a", "method": "POST"\n', "Line 1: not valid JSON"),
+        (jsonl([chat_line(1), chat_line(1)]), "Line 2: duplicate custom_id 'req-1'"),
+        (jsonl([chat_line(1), {**chat_line(2), "url": "/v1/nope"}]), "Line 2: 'url' must be"),
+        (b"", "The file is empty"),
+    ],
+)
+def test_bad_files_are_refused_with_the_line(
+    client: openai.OpenAI, content: bytes, message: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.files.create(file=("bad.jsonl", io.BytesIO(content)), purpose="batch")
+    assert message in str(info.value)
+
+
+def test_an_upload_over_the_limit_stops_at_the_limit(
+    batch_server: CorralServer, client: openai.OpenAI
+) -> None:
+    big = jsonl([chat_line(i) for i in range(2000)])  # ~380 KB; the limit is 128 KiB
+    with pytest.raises(openai.APIStatusError) as info:
+        client.files.create(file=("big.jsonl", io.BytesIO(big)), purpose="batch")
+    assert info.value.status_code == 413
+    leftovers = [p.name for p in (batch_server.home / "files").iterdir()]
+    assert not any(name.startswith(".upload") for name in leftovers)
+
+
+def test_batches_that_cannot_run_fail_with_reasons(client: openai.OpenAI) -> None:
+    mixed = jsonl([chat_line(1), chat_line(2, model=EMBED_MODEL)])
+    f = client.files.create(file=("m.jsonl", io.BytesIO(mixed)), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    failed = wait_batch(client, batch.id)
+    assert failed.status == "failed" and failed.errors is not None
+    [err] = failed.errors.data or []
+    assert (err.code, err.line) == ("mismatched_model", 2)
+    wrong = client.batches.create(
+        input_file_id=f.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    assert wait_batch(client, wrong.id).errors.data[0].code == "mismatched_endpoint"
+    with pytest.raises(openai.BadRequestError, match="endpoint must be one of"):
+        client.batches.create(input_file_id=f.id, endpoint="/v1/nope", completion_window="24h")
+    with pytest.raises(openai.NotFoundError):
+        client.batches.create(
+            input_file_id="file-missing", endpoint="/v1/embeddings", completion_window="24h"
+        )
+
+
+def test_cancel_stops_new_work_and_keeps_partial_results(
+    batch_server: CorralServer, client: openai.OpenAI
+) -> None:
+    lines = [chat_line(i, max_tokens=64, ignore_eos=True) for i in range(200)]
+    f = client.files.create(file=("c.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    deadline = time.monotonic() + 60
+    while client.batches.retrieve(batch.id).request_counts.completed < 4:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    cancelling = client.batches.cancel(batch.id)
+    assert cancelling.status in ("cancelling", "cancelled")
+    done = wait_batch(client, batch.id)
+    assert done.status == "cancelled" and done.cancelled_at
+    counts = done.request_counts
+    assert counts is not None and 4 <= counts.completed < 200
+    output = client.files.content(done.output_file_id).text.splitlines()
+    assert len(output) == counts.completed
+
+
+def test_expired_window_sends_the_rest_to_the_error_file(client: openai.OpenAI) -> None:
+    lines = [chat_line(i, max_tokens=64, ignore_eos=True) for i in range(300)]
+    f = client.files.create(file=("x.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="2s"
+    )
+    done = wait_batch(client, batch.id)
+    assert done.status == "expired" and done.expired_at
+    counts = done.request_counts
+    assert counts is not None and counts.completed + counts.failed == 300
+    errors = [json.loads(x) for x in client.files.content(done.error_file_id).text.splitlines()]
+    assert len(errors) == counts.failed > 0
+    assert {e["error"]["code"] for e in errors} == {"batch_expired"}
+
+
+def test_raw_http_errors_use_openai_shape(batch_server: CorralServer) -> None:
+    reply = httpx.post(batch_server.openai_url + "/files", content=b"x")
+    assert reply.status_code == 400 and "multipart/form-data" in reply.json()["error"]["message"]
+    missing = httpx.get(batch_server.openai_url + "/batches/batch_nope")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "batch_not_found"
+
+
+def test_interactive_requests_wait_only_for_the_slots_in_use(
+    batch_server: CorralServer, client: openai.OpenAI
+) -> None:
+    """Batches fill idle slots; an interactive request overtakes every queued batch
+    request and waits at most for the (4) requests already in slots."""
+    log = batch_server.home / "executions.log"
+    lines = [chat_line(i, max_tokens=48, ignore_eos=True) for i in range(120)]
+    f = client.files.create(file=("l.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+
+    def batch_done() -> int:
+        return sum(1 for x in log.read_text().split() if x.startswith(batch.id))
+
+    deadline = time.monotonic() + 60
+    while batch_done() < 8:  # the batch is running and its queue is full
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    for _ in range(3):
+        before = batch_done()
+        stream = client.chat.completions.create(
+            model=CHAT_MODEL,
+            messages=[{"role": "user", "content": "now"}],
+            max_tokens=2,
+            stream=True,
+        )
+        next(iter(stream))  # the first chunk: our request holds a slot
+        overtaken_by = batch_done() - before
+        stream.close()
+        assert overtaken_by <= 4, f"{overtaken_by} batch requests finished first"
+    assert client.batches.retrieve(batch.id).status == "in_progress"
+    client.batches.cancel(batch.id)
+    wait_batch(client, batch.id)
+
+
+def test_cli_submit_status_results_list(batch_server: CorralServer, tmp_path: Path) -> None:
+    def corral(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "CORRAL_PORT": str(batch_server.port), "COLUMNS": "200"}
+        return subprocess.run(
+            [sys.executable, "-m", "corral", "batch", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    source = tmp_path / "in.jsonl"
+    lines = [chat_line(i, model="placeholder") for i in range(6)]
+    source.write_bytes(jsonl(lines))
+    submitted = corral("submit", str(source), "--model", "test-chat")
+    assert submitted.returncode == 0, submitted.stderr
+    batch_id = submitted.stdout.split()[0]
+    assert batch_id.startswith("batch_")
+    followed = corral("status", batch_id)
+    assert followed.returncode == 0, followed.stderr
+    assert f"{batch_id}: completed, 6 completed, 0 failed of 6" in followed.stdout
+    out = tmp_path / "out.jsonl"
+    fetched = corral("results", batch_id, "-o", str(out))
+    assert fetched.returncode == 0, fetched.stderr
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(r["custom_id"] for r in records) == [f"req-{i}" for i in range(6)]
+    assert {r["response"]["body"]["model"] for r in records} == {CHAT_MODEL}
+    assert batch_id in corral("list").stdout
+    bad = corral("cancel", batch_id)
+    assert bad.returncode == 1 and "only a running batch can be cancelled" in bad.stderr
+
+
+def test_two_batches_on_one_model_take_turns(client: openai.OpenAI) -> None:
+    ids = []
+    for tag in ("a", "b"):
+        lines = [
+            {**chat_line(i, max_tokens=16, ignore_eos=True), "custom_id": f"{tag}{i}"}
+            for i in range(240)
+        ]
+        f = client.files.create(file=(f"{tag}.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
+        ids.append(
+            client.batches.create(
+                input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+            ).id
+        )
+    deadline = time.monotonic() + 120
+    while True:
+        a, b = (client.batches.retrieve(i) for i in ids)
+        if "completed" in (a.status, b.status):
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # When the first finishes, the other has had its turns all along: neither waited
+    # for the other to end (first come, first served would leave it near zero).
+    laggard = b if a.status == "completed" else a
+    assert laggard.request_counts is not None and laggard.request_counts.completed >= 120
+    for batch_id in ids:
+        assert wait_batch(client, batch_id).status == "completed"

@@ -1,0 +1,105 @@
+"""What a restarted runner makes of a batch a crash interrupted (no server needed)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from corral.batch.batches import Batches
+from corral.batch.files import FileStore
+from corral.batch.journal import Journal
+from corral.batch.lines import BadLine, LineChecker
+from corral.batch.runner import BatchRunner
+from corral.batch.tables import BatchDoneRow
+from corral.registry.store import Registry
+
+
+def line(i: int) -> dict[str, Any]:
+    return {
+        "custom_id": f"req-{i}",
+        "method": "POST",
+        "url": "/v1/embeddings",
+        "body": {"model": "m", "input": str(i)},
+    }
+
+
+def output(i: int) -> bytes:
+    record = {"id": f"r{i}", "custom_id": f"req-{i}", "response": {"status_code": 200}}
+    return json.dumps(record).encode() + b"\n"
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[BatchRunner, Batches, str, Path]]:
+    registry = Registry(tmp_path)
+    files = FileStore(registry.engine, tmp_path / "files", 1 << 20)
+    batches = Batches(registry.engine, files)
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b"".join(json.dumps(line(i)).encode() + b"\n" for i in range(4)))
+    stored = files.add(source, "in.jsonl", "batch", 4)
+    batch = batches.create(stored.id, "/v1/embeddings", "24h")
+    batches.update(batch.id, status="in_progress", model="m:latest")
+    runner = BatchRunner(
+        batches,
+        files,
+        registry,
+        None,
+        None,
+        tmp_path / "batches",  # type: ignore[arg-type]
+    )
+    yield runner, batches, batch.id, tmp_path / "batches" / batch.id
+    registry.close()
+
+
+def done_lines(batches: Batches, batch_id: str) -> list[int]:
+    with Session(batches.engine) as session:
+        query = select(BatchDoneRow.line).where(BatchDoneRow.batch_id == batch_id)
+        return sorted(session.scalars(query))
+
+
+def test_journal_and_worker_spools_are_recovered_once(
+    setup: tuple[BatchRunner, Batches, str, Path],
+) -> None:
+    runner, batches, batch_id, directory = setup
+    directory.mkdir(parents=True)
+    # req-0 committed to the journal; req-1's line was torn by the crash.
+    (directory / "output.jsonl").write_bytes(output(0) + output(1)[:20])
+    # A worker finished req-1 and req-2 and spooled them; the gateway died first.
+    body = {"object": "list", "data": [], "model": "m:latest"}
+    spool = b"".join(
+        json.dumps({"id": f"{batch_id}/req-{i}", "body": body}).encode() + b"\n" for i in (1, 2)
+    )
+    (directory / "spool-77.jsonl").write_bytes(spool + b'{"id": "torn')
+
+    row = batches.get(batch_id)
+    journal = Journal(directory)
+    assert runner._recover(row, journal) == {1, 2, 3}
+    journal.close()
+    records = [json.loads(x) for x in (directory / "output.jsonl").read_bytes().splitlines()]
+    assert [r["custom_id"] for r in records] == ["req-0", "req-1", "req-2"]
+    assert records[1]["response"]["body"] == body and records[1]["response"]["status_code"] == 200
+    assert done_lines(batches, batch_id) == [1, 2, 3]
+    assert batches.get(batch_id).completed == 3
+
+    # A second restart finds everything already answered: nothing is added twice.
+    journal = Journal(directory)
+    assert runner._recover(batches.get(batch_id), journal) == {1, 2, 3}
+    journal.close()
+    assert len((directory / "output.jsonl").read_bytes().splitlines()) == 3
+    assert done_lines(batches, batch_id) == [1, 2, 3]
+
+
+def test_line_checker_names_the_first_bad_line() -> None:
+    checker = LineChecker()
+    checker.feed(json.dumps(line(1)).encode())
+    with pytest.raises(BadLine, match=r"Line 2: duplicate custom_id 'req-1' \(first on line 1\)"):
+        checker.feed(json.dumps(line(1)).encode())
+    with pytest.raises(BadLine, match=r"Line 1: 'body\.model' must name a model"):
+        LineChecker().feed(json.dumps({**line(1), "body": {}}).encode())
+    with pytest.raises(BadLine, match="Line 1: unknown field"):
+        LineChecker().feed(json.dumps({**line(1), "extra": 1}).encode())
