@@ -66,14 +66,10 @@ async def _relay(
     body = await request.body()
     req = parse_body(body, wire)
     record = gateway.registry.get(req.model)
-    _require(record, capability)
+    record.check_serves(capability)
     grant = await gateway.acquire(request, record, keep_alive_of(req))
     stream = bool(getattr(req, "stream", False))
     return await gateway.proxy.forward(request, grant.worker, path, body, stream, grant.release)
-
-
-def _require(record: ModelRecord, capability: str) -> None:
-    record.check_serves(capability)
 
 
 def model_card(record: ModelRecord) -> ModelCard:

@@ -17,9 +17,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from corral.api.gateway import Gateway, gateway_of
-from corral.errors import ModelNotFound
 from corral.httputil import json_response
 from corral.protocol.parse import parse_body
+from corral.registry.names import canonical_or_not_found
 
 
 class ImportRequest(BaseModel):
@@ -73,7 +73,7 @@ async def remove_installed(gateway: Gateway, name: str) -> list[str]:
     """Remove a model (stopping its worker first) or one alias; the names removed.
     Ollama's ``DELETE /api/delete`` removes through here too."""
     record = gateway.registry.get(name)
-    if record.name == _canonical(name):  # the model itself, not one of its aliases
+    if record.name == canonical_or_not_found(name):  # the model itself, not one of its aliases
         await gateway.scheduler.unload(record.name)
     return await asyncio.to_thread(gateway.registry.remove, name)
 
@@ -103,7 +103,7 @@ async def import_model(request: Request) -> Response:
     gateway = gateway_of(request)
     req = parse_body(await request.body(), ImportRequest)
     path = Path(req.path)
-    record = await asyncio.to_thread(gateway.registry.import_path, path, req.name or _stem(path))
+    record = await asyncio.to_thread(gateway.registry.import_path, path, req.name)
     return json_response(record.to_dict(), status=201)
 
 
@@ -136,21 +136,6 @@ async def show_pull(request: Request) -> Response:
 async def cancel_pull(request: Request) -> Response:
     job = await asyncio.to_thread(gateway_of(request).pulls.cancel, request.path_params["id"])
     return json_response(job.to_dict())
-
-
-def _canonical(name: str) -> str:
-    from corral.registry.names import InvalidModelName, canonical_name
-
-    try:
-        return canonical_name(name)
-    except InvalidModelName:
-        raise ModelNotFound(name) from None
-
-
-def _stem(path: Path) -> str:
-    from corral.registry.refs import parse_reference
-
-    return parse_reference(str(path.resolve())).default_name
 
 
 routes = [

@@ -152,10 +152,7 @@ class LocalRegistry:
         return result
 
     def import_path(self, path: Path, name: str | None) -> dict[str, Any]:
-        from corral.registry.refs import parse_reference
-
-        target = name or parse_reference(str(path.resolve())).default_name
-        result: dict[str, Any] = self._do(self.registry.import_path, path, target).to_dict()
+        result: dict[str, Any] = self._do(self.registry.import_path, path, name).to_dict()
         return result
 
     def pull(self, ref: str, **options: Any) -> dict[str, Any]:

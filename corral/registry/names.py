@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from corral.errors import InvalidRequest
+from corral.errors import InvalidRequest, ModelNotFound
 
 DEFAULT_TAG = "latest"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
@@ -26,3 +26,11 @@ def canonical_name(name: str) -> str:
             param="model",
         )
     return f"{base}:{tag}"
+
+
+def canonical_or_not_found(name: str) -> str:
+    """For lookups: a name that cannot be valid names no model (404, not 400)."""
+    try:
+        return canonical_name(name)
+    except InvalidModelName:
+        raise ModelNotFound(name) from None

@@ -36,7 +36,13 @@ from corral.errors import CorralError, InvalidRequest, ModelNotFound, Unsupporte
 from corral.registry import inspect
 from corral.registry.db import AliasRow, FileRow, ModelRow, open_database
 from corral.registry.gguf_info import ModelInfo, is_gguf
-from corral.registry.names import DEFAULT_TAG, InvalidModelName, canonical_name
+from corral.registry.names import (
+    DEFAULT_TAG,
+    InvalidModelName,
+    canonical_name,
+    canonical_or_not_found,
+)
+from corral.registry.refs import parse_reference
 
 __all__ = [
     "DEFAULT_TAG",
@@ -158,10 +164,7 @@ class Registry:
 
     def get(self, name: str) -> ModelRecord:
         """The model called ``name`` or aliased so (tag defaults to ``latest``)."""
-        try:
-            canonical = canonical_name(name)
-        except InvalidModelName:
-            raise ModelNotFound(name) from None
+        canonical = canonical_or_not_found(name)
         now = time.monotonic()
         cached = self._cache.get(canonical)
         if cached is not None and cached[0] > now:
@@ -200,11 +203,14 @@ class Registry:
     # --- adding -------------------------------------------------------------------------
 
     def import_path(
-        self, source: Path, name: str, *, params: Mapping[str, Any] | None = None
+        self, source: Path, name: str | None = None, *, params: Mapping[str, Any] | None = None
     ) -> ModelRecord:
-        """Add a local GGUF or ONNX file, or a model directory (safetensors/ONNX)."""
-        canonical = canonical_name(name)
+        """Add a local GGUF or ONNX file, or a model directory (safetensors/ONNX); the
+        name defaults to the one ``corral pull PATH`` would give it."""
         source = source.expanduser()
+        canonical = (
+            canonical_name(name) if name else parse_reference(str(source.resolve())).default_name
+        )
         if source.is_dir():
             files = {
                 p.relative_to(source).as_posix(): p
@@ -377,10 +383,7 @@ class Registry:
 
         Blobs no other model lists are deleted; shared ones stay.
         """
-        try:
-            canonical = canonical_name(name)
-        except InvalidModelName:
-            raise ModelNotFound(name) from None
+        canonical = canonical_or_not_found(name)
         with self._write_lock:
             with Session(self.engine, expire_on_commit=False) as session, session.begin():
                 alias = session.get(AliasRow, canonical)
