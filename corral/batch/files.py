@@ -11,7 +11,7 @@ import builtins
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,20 +65,19 @@ class FileStore:
         file_id = "file-" + uuid.uuid4().hex[:24]
         dest = self.directory / f".upload-{file_id}"
         checker = LineChecker()
-        checked = [False]
-        fields_seen: dict[str, str] = {}
+        checked_live = False
 
-        def on_line(raw: bytes) -> None:
-            # The purpose field normally comes first; if it did, check as we go.
-            if fields_seen.get("purpose") == "batch":
-                checked[0] = True
+        def on_line(raw: bytes, fields: Mapping[str, str]) -> None:
+            # Clients send ``purpose`` before the file: then a bad line stops the upload.
+            nonlocal checked_live
+            if fields.get("purpose") == "batch":
+                checked_live = True
                 checker.feed(raw)
 
         try:
             upload = await receive_upload(
                 content_type, body, dest, limit=self.max_upload_bytes, on_line=on_line
             )
-            fields_seen.update(upload.fields)
             purpose = upload.fields.get("purpose")
             if purpose not in PURPOSES:
                 raise InvalidRequest(
@@ -86,7 +85,7 @@ class FileStore:
                     f"not {purpose!r}.",
                     param="purpose",
                 )
-            if not checked[0]:
+            if not checked_live:
                 _check_file(dest, checker)
             if checker.count == 0:
                 raise InvalidRequest("The file is empty: a batch needs at least one request.")

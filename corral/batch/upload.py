@@ -10,7 +10,7 @@ at that line.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -21,6 +21,8 @@ from python_multipart.multipart import parse_options_header
 from corral.errors import CorralError, InvalidRequest
 
 MAX_FIELD_BYTES = 64 << 10
+# Called with each complete line of the file part and the form fields received so far.
+LineCallback = Callable[[bytes, Mapping[str, str]], None]
 
 
 class UploadTooLarge(CorralError):
@@ -37,7 +39,7 @@ class Upload:
 
 
 class _Receiver:
-    def __init__(self, dest: Path, limit: int, on_line: Callable[[bytes], None] | None) -> None:
+    def __init__(self, dest: Path, limit: int, on_line: LineCallback | None) -> None:
         self.dest = dest
         self.limit = limit
         self.on_line = on_line
@@ -100,7 +102,7 @@ class _Receiver:
     def on_part_end(self) -> None:
         if self._is_file:
             if self.on_line is not None and self._pending:
-                self.on_line(self._pending)  # a last line with no newline
+                self.on_line(self._pending, self.upload.fields)  # no final newline
                 self._pending = b""
         elif self._name:
             self.upload.fields[self._name] = self._value.decode(errors="replace")
@@ -112,7 +114,7 @@ class _Receiver:
         data = self._pending + chunk
         *complete, self._pending = data.split(b"\n")
         for line in complete:
-            self.on_line(line.rstrip(b"\r"))
+            self.on_line(line.rstrip(b"\r"), self.upload.fields)
 
     def close(self) -> None:
         if self._file is not None:
@@ -127,7 +129,7 @@ async def receive_upload(
     dest: Path,
     *,
     limit: int,
-    on_line: Callable[[bytes], None] | None = None,
+    on_line: LineCallback | None = None,
 ) -> Upload:
     """Parse a ``multipart/form-data`` body, writing its ``file`` part to ``dest``.
 

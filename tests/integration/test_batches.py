@@ -316,3 +316,11 @@ def test_two_batches_on_one_model_take_turns(client: openai.OpenAI) -> None:
     assert laggard.request_counts is not None and laggard.request_counts.completed >= 120
     for batch_id in ids:
         assert wait_batch(client, batch_id).status == "completed"
+
+
+def test_a_bad_line_stops_the_upload_before_the_rest_arrives(client: openai.OpenAI) -> None:
+    """The lines are checked as they stream in: a bad first line is reported even
+    though the whole file would also be over the size limit."""
+    content = b'{"custom_id": 1}\n' + jsonl([chat_line(i) for i in range(2000)])
+    with pytest.raises(openai.BadRequestError, match="Line 1: 'custom_id' must be"):
+        client.files.create(file=("bad.jsonl", io.BytesIO(content)), purpose="batch")
