@@ -59,6 +59,7 @@ class Gateway:
             disk_reserve=settings.disk_reserve_bytes,
             max_parallel=settings.max_parallel_pulls,
         )
+        proxy = WorkerProxy(session)
         files = FileStore(registry.engine, settings.home / "files", settings.max_upload_bytes)
         batches = Batches(registry.engine, files)
         runner = BatchRunner(
@@ -66,7 +67,7 @@ class Gateway:
             files,
             registry,
             scheduler,
-            session,
+            proxy,
             settings.home / "batches",
             in_flight=settings.batch_in_flight,
         )
@@ -74,7 +75,7 @@ class Gateway:
             settings,
             registry,
             scheduler,
-            WorkerProxy(session),
+            proxy,
             session,
             pulls,
             files,

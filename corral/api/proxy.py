@@ -115,21 +115,38 @@ class WorkerProxy:
         finally:
             on_done()
 
+    async def exchange(
+        self,
+        worker: WorkerProcess,
+        path: str,
+        payload: dict[str, Any],
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, bytes]:
+        """One whole request and answer, whatever its status (the batch runner keeps
+        error answers as they are); a dead or unreachable worker raises, named."""
+        response = await self._post(worker, path, payload, headers)
+        return response.status, await self._read_all(worker, response)
+
     async def _json_exchange(
         self, worker: WorkerProcess, path: str, payload: dict[str, Any]
     ) -> dict[str, Any]:
-        response = await self._post(worker, path, payload)
-        content = await self._read_all(worker, response)
-        if response.status != 200:
-            raise worker_error(response.status, content)
-        return _json_object(content)
+        status, content = await self.exchange(worker, path, payload)
+        if status != 200:
+            raise worker_error(status, content)
+        return json_object_of(content)
 
     async def _post(
-        self, worker: WorkerProcess, path: str, payload: dict[str, Any]
+        self,
+        worker: WorkerProcess,
+        path: str,
+        payload: dict[str, Any],
+        headers: dict[str, str] | None = None,
     ) -> aiohttp.ClientResponse:
         try:
             return await self._session.post(
-                worker.base_url + path, data=json_dumps(payload), headers=JSON
+                worker.base_url + path,
+                data=json_dumps(payload),
+                headers={**JSON, **(headers or {})},
             )
         except aiohttp.ClientError as exc:
             raise await self._failure(worker, exc) from None
@@ -251,13 +268,14 @@ def _sse_data(raw: bytes) -> dict[str, Any] | None:
     data = b"\n".join(line[5:].strip() for line in raw.splitlines() if line.startswith(b"data:"))
     if not data or data == b"[DONE]":
         return None
-    event = _json_object(data)
+    event = json_object_of(data)
     if "error" in event:
         raise worker_error(None, data)
     return event
 
 
-def _json_object(content: bytes) -> dict[str, Any]:
+def json_object_of(content: bytes) -> dict[str, Any]:
+    """A worker's answer as a JSON object, or an EngineError saying what came instead."""
     try:
         value = json.loads(content)
     except ValueError:

@@ -26,16 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from corral.api.proxy import WorkerProxy, json_object_of
 from corral.batch.batches import Batches
 from corral.batch.files import FileStore
 from corral.batch.journal import Journal, Result
 from corral.batch.lines import BatchLine, parse_line
 from corral.batch.tables import BatchDoneRow, BatchRow
-from corral.errors import CorralError, QueueFull, WorkerUnavailable
+from corral.errors import CorralError, QueueFull
 from corral.registry.store import Registry
 from corral.scheduler.queue import Priority
 from corral.scheduler.scheduler import Scheduler
@@ -63,7 +63,7 @@ class BatchRunner:
         files: FileStore,
         registry: Registry,
         scheduler: Scheduler,
-        session: aiohttp.ClientSession,
+        proxy: WorkerProxy,
         directory: Path,
         in_flight: int = 16,
     ) -> None:
@@ -71,7 +71,7 @@ class BatchRunner:
         self.files = files
         self.registry = registry
         self.scheduler = scheduler
-        self.session = session
+        self.proxy = proxy
         self.directory = directory
         self.in_flight = in_flight
         self._runs: dict[str, _Run] = {}
@@ -305,13 +305,9 @@ class BatchRunner:
                     await asyncio.sleep(0.5)  # interactive traffic filled the queue
             try:
                 body = {**line.body, "model": record.name, "stream": False}
-                url = grant.worker.base_url + line.url
                 headers = {REQUEST_ID_HEADER: f"{row.id}/{line.custom_id}", BATCH_HEADER: row.id}
-                async with self.session.post(url, json=body, headers=headers) as response:
-                    data = await response.json(content_type=None)
-                    return response.status, data
-            except aiohttp.ClientError as exc:
-                raise WorkerUnavailable(f"The worker for {record.name} failed: {exc!r}") from None
+                status, content = await self.proxy.exchange(grant.worker, line.url, body, headers)
+                return status, json_object_of(content)
             finally:
                 grant.release()
         except CorralError as exc:
