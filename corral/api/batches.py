@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from corral.api.gateway import gateway_of
 from corral.batch.batches import batch_object
+from corral.batch.pages import list_object
 from corral.errors import InvalidRequest
 from corral.httputil import json_response
 from corral.protocol.parse import parse_body
@@ -50,15 +51,7 @@ async def list_batches(request: Request) -> Response:
     after = request.query_params.get("after")
     rows, has_more = await asyncio.to_thread(gateway_of(request).batches.list, limit, after)
     data = [batch_object(r) for r in rows]
-    return json_response(
-        {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": has_more,
-        }
-    )
+    return json_response(list_object(data, has_more))
 
 
 async def cancel(request: Request) -> Response:

@@ -10,6 +10,7 @@ from starlette.routing import Route
 
 from corral.api.gateway import gateway_of
 from corral.batch.files import file_object
+from corral.batch.pages import list_object
 from corral.httputil import json_response
 
 
@@ -24,17 +25,9 @@ async def list_files(request: Request) -> Response:
     purpose = request.query_params.get("purpose")
     limit = int(request.query_params.get("limit", "10000"))
     after = request.query_params.get("after")
-    rows = await asyncio.to_thread(files.list, purpose, limit + 1, after)
-    data = [file_object(r) for r in rows[:limit]]
-    return json_response(
-        {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": len(rows) > limit,
-        }
-    )
+    rows, has_more = await asyncio.to_thread(files.list, purpose, limit, after)
+    data = [file_object(r) for r in rows]
+    return json_response(list_object(data, has_more))
 
 
 async def retrieve(request: Request) -> Response:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from corral.batch.files import FileStore
 from corral.batch.lines import ENDPOINTS
+from corral.batch.pages import newest_first
 from corral.batch.tables import BatchRow
 from corral.errors import CorralError, InvalidRequest
 from corral.units import parse_keep_alive
@@ -143,16 +144,8 @@ class Batches:
         self, limit: int = 20, after: str | None = None
     ) -> tuple[builtins.list[BatchRow], bool]:
         """Newest first, OpenAI's cursor pagination: (page, has_more)."""
-        query = select(BatchRow).order_by(BatchRow.created_at.desc(), BatchRow.id.desc())
-        if after:
-            anchor = self.get(after)
-            query = query.where(
-                (BatchRow.created_at < anchor.created_at)
-                | ((BatchRow.created_at == anchor.created_at) & (BatchRow.id < anchor.id))
-            )
-        with Session(self.engine, expire_on_commit=False) as session:
-            rows = list(session.scalars(query.limit(limit + 1)))
-        return rows[:limit], len(rows) > limit
+        anchor = self.get(after) if after else None
+        return newest_first(self.engine, BatchRow, after=anchor, limit=limit)
 
     def active(self) -> builtins.list[BatchRow]:
         with Session(self.engine, expire_on_commit=False) as session:

@@ -15,10 +15,11 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from corral.batch.lines import BadLine, LineChecker
+from corral.batch.pages import newest_first
 from corral.batch.tables import StoredFileRow
 from corral.batch.upload import receive_upload
 from corral.errors import CorralError, InvalidRequest
@@ -126,16 +127,16 @@ class FileStore:
 
     def list(
         self, purpose: str | None = None, limit: int = 10000, after: str | None = None
-    ) -> builtins.list[StoredFileRow]:
-        query = select(StoredFileRow).order_by(StoredFileRow.created_at.desc())
-        if purpose:
-            query = query.where(StoredFileRow.purpose == purpose)
-        with Session(self.engine, expire_on_commit=False) as session:
-            rows = list(session.scalars(query))
+    ) -> tuple[builtins.list[StoredFileRow], bool]:
+        """Newest first: (page, has_more). An unknown ``after`` gives an empty page."""
+        anchor = None
         if after:
-            ids = [r.id for r in rows]
-            rows = rows[ids.index(after) + 1 :] if after in ids else []
-        return rows[:limit]
+            with Session(self.engine, expire_on_commit=False) as session:
+                anchor = session.get(StoredFileRow, after)
+            if anchor is None:
+                return [], False
+        where = StoredFileRow.purpose == purpose if purpose else None
+        return newest_first(self.engine, StoredFileRow, after=anchor, limit=limit, where=where)
 
     def delete(self, file_id: str) -> None:
         with Session(self.engine) as session, session.begin():

@@ -126,6 +126,10 @@ def test_embeddings_batch_and_pagination(client: openai.OpenAI) -> None:
     assert len(page.data) == 2 and page.has_more
     everything = [b.id for b in client.batches.list(limit=2)]  # the client follows pages
     assert set(ids) <= set(everything) and len(everything) == len(set(everything))
+    file_page = client.files.list(limit=2)
+    assert len(file_page.data) == 2 and file_page.has_more
+    all_files = [f.id for f in client.files.list(limit=2)]  # followed page by page
+    assert len(all_files) == len(set(all_files)) >= 3
 
 
 @pytest.mark.parametrize(
