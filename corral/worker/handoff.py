@@ -17,6 +17,7 @@ process, so an exit never falls between running a request and recording it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -46,7 +47,7 @@ def finished(request: Request, body_json: str) -> None:
         if batch and _spool_dir is not None and _BATCH_ID.match(batch):
             directory = _spool_dir / batch
             directory.mkdir(parents=True, exist_ok=True)
-            entry = f'{{"id":{_quote(request_id)},"body":{body_json}}}\n'
+            entry = f'{{"id":{json.dumps(request_id)},"body":{body_json}}}\n'
             _append(directory / f"spool-{os.getpid()}.jsonl", entry.encode())
         if _LOG_PATH:
             _append(Path(_LOG_PATH), (request_id + "\n").encode())
@@ -58,9 +59,3 @@ def _append(path: Path, data: bytes) -> None:
         os.write(fd, data)  # one write with O_APPEND: lines never interleave
     finally:
         os.close(fd)
-
-
-def _quote(text: str) -> str:
-    import json
-
-    return json.dumps(text)
