@@ -17,7 +17,7 @@ from corral.batch.runner import BatchRunner
 from corral.errors import CorralError
 from corral.httputil import run_until_disconnect
 from corral.registry.pulls import Pulls
-from corral.registry.store import ModelRecord, Registry
+from corral.registry.store import USAGE_FLUSH_SECONDS, ModelRecord, Registry
 from corral.scheduler.launch import Launcher, llamacpp_launcher
 from corral.scheduler.scheduler import Grant, Scheduler
 from corral.settings import Settings
@@ -36,6 +36,7 @@ class Gateway:
     files: FileStore
     batches: Batches
     batch_runner: BatchRunner
+    _usage_writer: asyncio.Task[None] | None = None
 
     @classmethod
     def build(cls, settings: Settings, launcher: Launcher | None = None) -> Gateway:
@@ -89,6 +90,7 @@ class Gateway:
         self.scheduler.start()
         self.pulls.resume_unfinished()
         self.batch_runner.start()  # resumes batches a previous run left unfinished
+        self._usage_writer = asyncio.create_task(self._write_usage(), name="usage-writer")
         declared = [r.name for r in self.registry.list() if r.params.get("preload")]
         for name in [*self.settings.preload, *declared]:
             try:
@@ -115,7 +117,18 @@ class Gateway:
             ),
         )
 
+    async def _write_usage(self) -> None:
+        """Last-used times, written in a thread every so often (requests only note them)."""
+        while True:
+            await asyncio.sleep(USAGE_FLUSH_SECONDS)
+            try:
+                await asyncio.to_thread(self.registry.flush_usage)
+            except Exception:
+                log.exception("cannot record model usage")
+
     async def close(self) -> None:
+        if self._usage_writer is not None:
+            self._usage_writer.cancel()
         await asyncio.to_thread(self.pulls.close)
         await self.batch_runner.close()
         await self.scheduler.close(self.settings.worker_stop_grace + 10)

@@ -57,7 +57,7 @@ __all__ = [
 log = logging.getLogger("corral.registry")
 _CHUNK = 4 << 20
 _CACHE_SECONDS = 2.0  # how stale a cached record may be when another process writes
-_USAGE_FLUSH_SECONDS = 30.0
+USAGE_FLUSH_SECONDS = 30.0  # how often the server writes last-used times
 
 
 class ModelExists(CorralError):
@@ -157,7 +157,6 @@ class Registry:
         self._write_lock = threading.RLock()
         self._cache: dict[str, tuple[float, ModelRecord]] = {}
         self._usage: dict[str, float] = {}
-        self._usage_flushed = time.monotonic()
         self._import_legacy_manifests()
 
     # --- reading ------------------------------------------------------------------------
@@ -418,14 +417,12 @@ class Registry:
     # --- usage --------------------------------------------------------------------------
 
     def touch(self, name: str) -> None:
-        """Note a use of ``name``; written in batches (a write per request would cost)."""
+        """Note a use of ``name`` in memory; ``flush_usage`` writes them (the server does
+        every ``USAGE_FLUSH_SECONDS``, off the event loop): no write per request."""
         self._usage[name] = time.time()
-        if time.monotonic() - self._usage_flushed > _USAGE_FLUSH_SECONDS:
-            self.flush_usage()
 
     def flush_usage(self) -> None:
         pending, self._usage = self._usage, {}
-        self._usage_flushed = time.monotonic()
         if not pending:
             return
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
