@@ -3,7 +3,13 @@
 Times one ``llama_decode`` of N tokens of one sequence, asking for logits of the
 last token only (what prompt processing does) or of every token (what a batched
 decode step of N sequences does). The difference is the output layer, which runs
-once per output row; the rest is the model body. Pure llama.cpp, no Corral.
+once per output row; the rest is the model body.
+
+Then the step continuous batching actually runs: 8 sequences, one token each, in a
+context shaped like Corral's (8 KV streams of 2048 cells), after each sequence
+already holds H tokens, against one sequence decoding 8 tokens after H. The gap
+is attention over the sequences' own histories, which grows with H.
+Pure llama.cpp, no Corral.
 
     python bench/decode_scaling.py [--threads 1]
 """
@@ -39,6 +45,59 @@ def median_decode_ms(ctx: object, batch: object, mem: object, n: int, all_output
     return statistics.median(times) * 1000
 
 
+def _fill(batch: object, entries: list[tuple[int, int, int, bool]]) -> None:
+    for i, (token, pos, seq, output) in enumerate(entries):
+        batch.token[i] = token  # type: ignore[attr-defined]
+        batch.pos[i] = pos  # type: ignore[attr-defined]
+        batch.n_seq_id[i] = 1  # type: ignore[attr-defined]
+        batch.seq_id[i][0] = seq  # type: ignore[attr-defined]
+        batch.logits[i] = output  # type: ignore[attr-defined]
+    batch.n_tokens = len(entries)  # type: ignore[attr-defined]
+
+
+def median_step_ms(ctx: object, batch: object, mem: object, history: int, sequences: int) -> float:
+    """One step of 8 tokens (all with logits) after ``history`` tokens per sequence:
+    ``sequences`` = 8 is 8 sequences x 1 token, 1 is one sequence x 8 tokens."""
+    times = []
+    for _ in range(7):
+        lc.llama_memory_clear(mem, True)
+        for seq in range(sequences):
+            if history:
+                _fill(batch, [(100 + i, i, seq, False) for i in range(history)])
+                lc.llama_decode(ctx, batch)
+        if sequences == 1:
+            _fill(batch, [(200 + i, history + i, 0, True) for i in range(8)])
+        else:
+            _fill(batch, [(200, history, seq, True) for seq in range(sequences)])
+        start = time.perf_counter()
+        lc.llama_decode(ctx, batch)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def history_table(models: dict[str, Path], threads: int) -> None:
+    print()
+    print("| quant | history H | ms, 1 seq x 8 tokens | ms, 8 seqs x 1 token |")
+    print("| --- | ---: | ---: | ---: |")
+    for quant, path in models.items():
+        model = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
+        params = lc.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = 8 * 2048, 512, 512, 8
+        params.n_threads = params.n_threads_batch = threads
+        params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_AUTO
+        params.kv_unified = False  # one stream per slot, as Corral's engine
+        ctx = lc.llama_init_from_model(model, params)
+        mem = lc.llama_get_memory(ctx)
+        batch = lc.llama_batch_init(512, 0, 1)
+        for history in (0, 64, 192):
+            one = median_step_ms(ctx, batch, mem, history, 1)
+            eight = median_step_ms(ctx, batch, mem, history, 8)
+            print(f"| {quant} | {history} | {one:.1f} | {eight:.1f} |")
+        lc.llama_batch_free(batch)
+        lc.llama_free(ctx)
+        lc.llama_model_free(model)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -46,7 +105,8 @@ def main() -> None:
     lc.llama_backend_init()
     print("| quant | tokens | ms, 1 output | ms, all outputs | ms/token body | ms per output row |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for quant, path in build_models().items():
+    models = build_models()
+    for quant, path in models.items():
         model = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
         params = lc.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = 4096, 512, 512, 1
@@ -63,6 +123,7 @@ def main() -> None:
         lc.llama_batch_free(batch)
         lc.llama_free(ctx)
         lc.llama_model_free(model)
+    history_table(models, args.threads)
 
 
 if __name__ == "__main__":
