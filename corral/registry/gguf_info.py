@@ -1,8 +1,9 @@
 """What Corral needs to know about a GGUF file, read from its header once, at import.
 
 The gateway never opens model files: it reads the facts recorded here from the
-model's manifest, so listing models or refusing a wrong request costs no I/O and
-the gateway never imports numpy or an engine.
+model's manifest, so listing models or refusing a wrong request costs no I/O. The
+header is read in plain Python (``gguf_header``), so a pull or import in the
+gateway does not import numpy (the ``gguf`` package would).
 """
 
 from __future__ import annotations
@@ -11,10 +12,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from corral.registry.gguf_header import GGUFHeader, file_type_name, ggml_type_name, read_header
+
 GGUF_MAGIC = b"GGUF"
 ENCODER_ARCHITECTURES = frozenset(
     {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "modern-bert", "neo-bert", "t5encoder"}
 )
+# Longest metadata array read in full: per-layer counts (one per block) fit; the
+# tokenizer's arrays (tens of thousands of entries) are skipped.
+_PER_LAYER_MAX = 1024
 
 
 def is_embedding_model(architecture: str, pooling_type: int | None) -> bool:
@@ -57,32 +63,31 @@ def is_gguf(path: Path) -> bool:
 
 def read_gguf_info(path: Path) -> ModelInfo:
     """Parse the header of a GGUF file (raises ValueError if it is not one)."""
-    import gguf  # imported here: only `corral import` and the demo builder need it
-
-    reader = gguf.GGUFReader(str(path))
-    fields = {name: _value(field) for name, field in reader.fields.items()}
+    # Per-layer arrays (head counts) are short; the vocabulary's are not read, only counted.
+    header = read_header(path, max_array=_PER_LAYER_MAX)
+    fields = header.metadata
     arch = str(fields.get("general.architecture", "unknown"))
     pooling = fields.get(f"{arch}.pooling_type")
-    ftype = fields.get("general.file_type")
     head_count = _int(fields.get(f"{arch}.attention.head_count"))
     n_embd = _int(fields.get(f"{arch}.embedding_length"))
     head_dim = n_embd // head_count if head_count else 0
+    synthetic = fields.get("corral.synthetic")
     return ModelInfo(
         format="gguf",
         architecture=arch,
-        parameters=sum(int(t.n_elements) for t in reader.tensors),
-        quantization=_quantization_name(ftype, reader),
-        context_length=int(fields.get(f"{arch}.context_length", 0)),
-        embedding_length=int(fields.get(f"{arch}.embedding_length", 0)),
+        parameters=sum(t.n_elements for t in header.tensors),
+        quantization=_quantization_name(fields.get("general.file_type"), header),
+        context_length=_int(fields.get(f"{arch}.context_length")),
+        embedding_length=n_embd,
         has_chat_template="tokenizer.chat_template" in fields,
-        embedding=is_embedding_model(arch, pooling),
-        synthetic=fields.get("corral.synthetic"),
+        embedding=is_embedding_model(arch, pooling if isinstance(pooling, int) else None),
+        synthetic=synthetic if isinstance(synthetic, str) else None,
         block_count=_int(fields.get(f"{arch}.block_count")),
         head_count=head_count,
         head_count_kv=_int(fields.get(f"{arch}.attention.head_count_kv")) or head_count,
         key_length=_int(fields.get(f"{arch}.attention.key_length")) or head_dim,
         value_length=_int(fields.get(f"{arch}.attention.value_length")) or head_dim,
-        vocab_size=len(fields.get("tokenizer.ggml.tokens") or ()),
+        vocab_size=header.array_lengths.get("tokenizer.ggml.tokens", 0),
     )
 
 
@@ -93,21 +98,10 @@ def _int(value: Any) -> int:
     return int(value or 0)
 
 
-def _value(field: Any) -> Any:
-    try:
-        value = field.contents()
-    except (ValueError, IndexError, UnicodeDecodeError):
-        return None
-    return value
-
-
-def _quantization_name(ftype: Any, reader: Any) -> str:
-    import gguf
-
+def _quantization_name(ftype: Any, header: GGUFHeader) -> str:
     if isinstance(ftype, int):
-        try:
-            return str(gguf.LlamaFileType(ftype).name).removeprefix("MOSTLY_")
-        except ValueError:
-            pass
-    types = {t.tensor_type.name for t in reader.tensors}
+        name = file_type_name(ftype)
+        if name is not None:
+            return name
+    types = {ggml_type_name(t.ggml_type) for t in header.tensors}
     return "+".join(sorted(types)) or "unknown"
