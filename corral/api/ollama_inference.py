@@ -27,6 +27,7 @@ from corral.api.gateway import Gateway, gateway_of
 from corral.api.ollama_http import line, ndjson_stream, now, ollama_errors
 from corral.api.proxy import WorkerEvents
 from corral.api.requests import keep_alive_seconds
+from corral.api.structured import refuse_unenforceable_body
 from corral.errors import CorralError, UnsupportedCapability
 from corral.httputil import json_response
 from corral.protocol import ollama_openai as translate
@@ -46,6 +47,7 @@ async def chat(request: Request) -> Response:
     req = parse_body(await request.body(), ChatRequest)
     record = _model(gateway, req.model, "chat")
     payload = translate.chat_request(req)
+    refuse_unenforceable_body(payload, record)
     keep_alive = keep_alive_seconds(req.keep_alive)
     if not req.messages:
         return await _load_only(request, gateway, record, "chat", req.model, keep_alive)
@@ -60,6 +62,7 @@ async def generate(request: Request) -> Response:
     req = parse_body(await request.body(), GenerateRequest)
     record = _model(gateway, req.model, "generate")
     path, payload = translate.generate_request(req)
+    refuse_unenforceable_body(payload, record)
     keep_alive = keep_alive_seconds(req.keep_alive)
     if not req.prompt:
         return await _load_only(request, gateway, record, "generate", req.model, keep_alive)

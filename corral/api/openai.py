@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from corral.api.gateway import gateway_of
 from corral.api.requests import keep_alive_of
+from corral.api.structured import refuse_unenforceable
 from corral.protocol.openai import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -67,6 +68,8 @@ async def _relay(
     req = parse_body(body, wire)
     record = gateway.registry.get(req.model)
     record.check_serves(capability)
+    if isinstance(req, ChatCompletionRequest):
+        refuse_unenforceable(req, record)
     grant = await gateway.acquire(request, record, keep_alive_of(req))
     stream = bool(getattr(req, "stream", False))
     return await gateway.proxy.forward(request, grant.worker, path, body, stream, grant.release)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import httpx
@@ -409,3 +410,56 @@ def test_bad_requests_are_400_and_the_server_keeps_working(
     assert good.status_code == 200 and good.json()["choices"][0]["message"]["content"].startswith(
         "{"
     )
+
+
+def test_a_schema_that_would_be_refused_is_refused_before_the_model_loads(
+    server: CorralServer, tmp_path: Path
+) -> None:
+    """The gateway checks schemas itself: on a model whose weights cannot even load, a
+    bad schema is still a 400 naming the keyword, where a good request meets the load
+    failure. So no model is loaded (or evicted) for a request that will be refused."""
+    data = models.model_file(models.CHAT).read_bytes()
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(data[: len(data) * 3 // 4])  # header intact, tensor data cut short
+    imported = httpx.post(
+        server.url + "/admin/models/import",
+        json={"path": str(broken), "name": "broken-weights"},
+        timeout=60,
+    )
+    assert imported.status_code == 201, imported.text
+    unenforceable = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}
+    try:
+        bad = chat_status(
+            server, model="broken-weights", response_format=json_schema_format(unenforceable)
+        )
+        assert bad.status_code == 400, bad.text
+        assert "'minimum' at $.properties.n" in bad.json()["error"]["message"]
+        bad_tool = chat_status(
+            server,
+            model="broken-weights",
+            tools=[
+                {
+                    "type": "function",
+                    "function": {"name": "f", "parameters": {"type": "array", "uniqueItems": True}},
+                }
+            ],
+            tool_choice="required",
+        )
+        assert bad_tool.status_code == 400, bad_tool.text
+        assert bad_tool.json()["error"]["param"] == "tools[0].function.parameters"
+        ollama_bad = httpx.post(
+            server.url + "/api/chat",
+            json={
+                "model": "broken-weights",
+                "messages": MESSAGES,
+                "format": unenforceable,
+                "stream": False,
+            },
+            timeout=60,
+        )
+        assert ollama_bad.status_code == 400, ollama_bad.text
+        assert "'minimum'" in ollama_bad.json()["error"]
+        loads = chat_status(server, model="broken-weights", response_format={"type": "json_object"})
+        assert loads.status_code >= 500, loads.text  # what a request that reaches the model meets
+    finally:
+        httpx.delete(server.url + "/admin/models/broken-weights", timeout=60)
