@@ -47,7 +47,7 @@ async def chat(request: Request) -> Response:
     req = parse_body(await request.body(), ChatRequest)
     record = _model(gateway, req.model, "chat")
     payload = translate.chat_request(req)
-    refuse_unenforceable_body(payload, record)
+    refuse_unenforceable_body(payload)
     keep_alive = keep_alive_seconds(req.keep_alive)
     if not req.messages:
         return await _load_only(request, gateway, record, "chat", req.model, keep_alive)
@@ -62,7 +62,7 @@ async def generate(request: Request) -> Response:
     req = parse_body(await request.body(), GenerateRequest)
     record = _model(gateway, req.model, "generate")
     path, payload = translate.generate_request(req)
-    refuse_unenforceable_body(payload, record)
+    refuse_unenforceable_body(payload)
     keep_alive = keep_alive_seconds(req.keep_alive)
     if not req.prompt:
         return await _load_only(request, gateway, record, "generate", req.model, keep_alive)

@@ -69,7 +69,7 @@ async def _relay(
     record = gateway.registry.get(req.model)
     record.check_serves(capability)
     if isinstance(req, ChatCompletionRequest):
-        refuse_unenforceable(req, record)
+        refuse_unenforceable(req)
     grant = await gateway.acquire(request, record, keep_alive_of(req))
     stream = bool(getattr(req, "stream", False))
     return await gateway.proxy.forward(request, grant.worker, path, body, stream, grant.release)

@@ -37,8 +37,6 @@ _SCALARS = {
 }
 _STRING, _ARRAY = 8, 9
 _MAX_STRING = 64 << 20  # no real key or value is near this: a corrupt length, not a string
-
-
 _MAX_DIMS = 8  # ggml's GGML_MAX_DIMS is 4; more is a corrupt header
 
 
