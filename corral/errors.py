@@ -117,6 +117,10 @@ class WorkerUnavailable(CorralError):
     code = "worker_unavailable"
 
 
+class WorkerGone(WorkerUnavailable):
+    """The worker was gone before it took the request (nothing ran: safe to resend)."""
+
+
 class QueueFull(CorralError):
     """Too many requests are already waiting for this model; retry later."""
 

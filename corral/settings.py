@@ -2,6 +2,8 @@
 
 Each field has a default and a description; values come from (lowest to highest
 precedence) the default, an environment variable ``CORRAL_<NAME>``, and a CLI flag.
+Engine parameters (threads, slots, context length...) are not here: each engine
+declares its own (``corral.engines``), read from the same kind of variables.
 ``load_settings`` remembers where each value came from so ``corral config show`` can
 say so: "why is it using 4 slots?" should be answerable without reading code.
 """
@@ -32,16 +34,6 @@ def default_home() -> Path:
     return Path(base) / "corral"
 
 
-def default_threads() -> int:
-    """Half the cores, at least one.
-
-    llama.cpp slows 20-60x when its threads compete with any other load for the same
-    cores (measured on a 2-core machine), so the default leaves room for the gateway,
-    the clients and a second worker.
-    """
-    return max(1, (os.cpu_count() or 2) // 2)
-
-
 class Settings(BaseModel):
     """Corral's configuration. Field order is the order ``config show`` prints."""
 
@@ -53,26 +45,11 @@ class Settings(BaseModel):
     )
     host: str = Field("127.0.0.1", description="Address the server listens on.")
     port: int = Field(11435, ge=0, le=65535, description="Port the server listens on.")
-    threads: int = Field(
-        default_factory=default_threads,
-        ge=1,
-        description="CPU threads per llama.cpp worker (generation and prompt processing).",
-    )
-    slots: int = Field(
-        4, ge=1, le=256, description="Concurrent requests one model serves in one batch."
-    )
-    context_length: int = Field(
-        4096,
-        ge=0,
-        description="Context tokens per slot; capped at the model's own; 0 = the model's own.",
-    )
-    batch_size: int = Field(
-        512, ge=32, description="Most tokens one llama_decode step processes (n_batch)."
-    )
-    flash_attention: Literal["auto", "on", "off"] = Field(
-        "auto",
-        description="llama.cpp flash attention; auto = wherever the backend supports it "
-        "(+20-25% decode throughput on CPU, bench/RESULTS.md).",
+    engines: list[str] = Field(
+        default_factory=list,
+        description="Engines to add to the built-in and installed ones, as module:attribute "
+        "naming an EngineDescriptor (comma-separated). Engine parameters (threads, slots, "
+        "...) are the engines' own settings: `corral config show` lists them.",
     )
     worker_start_timeout: float = Field(
         300.0, gt=0, description="Seconds a worker may take to load its model."
@@ -144,7 +121,7 @@ class Settings(BaseModel):
         "info", description="Log verbosity of the gateway and its workers."
     )
 
-    @field_validator("preload", "pinned", "batch_keys", mode="before")
+    @field_validator("preload", "pinned", "batch_keys", "engines", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -183,10 +160,6 @@ class Settings(BaseModel):
     @property
     def disk_reserve_bytes(self) -> int:
         return parse_size(self.disk_reserve)
-
-    @property
-    def registry_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.home / 'registry.db'}"
 
     @property
     def models_dir(self) -> Path:

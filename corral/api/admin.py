@@ -1,63 +1,55 @@
 """Corral's own admin routes: what is loaded, and loading, unloading, reloading models.
 
 ``corral ps``, ``corral load``, ``corral stop`` and ``corral reload`` are clients of
-these. Reload restarts a model with new worker parameters; requests queued for it
-wait and are served by the new worker, none is dropped.
+these. Reload restarts a model with new worker parameters (any of its engine's, each
+checked by the engine's own parameter model: a bad one is a 400 naming it); requests
+queued for it wait and are served by the new worker, none is dropped.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from corral.api.gateway import gateway_of
+from corral.api.services import services_of
 from corral.httputil import json_response
-from corral.protocol.parse import parse_json_object, validate
-
-
-class ReloadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    threads: int | None = Field(None, ge=1)
-    slots: int | None = Field(None, ge=1, le=256)
-    context_length: int | None = Field(None, ge=0)
-    batch_size: int | None = Field(None, ge=32)
+from corral.protocol.parse import parse_json_object
 
 
 async def ps(request: Request) -> Response:
-    return json_response({"models": gateway_of(request).scheduler.snapshot()})
+    snapshot = services_of(request).scheduler.snapshot()
+    return json_response({"models": [asdict(status) for status in snapshot]})
 
 
 async def load(request: Request) -> Response:
-    gateway = gateway_of(request)
-    record = gateway.registry.get(request.path_params["name"])
-    await gateway.scheduler.preload(record)
+    services = services_of(request)
+    record = services.registry.get(request.path_params["name"])
+    await services.scheduler.preload(record)
     return json_response({"model": record.name, "status": "loaded"})
 
 
 async def unload(request: Request) -> Response:
-    gateway = gateway_of(request)
-    record = gateway.registry.get(request.path_params["name"])
-    await gateway.scheduler.unload(record.name)
+    services = services_of(request)
+    record = services.registry.get(request.path_params["name"])
+    await services.scheduler.unload(record.name)
     return json_response({"model": record.name, "status": "unloaded"})
 
 
 async def reload(request: Request) -> Response:
-    gateway = gateway_of(request)
-    record = gateway.registry.get(request.path_params["name"])
+    services = services_of(request)
+    record = services.registry.get(request.path_params["name"])
     raw = await request.body()
-    changes = validate(_json_or_empty(raw), ReloadRequest).model_dump(exclude_none=True)
-    params = replace(gateway.scheduler.params_of(record.name), **changes)
-    await gateway.scheduler.reload(record, params)
-    return json_response({"model": record.name, "status": "reloaded", "params": asdict(params)})
-
-
-def _json_or_empty(raw: bytes) -> dict[str, object]:
-    return parse_json_object(raw) if raw.strip() else {}
+    changes = parse_json_object(raw) if raw.strip() else {}
+    descriptor = services.catalog.for_record(record)
+    current = services.scheduler.params_of(record)
+    params = services.catalog.merge(descriptor, current, changes=changes)
+    await services.scheduler.reload(record, params)
+    return json_response(
+        {"model": record.name, "status": "reloaded", "params": params.model_dump()}
+    )
 
 
 routes = [

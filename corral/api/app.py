@@ -12,22 +12,25 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 
 from corral.api import admin, batches, files, health, ollama, openai, registry
-from corral.api.gateway import Gateway
+from corral.api.services import Services
+from corral.engines.catalog import Catalog
 from corral.httputil import openai_error_handlers
-from corral.scheduler.launch import Launcher
 from corral.settings import Settings
 
 
-def create_app(settings: Settings, launcher: Launcher | None = None) -> Starlette:
+def create_app(settings: Settings, catalog: Catalog | None = None) -> Starlette:
+    """The gateway; ``catalog`` is the engines it runs (default: those the settings
+    and the environment name)."""
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        gateway = Gateway.build(settings, launcher)
-        app.state.gateway = gateway
-        gateway.start()
+        services = Services.build(settings, catalog)
+        app.state.services = services
+        services.start()
         try:
             yield
         finally:
-            await gateway.close()
+            await services.close()
 
     return Starlette(
         routes=[

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from corral.api.gateway import gateway_of
+from corral.api.services import services_of
 from corral.batch.batches import batch_object
 from corral.batch.pages import list_object
 from corral.errors import InvalidRequest
@@ -27,17 +27,21 @@ class CreateBatch(BaseModel):
 
 
 async def create(request: Request) -> Response:
-    gateway = gateway_of(request)
+    services = services_of(request)
     req = parse_body(await request.body(), CreateBatch)
     row = await asyncio.to_thread(
-        gateway.batches.create, req.input_file_id, req.endpoint, req.completion_window, req.metadata
+        services.batches.create,
+        req.input_file_id,
+        req.endpoint,
+        req.completion_window,
+        req.metadata,
     )
-    gateway.batch_runner.wake()
+    services.batch_runner.wake()
     return json_response(batch_object(row))
 
 
 async def retrieve(request: Request) -> Response:
-    row = await asyncio.to_thread(gateway_of(request).batches.get, request.path_params["id"])
+    row = await asyncio.to_thread(services_of(request).batches.get, request.path_params["id"])
     return json_response(batch_object(row))
 
 
@@ -49,16 +53,16 @@ async def list_batches(request: Request) -> Response:
     if not 1 <= limit <= 100:
         raise InvalidRequest("limit must be between 1 and 100.", param="limit")
     after = request.query_params.get("after")
-    rows, has_more = await asyncio.to_thread(gateway_of(request).batches.list, limit, after)
+    rows, has_more = await asyncio.to_thread(services_of(request).batches.list, limit, after)
     data = [batch_object(r) for r in rows]
     return json_response(list_object(data, has_more))
 
 
 async def cancel(request: Request) -> Response:
-    gateway = gateway_of(request)
+    services = services_of(request)
     batch_id = request.path_params["id"]
-    row = await asyncio.to_thread(gateway.batches.cancel, batch_id)
-    gateway.batch_runner.cancel(batch_id)
+    row = await asyncio.to_thread(services.batches.cancel, batch_id)
+    services.batch_runner.cancel(batch_id)
     return json_response(batch_object(row))
 
 

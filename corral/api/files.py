@@ -8,20 +8,20 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from corral.api.gateway import gateway_of
+from corral.api.services import services_of
 from corral.batch.files import file_object
 from corral.batch.pages import list_object
 from corral.httputil import json_response
 
 
 async def upload(request: Request) -> Response:
-    files = gateway_of(request).files
+    files = services_of(request).files
     row = await files.upload(request.headers.get("content-type", ""), request.stream())
     return json_response(file_object(row))
 
 
 async def list_files(request: Request) -> Response:
-    files = gateway_of(request).files
+    files = services_of(request).files
     purpose = request.query_params.get("purpose")
     limit = int(request.query_params.get("limit", "10000"))
     after = request.query_params.get("after")
@@ -31,19 +31,19 @@ async def list_files(request: Request) -> Response:
 
 
 async def retrieve(request: Request) -> Response:
-    row = await asyncio.to_thread(gateway_of(request).files.get, request.path_params["id"])
+    row = await asyncio.to_thread(services_of(request).files.get, request.path_params["id"])
     return json_response(file_object(row))
 
 
 async def content(request: Request) -> Response:
-    files = gateway_of(request).files
+    files = services_of(request).files
     path = await asyncio.to_thread(files.path, request.path_params["id"])
     return FileResponse(path, media_type="application/jsonl")  # streamed from disk
 
 
 async def delete(request: Request) -> Response:
     file_id = request.path_params["id"]
-    await asyncio.to_thread(gateway_of(request).files.delete, file_id)
+    await asyncio.to_thread(services_of(request).files.delete, file_id)
     return json_response({"id": file_id, "object": "file", "deleted": True})
 
 

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from corral import __version__
-from corral.api.gateway import gateway_of
+from corral.api.services import services_of
 from corral.httputil import json_response
 
 
 async def health(request: Request) -> Response:
-    gateway = gateway_of(request)
-    workers = gateway.scheduler.workers()
+    services = services_of(request)
+    workers = [asdict(worker) for worker in services.scheduler.workers()]
     return json_response({"status": "ok", "version": __version__, "workers": workers})
 
 

@@ -19,16 +19,15 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from corral.api import ollama_inference, ollama_pull
-from corral.api.gateway import Gateway, gateway_of
 from corral.api.ollama_http import ollama_errors
 from corral.api.registry import remove_installed
+from corral.api.services import Services, services_of
 from corral.httputil import json_response
 from corral.protocol.ollama import CopyRequest, DeleteRequest, ShowRequest
 from corral.protocol.ollama_openai import timestamp
 from corral.protocol.parse import parse_body
 from corral.registry.gguf_header import read_metadata
-from corral.registry.store import ModelRecord
-from corral.scheduler.core import declared_params
+from corral.registry.records import Capability, ModelRecord
 
 FOREVER = datetime(2318, 1, 1, tzinfo=UTC)  # Ollama's "never expires" is a far-future time
 # Ollama clients parse the version as semver and turn features on by it (tools,
@@ -41,27 +40,28 @@ RUNNING = "Ollama is running"  # clients and tools check for exactly this text
 
 @ollama_errors
 async def ps(request: Request) -> Response:
-    gateway = gateway_of(request)
+    services = services_of(request)
     models = []
-    for entry in gateway.scheduler.snapshot():
-        if entry["state"] not in ("ready", "draining"):
+    for status in services.scheduler.snapshot():
+        if status.state not in ("ready", "draining"):
             continue
-        record = gateway.registry.get(entry["model"])
-        info = record.info
-        memory = entry["memory"]
-        expires = entry["expires_at"]
+        record = services.registry.get(status.model)
+        descriptor = services.catalog.for_record(record)
+        params = services.scheduler.params_of(record)
         models.append(
             {
                 "name": record.name,
                 "model": record.name,
-                "size": memory["actual"] or memory["estimated"],
+                "size": status.memory.actual or status.memory.estimated,
                 "digest": record.sha256,
                 "details": details(record),
                 "expires_at": (
-                    datetime.fromtimestamp(expires, UTC) if expires is not None else FOREVER
+                    datetime.fromtimestamp(status.expires_at, UTC)
+                    if status.expires_at is not None
+                    else FOREVER
                 ).isoformat(),
-                "size_vram": 0,
-                "context_length": entry["params"]["context_length"] or info.context_length,
+                "size_vram": status.memory.estimate_parts["vram"],
+                "context_length": descriptor.context_length(record, params),
             }
         )
     return json_response({"models": models})
@@ -77,7 +77,7 @@ def parameter_size(n: int) -> str:
 
 @ollama_errors
 async def tags(request: Request) -> Response:
-    records = await asyncio.to_thread(gateway_of(request).registry.list)
+    records = await asyncio.to_thread(services_of(request).registry.list)
     records.sort(key=lambda r: r.created, reverse=True)  # newest first, as Ollama lists
     models = [
         {
@@ -96,8 +96,8 @@ async def tags(request: Request) -> Response:
 @ollama_errors
 async def show(request: Request) -> Response:
     req = parse_body(await request.body(), ShowRequest)
-    gateway = gateway_of(request)
-    record = gateway.registry.get(req.target())
+    services = services_of(request)
+    record = services.registry.get(req.target())
     header: dict[str, Any] = {}
     if record.format == "gguf":
         read = functools.partial(read_metadata, max_array=2**62) if req.verbose else _header
@@ -108,7 +108,7 @@ async def show(request: Request) -> Response:
     license_text = header.get("general.license", "")
     # The context a request gets here: clients size their prompts by num_ctx, and
     # Corral refuses a prompt that does not fit instead of dropping old messages.
-    params = [("num_ctx", _context_length(gateway, record))]
+    params = [("num_ctx", _context_length(services, record))]
     return json_response(
         {
             "license": license_text if isinstance(license_text, str) else "",
@@ -117,7 +117,7 @@ async def show(request: Request) -> Response:
             "template": template,
             "details": details(record),
             "model_info": header,
-            "capabilities": capabilities(record, template),
+            "capabilities": capabilities(services.catalog.capabilities(record), template),
             "modified_at": modified_at(record),
         }
     )
@@ -126,14 +126,14 @@ async def show(request: Request) -> Response:
 @ollama_errors
 async def delete(request: Request) -> Response:
     req = parse_body(await request.body(), DeleteRequest)
-    await remove_installed(gateway_of(request), req.target())
+    await remove_installed(services_of(request), req.target())
     return Response(status_code=200)
 
 
 @ollama_errors
 async def copy(request: Request) -> Response:
     req = parse_body(await request.body(), CopyRequest)
-    await asyncio.to_thread(gateway_of(request).registry.copy, req.source, req.destination)
+    await asyncio.to_thread(services_of(request).registry.copy, req.source, req.destination)
     return Response(status_code=200)
 
 
@@ -157,12 +157,17 @@ def details(record: ModelRecord) -> dict[str, Any]:
     }
 
 
-def capabilities(record: ModelRecord, template: str) -> list[str]:
+def capabilities(offered: frozenset[Capability], template: str) -> list[str]:
     """Ollama's names: ``completion`` or ``embedding``, and ``tools`` when the chat
     template renders tools (Ollama's own test)."""
-    if record.info.embedding:
-        return ["embedding"]
-    return ["completion", "tools"] if "tools" in template else ["completion"]
+    names = []
+    if Capability.COMPLETION in offered or Capability.CHAT in offered:
+        names.append("completion")
+        if "tools" in template:
+            names.append("tools")
+    if Capability.EMBEDDINGS in offered:
+        names.append("embedding")
+    return names
 
 
 def modified_at(record: ModelRecord) -> str:
@@ -185,11 +190,9 @@ def modelfile(record: ModelRecord, params: list[tuple[str, Any]], template: str)
     return "\n".join(lines) + "\n"
 
 
-def _context_length(gateway: Gateway, record: ModelRecord) -> int:
-    params = declared_params(gateway.scheduler.params_of(record.name), record.params)
-    trained = record.info.context_length
-    asked = params.context_length
-    return min(asked, trained) if asked and trained else asked or trained
+def _context_length(services: Services, record: ModelRecord) -> int:
+    descriptor = services.catalog.for_record(record)
+    return descriptor.context_length(record, services.scheduler.params_of(record))
 
 
 @functools.lru_cache(maxsize=64)

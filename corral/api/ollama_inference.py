@@ -9,7 +9,7 @@ unloads it, as Ollama's API documents.
 
 Durations: ``load_duration`` is the time from the request's arrival until its model
 was ready and a slot granted (loading it, or waiting in line), ``total_duration``
-the request's whole time in the gateway, and the eval durations the engine's own.
+the request's whole time in the services, and the eval durations the engine's own.
 """
 
 from __future__ import annotations
@@ -17,25 +17,26 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from corral.api.gateway import Gateway, gateway_of
 from corral.api.ollama_http import line, ndjson_stream, now, ollama_errors
-from corral.api.proxy import WorkerEvents
-from corral.api.requests import keep_alive_seconds
-from corral.api.structured import refuse_unenforceable_body
+from corral.api.relay import until_disconnect
+from corral.api.requests import caller_of, keep_alive_seconds
+from corral.api.services import Services, services_of
 from corral.errors import CorralError, UnsupportedCapability
-from corral.httputil import json_response
+from corral.httputil import json_dumps, json_response
 from corral.protocol import ollama_openai as translate
 from corral.protocol.ollama import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest
-from corral.protocol.ollama_openai import Kind, Marks, StreamTranslator
+from corral.protocol.ollama_openai import EMBEDDINGS_PATH, Kind, Marks, StreamTranslator
 from corral.protocol.parse import parse_body
-from corral.registry.store import ModelRecord
-from corral.scheduler.scheduler import Grant
+from corral.registry.records import Capability, ModelRecord
+from corral.service.inference import Exchange
+from corral.service.worker_client import WorkerReply
 
 log = logging.getLogger("corral.ollama")
 
@@ -43,49 +44,37 @@ log = logging.getLogger("corral.ollama")
 @ollama_errors
 async def chat(request: Request) -> Response:
     start = time.perf_counter_ns()
-    gateway = gateway_of(request)
     req = parse_body(await request.body(), ChatRequest)
-    record = _model(gateway, req.model, "chat")
+    record = _model(services_of(request), req.model, "chat")
     payload = translate.chat_request(req)
-    refuse_unenforceable_body(payload)
-    keep_alive = keep_alive_seconds(req.keep_alive)
-    if not req.messages:
-        return await _load_only(request, gateway, record, "chat", req.model, keep_alive)
-    grant, marks = await _acquire(request, gateway, record, keep_alive, start)
-    return await _answer(request, gateway, grant, marks, "chat", translate.CHAT_PATH, payload)
+    work = _Work("chat", translate.CHAT_PATH, payload, keep_alive_seconds(req.keep_alive))
+    return await _generate(request, record, start, work, bool(req.messages))
 
 
 @ollama_errors
 async def generate(request: Request) -> Response:
     start = time.perf_counter_ns()
-    gateway = gateway_of(request)
     req = parse_body(await request.body(), GenerateRequest)
-    record = _model(gateway, req.model, "generate")
+    record = _model(services_of(request), req.model, "generate")
     path, payload = translate.generate_request(req)
-    refuse_unenforceable_body(payload)
-    keep_alive = keep_alive_seconds(req.keep_alive)
-    if not req.prompt:
-        return await _load_only(request, gateway, record, "generate", req.model, keep_alive)
-    grant, marks = await _acquire(request, gateway, record, keep_alive, start)
-    return await _answer(request, gateway, grant, marks, "generate", path, payload)
+    work = _Work("generate", path, payload, keep_alive_seconds(req.keep_alive))
+    return await _generate(request, record, start, work, bool(req.prompt))
 
 
 @ollama_errors
 async def embed(request: Request) -> Response:
     start = time.perf_counter_ns()
-    gateway = gateway_of(request)
+    services = services_of(request)
     req = parse_body(await request.body(), EmbedRequest)
-    record = _model(gateway, req.model, "embeddings")
+    record = _model(services, req.model, "embeddings")
     inputs = translate.embed_inputs(req.input)
     keep_alive = keep_alive_seconds(req.keep_alive)
-    grant, marks = await _acquire(request, gateway, record, keep_alive, start)
-    body: dict[str, Any] = {}
-    if inputs:
+    if not inputs:
+        marks = await _load(request, services, record, keep_alive, start)
+        body: dict[str, Any] = {}
+    else:
         payload = translate.embed_request(req.model, inputs, req.dimensions)
-        body = await gateway.proxy.post_json(
-            request, grant.worker, translate.EMBEDDINGS_PATH, payload, grant.release
-        )
-    grant.release()
+        body, marks = await _post(request, services, record, keep_alive, start, payload)
     end = time.perf_counter_ns()
     return json_response(translate.embed_response(body, model=req.model, marks=marks, end_ns=end))
 
@@ -93,18 +82,16 @@ async def embed(request: Request) -> Response:
 @ollama_errors
 async def embeddings(request: Request) -> Response:
     start = time.perf_counter_ns()
-    gateway = gateway_of(request)
+    services = services_of(request)
     req = parse_body(await request.body(), EmbeddingsRequest)
-    record = _model(gateway, req.model, "embeddings")
+    record = _model(services, req.model, "embeddings")
     keep_alive = keep_alive_seconds(req.keep_alive)
-    grant, _ = await _acquire(request, gateway, record, keep_alive, start)
     body: dict[str, Any] = {}
     if req.prompt:
         payload = translate.embed_request(req.model, [req.prompt], None)
-        body = await gateway.proxy.post_json(
-            request, grant.worker, translate.EMBEDDINGS_PATH, payload, grant.release
-        )
-    grant.release()
+        body, _ = await _post(request, services, record, keep_alive, start, payload)
+    else:
+        await _load(request, services, record, keep_alive, start)
     return json_response(translate.legacy_embedding(body))
 
 
@@ -116,65 +103,107 @@ routes = [
 ]
 
 
-def _model(gateway: Gateway, name: str, verb: str) -> ModelRecord:
+_CAPABILITY = {
+    "chat": Capability.CHAT,
+    "generate": Capability.COMPLETION,
+    "embeddings": Capability.EMBEDDINGS,
+}
+
+
+@dataclass(frozen=True)
+class _Work:
+    kind: Kind
+    path: str
+    payload: dict[str, Any]
+    keep_alive: float | None
+
+
+def _model(services: Services, name: str, verb: str) -> ModelRecord:
     """The model, if it can serve ``verb``; refusals in Ollama's words."""
-    record = gateway.registry.get(name)
-    if record.info.embedding != (verb == "embeddings"):
+    capability = _CAPABILITY[verb]
+    record = services.registry.get(name)
+    if capability not in services.catalog.capabilities(record):
         raise UnsupportedCapability(f'"{name}" does not support {verb}', param="model")
-    record.check_serves("embeddings" if verb == "embeddings" else "completion")
-    return record
+    return services.inference.resolve(name, capability)
 
 
-async def _acquire(
-    request: Request,
-    gateway: Gateway,
-    record: ModelRecord,
-    keep_alive: float | None,
-    start_ns: int,
-) -> tuple[Grant, Marks]:
-    grant = await gateway.acquire(request, record, keep_alive)
-    return grant, Marks(start_ns, time.perf_counter_ns())
-
-
-async def _load_only(
-    request: Request,
-    gateway: Gateway,
-    record: ModelRecord,
-    kind: Kind,
-    model: str,
-    keep_alive: float | None,
+async def _generate(
+    request: Request, record: ModelRecord, start_ns: int, work: _Work, has_input: bool
 ) -> Response:
-    if keep_alive == 0:
-        await gateway.scheduler.unload(record.name)
-        return json_response(translate.empty_reply(kind, model, now(), "unload"))
-    grant, _ = await _acquire(request, gateway, record, keep_alive, time.perf_counter_ns())
-    grant.release()
-    return json_response(translate.empty_reply(kind, model, now(), "load"))
-
-
-async def _answer(
-    request: Request,
-    gateway: Gateway,
-    grant: Grant,
-    marks: Marks,
-    kind: Kind,
-    path: str,
-    payload: dict[str, Any],
-) -> Response:
-    model = str(payload["model"])
-    if payload["stream"]:
-        events = await gateway.proxy.events(request, grant.worker, path, payload, grant.release)
+    """Chat and generate alike. Without messages or a prompt the request only loads
+    the model, or with ``keep_alive: 0`` unloads it."""
+    services = services_of(request)
+    kind, model = work.kind, str(work.payload["model"])
+    asked = Capability.CHAT if work.path == translate.CHAT_PATH else Capability.COMPLETION
+    services.inference.precheck(record, asked, work.payload)
+    if not has_input:
+        if work.keep_alive == 0:
+            await services.scheduler.unload(record.name)
+            return json_response(translate.empty_reply(kind, model, now(), "unload"))
+        await _load(request, services, record, work.keep_alive, start_ns)
+        return json_response(translate.empty_reply(kind, model, now(), "load"))
+    exchange = await _send(request, services, record, work.keep_alive, work.path, work.payload)
+    marks = Marks(start_ns, exchange.granted_ns)
+    if work.payload["stream"]:
+        try:
+            await until_disconnect(request, exchange.reply.raise_for_status())
+        except BaseException:
+            exchange.reply.close()
+            raise
         translator = StreamTranslator(kind, model, marks)
-        return ndjson_stream(_lines(events, translator), on_close=events.close)
-    body = await gateway.proxy.post_json(request, grant.worker, path, payload, grant.release)
+        lines = _lines(exchange.reply, translator)
+        return ndjson_stream(lines, on_close=exchange.reply.close)
+    body = await until_disconnect(request, exchange.reply.json())
     reply = translate.chat_response if kind == "chat" else translate.generate_response
     end = time.perf_counter_ns()
     return json_response(reply(body, model=model, created_at=now(), marks=marks, end_ns=end))
 
 
-async def _lines(events: WorkerEvents, translator: StreamTranslator) -> AsyncIterator[bytes]:
+async def _send(
+    request: Request,
+    services: Services,
+    record: ModelRecord,
+    keep_alive: float | None,
+    path: str,
+    payload: dict[str, Any],
+) -> Exchange:
+    caller = caller_of(request, services.settings.batch_keys)
+    body = json_dumps(payload).encode()
+    send = services.inference.send(record, path, body, caller, keep_alive)
+    return await until_disconnect(request, send)
+
+
+async def _post(
+    request: Request,
+    services: Services,
+    record: ModelRecord,
+    keep_alive: float | None,
+    start_ns: int,
+    payload: dict[str, Any],
+) -> tuple[dict[str, Any], Marks]:
+    """A non-streamed exchange: the worker's JSON answer, and when its slot came."""
+    exchange = await _send(request, services, record, keep_alive, EMBEDDINGS_PATH, payload)
+    body = await until_disconnect(request, exchange.reply.json())
+    return body, Marks(start_ns, exchange.granted_ns)
+
+
+async def _load(
+    request: Request,
+    services: Services,
+    record: ModelRecord,
+    keep_alive: float | None,
+    start_ns: int,
+) -> Marks:
+    """Load the model (wait for a slot on it) and give the slot straight back."""
+    caller = caller_of(request, services.settings.batch_keys)
+    grant = await until_disconnect(request, services.inference.acquire(record, caller, keep_alive))
+    grant.release()
+    return Marks(start_ns, time.perf_counter_ns())
+
+
+async def _lines(reply: WorkerReply, translator: StreamTranslator) -> AsyncIterator[bytes]:
     try:
-        async for chunk in events:
+        async for chunk in reply.events():
             for item in translator.feed(chunk, now()):
                 yield line(item)
         yield line(translator.final(now(), time.perf_counter_ns()))

@@ -20,24 +20,24 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from corral.api.gateway import Gateway, gateway_of
 from corral.api.ollama_http import line, ndjson_stream, ollama_errors
+from corral.api.services import Services, services_of
 from corral.errors import CorralError
 from corral.httputil import json_response, run_until_disconnect
 from corral.protocol.ollama import PullRequest
 from corral.protocol.parse import parse_body
 from corral.registry.pulls import ACTIVE, PullStatus
-from corral.registry.store import ModelFile
+from corral.registry.records import ModelFile
 
 POLL_SECONDS = 0.2
 
 
 @ollama_errors
 async def pull(request: Request) -> Response:
-    gateway = gateway_of(request)
+    services = services_of(request)
     req = parse_body(await request.body(), PullRequest)
-    job, _ = await asyncio.to_thread(gateway.pulls.submit, req.target())
-    updates = _updates(gateway, job.id)
+    job, _ = await asyncio.to_thread(services.pulls.submit, req.target())
+    updates = _updates(services, job.id)
     if req.stream:
         return ndjson_stream(line(update) async for update in updates)
     last = await run_until_disconnect(request, _last(updates))
@@ -47,13 +47,13 @@ async def pull(request: Request) -> Response:
 routes = [Route("/api/pull", pull, methods=["POST"])]
 
 
-async def _updates(gateway: Gateway, job_id: str) -> AsyncIterator[dict[str, Any]]:
+async def _updates(services: Services, job_id: str) -> AsyncIterator[dict[str, Any]]:
     yield {"status": "pulling manifest"}
     last: dict[str, Any] | None = None
     while True:
-        job = await asyncio.to_thread(gateway.pulls.get, job_id)
+        job = await asyncio.to_thread(services.pulls.get, job_id)
         if job.state not in ACTIVE:
-            files = await asyncio.to_thread(_files, gateway, job)
+            files = await asyncio.to_thread(_files, services, job)
             for update in finish_lines(job, files):
                 yield update
             return
@@ -71,11 +71,11 @@ async def _last(updates: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
     return last
 
 
-def _files(gateway: Gateway, job: PullStatus) -> tuple[ModelFile, ...]:
+def _files(services: Services, job: PullStatus) -> tuple[ModelFile, ...]:
     if job.state != "completed":
         return ()
     try:
-        return gateway.registry.get(job.name).files
+        return services.registry.get(job.name).files
     except CorralError:  # removed again already: nothing to list
         return ()
 

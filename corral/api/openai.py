@@ -12,9 +12,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from corral.api.gateway import gateway_of
-from corral.api.requests import keep_alive_of
-from corral.api.structured import refuse_unenforceable
+from corral.api.relay import openai_response, until_disconnect
+from corral.api.requests import caller_of, keep_alive_of
+from corral.api.services import services_of
+from corral.engines.catalog import Catalog
 from corral.protocol.openai import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -22,30 +23,33 @@ from corral.protocol.openai import (
     ModelCard,
     ModelList,
 )
-from corral.protocol.parse import parse_body
-from corral.registry.store import ModelRecord
+from corral.protocol.parse import parse_json_object, validate
+from corral.registry.records import Capability, ModelRecord, capability_names
 
 
 async def chat_completions(request: Request) -> Response:
-    return await _relay(request, ChatCompletionRequest, "/v1/chat/completions", "completion")
+    return await _relay(request, ChatCompletionRequest, "/v1/chat/completions", Capability.CHAT)
 
 
 async def completions(request: Request) -> Response:
-    return await _relay(request, CompletionRequest, "/v1/completions", "completion")
+    return await _relay(request, CompletionRequest, "/v1/completions", Capability.COMPLETION)
 
 
 async def embeddings(request: Request) -> Response:
-    return await _relay(request, EmbeddingRequest, "/v1/embeddings", "embeddings")
+    return await _relay(request, EmbeddingRequest, "/v1/embeddings", Capability.EMBEDDINGS)
 
 
 async def list_models(request: Request) -> Response:
-    cards = [model_card(record) for record in gateway_of(request).registry.list()]
+    services = services_of(request)
+    cards = [model_card(services.catalog, record) for record in services.registry.list()]
     return Response(ModelList(data=cards).model_dump_json(), media_type="application/json")
 
 
 async def get_model(request: Request) -> Response:
-    record = gateway_of(request).registry.get(request.path_params["name"])
-    return Response(model_card(record).model_dump_json(), media_type="application/json")
+    services = services_of(request)
+    record = services.registry.get(request.path_params["name"])
+    card = model_card(services.catalog, record)
+    return Response(card.model_dump_json(), media_type="application/json")
 
 
 routes = [
@@ -61,21 +65,20 @@ async def _relay(
     request: Request,
     wire: type[ChatCompletionRequest | CompletionRequest | EmbeddingRequest],
     path: str,
-    capability: str,
+    capability: Capability,
 ) -> Response:
-    gateway = gateway_of(request)
+    services = services_of(request)
     body = await request.body()
-    req = parse_body(body, wire)
-    record = gateway.registry.get(req.model)
-    record.check_serves(capability)
-    if isinstance(req, ChatCompletionRequest):
-        refuse_unenforceable(req)
-    grant = await gateway.acquire(request, record, keep_alive_of(req))
-    stream = bool(getattr(req, "stream", False))
-    return await gateway.proxy.forward(request, grant.worker, path, body, stream, grant.release)
+    fields = parse_json_object(body)
+    req = validate(fields, wire)
+    record = services.inference.resolve(req.model, capability, fields)
+    caller = caller_of(request, services.settings.batch_keys)
+    send = services.inference.send(record, path, body, caller, keep_alive_of(req))
+    exchange = await until_disconnect(request, send)
+    return await openai_response(request, exchange.reply, bool(getattr(req, "stream", False)))
 
 
-def model_card(record: ModelRecord) -> ModelCard:
+def model_card(catalog: Catalog, record: ModelRecord) -> ModelCard:
     info = record.info
     meta = {
         "format": info.format,
@@ -83,7 +86,7 @@ def model_card(record: ModelRecord) -> ModelCard:
         "parameters": info.parameters,
         "quantization": info.quantization,
         "context_length": info.context_length,
-        "capabilities": record.capabilities,
+        "capabilities": capability_names(catalog.capabilities(record)),
         "size": record.size,
         "sha256": record.sha256,
         "random_weights": info.synthetic is not None,

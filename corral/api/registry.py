@@ -8,6 +8,7 @@ writes run in a thread: hashing a multi-GB import must not stall serving.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from corral.api.gateway import Gateway, gateway_of
+from corral.api.services import Services, services_of
 from corral.httputil import json_response
 from corral.protocol.parse import parse_body
 from corral.registry.names import canonical_or_not_found
@@ -55,63 +56,70 @@ class ConfigureRequest(BaseModel):
 
 
 async def list_models(request: Request) -> Response:
-    records = await asyncio.to_thread(gateway_of(request).registry.list)
-    return json_response({"models": [r.to_dict() for r in records]})
+    services = services_of(request)
+    records = await asyncio.to_thread(services.registry.list)
+    return json_response({"models": [services.catalog.describe(r) for r in records]})
 
 
 async def show_model(request: Request) -> Response:
-    record = gateway_of(request).registry.get(request.path_params["name"])
-    return json_response(record.to_dict())
+    services = services_of(request)
+    record = services.registry.get(request.path_params["name"])
+    return json_response(services.catalog.describe(record))
 
 
 async def remove_model(request: Request) -> Response:
-    removed = await remove_installed(gateway_of(request), request.path_params["name"])
+    removed = await remove_installed(services_of(request), request.path_params["name"])
     return json_response({"removed": removed})
 
 
-async def remove_installed(gateway: Gateway, name: str) -> list[str]:
+async def remove_installed(services: Services, name: str) -> list[str]:
     """Remove a model (stopping its worker first) or one alias; the names removed.
     Ollama's ``DELETE /api/delete`` removes through here too."""
-    record = gateway.registry.get(name)
+    record = services.registry.get(name)
     if record.name == canonical_or_not_found(name):  # the model itself, not one of its aliases
-        await gateway.scheduler.unload(record.name)
-    return await asyncio.to_thread(gateway.registry.remove, name)
+        await services.scheduler.unload(record.name)
+    return await asyncio.to_thread(services.registry.remove, name)
 
 
 async def copy_model(request: Request) -> Response:
-    gateway = gateway_of(request)
+    services = services_of(request)
     req = parse_body(await request.body(), CopyRequest)
     record = await asyncio.to_thread(
-        gateway.registry.copy, request.path_params["name"], req.destination
+        services.registry.copy, request.path_params["name"], req.destination
     )
-    return json_response(record.to_dict(), status=201)
+    return json_response(services.catalog.describe(record), status=201)
 
 
 async def configure_model(request: Request) -> Response:
-    gateway = gateway_of(request)
+    services = services_of(request)
     req = parse_body(await request.body(), ConfigureRequest)
+    # The engine's own parameter model checks the values now, not at the next load.
+    current = services.registry.get(request.path_params["name"])
+    engine = req.params.get("engine", current.engine)
+    candidate = replace(current, params=req.params, engine=str(engine) if engine else None)
+    services.catalog.params(candidate)
     record = await asyncio.to_thread(
-        gateway.registry.configure,
+        services.registry.configure,
         request.path_params["name"],
         params=req.params,
         aliases=req.aliases,
     )
-    return json_response(record.to_dict())
+    return json_response(services.catalog.describe(record))
 
 
 async def import_model(request: Request) -> Response:
-    gateway = gateway_of(request)
+    services = services_of(request)
     req = parse_body(await request.body(), ImportRequest)
     path = Path(req.path)
-    record = await asyncio.to_thread(gateway.registry.import_path, path, req.name)
-    return json_response(record.to_dict(), status=201)
+    record = await asyncio.to_thread(services.registry.import_path, path, req.name)
+    return json_response(services.catalog.describe(record), status=201)
 
 
 async def start_pull(request: Request) -> Response:
-    gateway = gateway_of(request)
+    services = services_of(request)
     req = parse_body(await request.body(), PullRequest)
     status, created = await asyncio.to_thread(
-        gateway.pulls.submit,
+        services.pulls.submit,
         req.model,
         name=req.name,
         revision=req.revision,
@@ -124,17 +132,17 @@ async def start_pull(request: Request) -> Response:
 
 
 async def list_pulls(request: Request) -> Response:
-    jobs = await asyncio.to_thread(gateway_of(request).pulls.list)
+    jobs = await asyncio.to_thread(services_of(request).pulls.list)
     return json_response({"pulls": [j.to_dict() for j in jobs]})
 
 
 async def show_pull(request: Request) -> Response:
-    job = await asyncio.to_thread(gateway_of(request).pulls.get, request.path_params["id"])
+    job = await asyncio.to_thread(services_of(request).pulls.get, request.path_params["id"])
     return json_response(job.to_dict())
 
 
 async def cancel_pull(request: Request) -> Response:
-    job = await asyncio.to_thread(gateway_of(request).pulls.cancel, request.path_params["id"])
+    job = await asyncio.to_thread(services_of(request).pulls.cancel, request.path_params["id"])
     return json_response(job.to_dict())
 
 

@@ -17,6 +17,7 @@ from starlette.requests import Request
 
 from corral.errors import InvalidRequest
 from corral.scheduler.queue import Priority
+from corral.service.inference import Caller
 from corral.units import parse_keep_alive
 
 PRIORITY_HEADER = "x-corral-priority"
@@ -31,6 +32,11 @@ def request_priority(request: Request, batch_keys: Collection[str] = ()) -> Prio
             f"{PRIORITY_HEADER} must be 'interactive' or 'batch', not {value!r}."
         ) from None
     return Priority.BATCH if bearer_token(request) in batch_keys else asked
+
+
+def caller_of(request: Request, batch_keys: Collection[str] = ()) -> Caller:
+    """Who is asking, for the scheduler's line: priority and the key's turn."""
+    return Caller(priority=request_priority(request, batch_keys), key=client_key(request))
 
 
 def bearer_token(request: Request) -> str:

@@ -29,24 +29,24 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from corral.api.proxy import WorkerProxy, json_object_of
 from corral.batch.batches import Batches
 from corral.batch.files import FileStore
 from corral.batch.journal import Journal, Result
 from corral.batch.lines import BatchLine, parse_line
 from corral.batch.tables import BatchDoneRow, BatchRow
-from corral.errors import CorralError, QueueFull
-from corral.registry.store import Registry
+from corral.errors import CorralError
+from corral.protocol.handoff import BATCH_HEADER, REQUEST_ID_HEADER
+from corral.registry.records import Capability
 from corral.scheduler.queue import Priority
-from corral.scheduler.scheduler import Scheduler
-from corral.worker.handoff import BATCH_HEADER, REQUEST_ID_HEADER
+from corral.service.inference import Caller, InferenceService
+from corral.service.worker_client import json_object_of
 
 log = logging.getLogger("corral.batch")
 COMMIT_GROUP = 512  # most results per fsync + transaction
 CAPABILITY = {
-    "/v1/chat/completions": "chat",
-    "/v1/completions": "completion",
-    "/v1/embeddings": "embeddings",
+    "/v1/chat/completions": Capability.CHAT,
+    "/v1/completions": Capability.COMPLETION,
+    "/v1/embeddings": Capability.EMBEDDINGS,
 }
 
 
@@ -61,17 +61,13 @@ class BatchRunner:
         self,
         batches: Batches,
         files: FileStore,
-        registry: Registry,
-        scheduler: Scheduler,
-        proxy: WorkerProxy,
+        inference: InferenceService,
         directory: Path,
         in_flight: int = 16,
     ) -> None:
         self.batches = batches
         self.files = files
-        self.registry = registry
-        self.scheduler = scheduler
-        self.proxy = proxy
+        self.inference = inference
         self.directory = directory
         self.in_flight = in_flight
         self._runs: dict[str, _Run] = {}
@@ -186,9 +182,7 @@ class BatchRunner:
                 break
         if not errors and model is not None:
             try:
-                record = self.registry.get(model)
-                record.check_serves(CAPABILITY[row.endpoint])
-                model = record.name
+                model = self.inference.resolve(model, CAPABILITY[row.endpoint]).name
             except CorralError as exc:
                 errors.append(_error(exc.code or "invalid_request", exc.message, 1, "body.model"))
         if errors:
@@ -290,26 +284,19 @@ class BatchRunner:
             slots.release()
 
     async def _call(self, row: BatchRow, line: BatchLine) -> tuple[int, dict[str, Any]]:
-        """One request through the scheduler to the model's worker: (status, body)."""
+        """One request through the inference service, at batch priority: (status, body).
+        It waits for room in the model's line rather than failing when interactive
+        traffic fills it (``patient``)."""
         assert row.model is not None
         try:
-            record = self.registry.get(row.model)
-            record.check_serves(CAPABILITY[row.endpoint])
-            while True:
-                try:
-                    grant = await self.scheduler.acquire(
-                        record, priority=Priority.BATCH, key=row.id
-                    )
-                    break
-                except QueueFull:
-                    await asyncio.sleep(0.5)  # interactive traffic filled the queue
-            try:
-                body = {**line.body, "model": record.name, "stream": False}
-                headers = {REQUEST_ID_HEADER: f"{row.id}/{line.custom_id}", BATCH_HEADER: row.id}
-                status, content = await self.proxy.exchange(grant.worker, line.url, body, headers)
-                return status, json_object_of(content)
-            finally:
-                grant.release()
+            body = {**line.body, "model": row.model, "stream": False}
+            record = self.inference.resolve(row.model, CAPABILITY[row.endpoint], body)
+            caller = Caller(Priority.BATCH, key=row.id, patient=True)
+            headers = {REQUEST_ID_HEADER: f"{row.id}/{line.custom_id}", BATCH_HEADER: row.id}
+            data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+            exchange = await self.inference.send(record, line.url, data, caller, headers=headers)
+            content = await exchange.reply.read()
+            return exchange.reply.status, json_object_of(content)
         except CorralError as exc:
             return exc.status, exc.to_openai()
 

@@ -34,6 +34,17 @@ def _settings(**flags: Any) -> Settings:
     return settings
 
 
+def _catalog(settings: Settings, flags: dict[str, Any] | None = None) -> Any:
+    """The engines, with their parameters from ``CORRAL_*`` variables and ``flags``."""
+    from corral.engines.catalog import EngineSettingsError, load_catalog
+
+    try:
+        return load_catalog(settings.engines, flags=flags)
+    except EngineSettingsError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
 def _fail(message: str, code: int = 1) -> typer.Exit:
     err_console.print(f"[red]error:[/red] {message}")
     return typer.Exit(code)
@@ -59,17 +70,15 @@ def serve(
     from corral.cli.serve import run_server
 
     settings = _settings(
-        host=host,
-        port=port,
-        threads=threads,
-        slots=slots,
-        context_length=context_length,
-        batch_size=batch_size,
-        demo_model=demo_model,
-        log_level=log_level,
-        home=home,
+        host=host, port=port, demo_model=demo_model, log_level=log_level, home=home
     )
-    run_server(settings)
+    engine_flags = {
+        "threads": threads,
+        "slots": slots,
+        "context_length": context_length,
+        "batch_size": batch_size,
+    }
+    run_server(settings, _catalog(settings, engine_flags))
 
 
 def _registry(home: Path | None = None) -> Any:
@@ -329,16 +338,25 @@ def reload(
     slots: Annotated[int | None, typer.Option(help="New slot count.")] = None,
     context_length: Annotated[int | None, typer.Option(help="New context per slot.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="New batch size.")] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", help="Any engine parameter, NAME=VALUE (repeatable)."),
+    ] = None,
 ) -> None:
     """Restart a model with new parameters; queued requests wait and are served after."""
     from corral.cli.admin import call
 
-    changes = {
+    changes: dict[str, Any] = {
         "threads": threads,
         "slots": slots,
         "context_length": context_length,
         "batch_size": batch_size,
     }
+    for item in param or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise _fail(f"--param takes NAME=VALUE, not {item!r}", 2)
+        changes[key.strip().replace("-", "_")] = value
     body = {k: v for k, v in changes.items() if v is not None}
     url = _settings().base_url
     with console.status(f"Reloading {model}"):
@@ -364,6 +382,17 @@ def config_show() -> None:
             env_name(name),
             field.description or "",
         )
+    catalog = _catalog(settings)
+    for descriptor in catalog.descriptors:
+        defaults = catalog.defaults[descriptor.name]
+        for name, field in descriptor.params_model.model_fields.items():
+            table.add_row(
+                f"{descriptor.name}.{name}",
+                str(getattr(defaults, name)),
+                catalog.sources.get((descriptor.name, name), "default"),
+                env_name(name),
+                field.description or "",
+            )
     console.print(table)
 
 

@@ -116,10 +116,12 @@ class RemoteRegistry:
 
 class LocalRegistry:
     def __init__(self, settings: Settings) -> None:
+        from corral.engines.catalog import load_catalog
         from corral.registry.pulls import Pulls
         from corral.registry.store import Registry
 
         self.where = str(settings.home)
+        self.catalog = load_catalog(settings.engines)
         self.registry = Registry(settings.home, settings.database_url)
         self.pulls = Pulls(
             self.registry,
@@ -137,10 +139,10 @@ class LocalRegistry:
             raise RegistryError(exc.message) from None
 
     def list(self) -> builtins.list[dict[str, Any]]:
-        return [r.to_dict() for r in self._do(self.registry.list)]
+        return [self.catalog.describe(r) for r in self._do(self.registry.list)]
 
     def show(self, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._do(self.registry.get, name).to_dict()
+        result: dict[str, Any] = self.catalog.describe(self._do(self.registry.get, name))
         return result
 
     def remove(self, name: str) -> builtins.list[str]:
@@ -148,11 +150,15 @@ class LocalRegistry:
         return removed
 
     def copy(self, source: str, destination: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._do(self.registry.copy, source, destination).to_dict()
+        result: dict[str, Any] = self.catalog.describe(
+            self._do(self.registry.copy, source, destination)
+        )
         return result
 
     def import_path(self, path: Path, name: str | None) -> dict[str, Any]:
-        result: dict[str, Any] = self._do(self.registry.import_path, path, name).to_dict()
+        result: dict[str, Any] = self.catalog.describe(
+            self._do(self.registry.import_path, path, name)
+        )
         return result
 
     def pull(self, ref: str, **options: Any) -> dict[str, Any]:
@@ -172,9 +178,8 @@ class LocalRegistry:
     def configure(
         self, name: str, params: dict[str, Any], aliases: builtins.list[str]
     ) -> dict[str, Any]:
-        result: dict[str, Any] = self._do(
-            self.registry.configure, name, params=params, aliases=aliases
-        ).to_dict()
+        record = self._do(self.registry.configure, name, params=params, aliases=aliases)
+        result: dict[str, Any] = self.catalog.describe(record)
         return result
 
     def close(self) -> None:

@@ -8,13 +8,14 @@ import sys
 import uvicorn
 
 from corral.api.app import create_app
+from corral.engines.catalog import Catalog
 from corral.registry.demo import ensure_demo_model
 from corral.settings import Settings
 
 log = logging.getLogger("corral")
 
 
-def run_server(settings: Settings) -> None:
+def run_server(settings: Settings, catalog: Catalog | None = None) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
         stream=sys.stderr,
@@ -26,7 +27,7 @@ def run_server(settings: Settings) -> None:
     if settings.demo_model and ensure_demo_model(settings.home):
         log.info("no models installed: created the demo model 'demo' (random weights)")
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, catalog),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

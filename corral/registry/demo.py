@@ -16,7 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from corral.registry.store import ModelRecord, Registry
+from corral.registry.records import ModelRecord
+from corral.registry.store import Registry
 
 DEMO_NAME = "demo:latest"
 

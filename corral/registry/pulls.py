@@ -33,9 +33,10 @@ from corral.errors import CorralError
 from corral.registry import download
 from corral.registry.db import PullRow
 from corral.registry.names import canonical_name
+from corral.registry.records import ModelFile, ModelRecord
 from corral.registry.refs import parse_reference
 from corral.registry.resolve import Plan, RemoteFile, hub_headers, resolve
-from corral.registry.store import ModelFile, ModelRecord, Registry
+from corral.registry.store import Registry
 from corral.units import format_size
 
 log = logging.getLogger("corral.pulls")

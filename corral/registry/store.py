@@ -24,7 +24,6 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from corral.errors import CorralError, InvalidRequest, ModelNotFound, UnsupportedCapability
-from corral.registry import inspect
+from corral.errors import CorralError, InvalidRequest, ModelNotFound
+from corral.registry import formats
 from corral.registry.db import AliasRow, FileRow, ModelRow, open_database
 from corral.registry.gguf_info import ModelInfo, is_gguf
 from corral.registry.names import (
@@ -42,14 +41,13 @@ from corral.registry.names import (
     canonical_name,
     canonical_or_not_found,
 )
+from corral.registry.records import ModelFile, ModelRecord
 from corral.registry.refs import parse_reference
 
 __all__ = [
     "DEFAULT_TAG",
     "InvalidModelName",
     "ModelExists",
-    "ModelFile",
-    "ModelRecord",
     "Registry",
     "canonical_name",
 ]
@@ -69,80 +67,6 @@ class ModelExists(CorralError):
         super().__init__(
             f"A model named {name!r} already exists; remove it first or pick another name."
         )
-
-
-@dataclass(frozen=True)
-class ModelFile:
-    path: str  # inside the model ("model.gguf", "onnx/model.onnx")
-    sha256: str
-    size: int
-
-
-@dataclass(frozen=True)
-class ModelRecord:
-    name: str  # canonical "name:tag"
-    path: Path  # what the engine opens: a GGUF/ONNX file, or a model directory
-    size: int  # all files together
-    sha256: str  # of the primary file (the model's id in listings)
-    created: float
-    info: ModelInfo
-    format: str = "gguf"
-    engine: str | None = None
-    files: tuple[ModelFile, ...] = ()
-    source: str = ""
-    revision: str | None = None
-    aliases: tuple[str, ...] = ()
-    params: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
-    last_used: float | None = field(default=None, compare=False, hash=False)
-
-    @property
-    def capabilities(self) -> list[str]:
-        return ["embeddings"] if self.info.embedding else ["completion", "chat"]
-
-    def check_serves(self, capability: str) -> None:
-        """Raise a clear 400 unless this model can serve ``capability`` here
-        (``chat``, ``completion`` or ``embeddings``)."""
-        if self.engine not in (None, "llamacpp"):
-            raise UnsupportedCapability(
-                f"The model '{self.name}' is declared for the {self.engine} engine, which "
-                "this server does not run yet (only llamacpp).",
-                param="model",
-            )
-        if self.format != "gguf":
-            raise UnsupportedCapability(
-                f"The model '{self.name}' is {self.format}; this server has no engine for "
-                "that format yet (only GGUF on llama.cpp).",
-                param="model",
-            )
-        if capability == "embeddings" and not self.info.embedding:
-            raise UnsupportedCapability(
-                f"The model '{self.name}' does not produce embeddings; use an embedding model.",
-                param="model",
-            )
-        if capability != "embeddings" and self.info.embedding:
-            raise UnsupportedCapability(
-                f"The model '{self.name}' is an embedding model; it cannot generate text.",
-                param="model",
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "path": str(self.path),
-            "size": self.size,
-            "sha256": self.sha256,
-            "format": self.format,
-            "engine": self.engine,
-            "source": self.source,
-            "revision": self.revision,
-            "aliases": list(self.aliases),
-            "files": [vars(f) for f in self.files],
-            "params": dict(self.params),
-            "capabilities": self.capabilities,
-            "info": self.info.to_dict(),
-            "created_at": self.created,
-            "last_used_at": self.last_used,
-        }
 
 
 class Registry:
@@ -223,8 +147,8 @@ class Registry:
         else:
             raise InvalidRequest(f"No such file or directory: {source}")
         try:
-            fmt = inspect.detect_format(files)
-            inspect.read_info(files, fmt)  # refuse a broken file before copying it
+            fmt = formats.detect_format(files)
+            formats.read_info(files, fmt)  # refuse a broken file before copying it
         except (ValueError, KeyError, OSError) as exc:
             raise InvalidRequest(f"{source} is not a model Corral can serve: {exc}") from None
         added = [ModelFile(rel, *self.add_blob(path)) for rel, path in files.items()]
@@ -289,9 +213,9 @@ class Registry:
                 if not self.has_blob(f.sha256, f.size):
                     raise InvalidRequest(f"{f.path}: blob sha256-{f.sha256[:12]} is missing")
             paths = {f.path: self.blob_path(f.sha256) for f in files}
-            fmt = inspect.detect_format(paths)
-            info = inspect.read_info(paths, fmt)
-            primary = inspect.primary_file(paths, fmt)
+            fmt = formats.detect_format(paths)
+            info = formats.read_info(paths, fmt)
+            primary = formats.primary_file(paths, fmt)
             old_blobs: set[str] = set()
             with Session(self.engine, expire_on_commit=False) as session, session.begin():
                 existing = session.scalar(select(ModelRow).where(ModelRow.name == canonical))

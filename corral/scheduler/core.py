@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from corral.engines.descriptor import EngineParams, MemoryEstimate
 from corral.errors import (
     CorralError,
     InsufficientMemory,
@@ -30,9 +31,8 @@ from corral.errors import (
     QueueTimeout,
     ShuttingDown,
 )
-from corral.registry.store import ModelRecord
+from corral.registry.records import ModelRecord
 from corral.scheduler import policy
-from corral.scheduler.memory import MemoryEstimate, WorkerParams
 from corral.scheduler.process import WorkerState
 from corral.scheduler.queue import FairQueue, Ticket
 from corral.units import format_size, parse_keep_alive
@@ -58,7 +58,7 @@ class Effects(Protocol):
     def memory_budget(self, held: int) -> int:
         """Bytes models may use in all, given that our workers hold ``held`` now."""
 
-    def start_worker(self, record: ModelRecord, params: WorkerParams) -> None: ...
+    def start_worker(self, record: ModelRecord, params: EngineParams) -> None: ...
     def stop_worker(self, model: str, worker: Any) -> None: ...
     def grant(self, ticket: Ticket, lease: Lease) -> None: ...
     def fail(self, ticket: Ticket, error: CorralError) -> None: ...
@@ -107,6 +107,16 @@ class Exited:
 
 
 @dataclass(frozen=True)
+class Lost:
+    """A request found its worker gone before the worker took it (refused, or found
+    dead): stop counting on that worker, and make sure it is gone."""
+
+    model: str
+    worker: Any
+    error: CorralError
+
+
+@dataclass(frozen=True)
 class Stopped:
     model: str
     worker: Any
@@ -121,7 +131,7 @@ class Preload:
 @dataclass(frozen=True)
 class Reload:
     record: ModelRecord
-    params: WorkerParams | None
+    params: EngineParams | None
     waiter: Any = None
 
 
@@ -148,6 +158,7 @@ Message = (
     | Loaded
     | LoadFailed
     | Exited
+    | Lost
     | Stopped
     | Preload
     | Reload
@@ -162,7 +173,6 @@ Message = (
 
 @dataclass(frozen=True)
 class CoreConfig:
-    params: WorkerParams
     keep_alive: float  # seconds idle before unloading; math.inf = forever
     max_models: int
     max_queue: int
@@ -175,7 +185,7 @@ class CoreConfig:
 @dataclass
 class ModelState:
     record: ModelRecord
-    params: WorkerParams
+    params: EngineParams
     estimate: MemoryEstimate
     keep_alive: float  # math.inf = forever
     pinned: bool = False
@@ -190,7 +200,7 @@ class ModelState:
     wanted_since: int | None = None  # arrival number of a load wish without requests
     drain_cutoff: int | None = None  # draining: serve tickets with arrival numbers up to it
     leaving: bool = False  # unload or reload asked: finish in-flight work, then stop
-    next_params: WorkerParams | None = None  # reload: start again with these
+    next_params: EngineParams | None = None  # reload: start again with these
     crashes: int = 0
     backoff_until: float = 0.0
     last_error: str | None = None
@@ -222,14 +232,18 @@ class ModelState:
         return min(keys)
 
 
-Estimator = Callable[[ModelRecord, WorkerParams], MemoryEstimate]
+Estimator = Callable[[ModelRecord, EngineParams], MemoryEstimate]
+ParamsFor = Callable[[ModelRecord], EngineParams]
 
 
 class SchedulerCore:
-    def __init__(self, config: CoreConfig, effects: Effects, estimator: Estimator) -> None:
+    def __init__(
+        self, config: CoreConfig, effects: Effects, estimator: Estimator, params_for: ParamsFor
+    ) -> None:
         self.config = config
         self.effects = effects
         self.estimator = estimator
+        self.params_for = params_for
         self.models: dict[str, ModelState] = {}
         self.closed = False
         self._seq = 0
@@ -237,27 +251,56 @@ class SchedulerCore:
     # --- messages -------------------------------------------------------------------
 
     def handle(self, message: Message) -> None:
-        handler = getattr(self, "_on_" + type(message).__name__.lower())
-        handler(message)
+        match message:
+            case Submit():
+                self._on_submit(message)
+            case Cancel():
+                self._on_cancel(message)
+            case Release():
+                self._on_release(message)
+            case Loaded():
+                self._on_loaded(message)
+            case LoadFailed():
+                self._on_loadfailed(message)
+            case Exited() | Lost():
+                self._on_exited(message)
+            case Stopped():
+                self._on_stopped(message)
+            case Preload():
+                self._on_preload(message)
+            case Reload():
+                self._on_reload(message)
+            case Unload():
+                self._on_unload(message)
+            case Tick():
+                pass
+            case Shutdown():
+                self._on_shutdown()
         self._schedule()
 
     def _on_submit(self, m: Submit) -> None:
         if self.closed:
             self.effects.fail(m.ticket, ShuttingDown("The server is shutting down."))
             return
-        st = self._state_for(m.record)
-        if len(st.queue) >= self.config.max_queue:
+        try:
+            st = self._state_for(m.record)
+        except CorralError as exc:  # e.g. a declared parameter its engine refuses
+            self.effects.fail(m.ticket, exc)
+            return
+        if not m.ticket.patient and self._waiting(st) >= self.config.max_queue:
             self.effects.fail(
                 m.ticket,
                 QueueFull(
-                    f"{len(st.queue)} requests are already waiting for '{st.name}'; retry later.",
+                    f"{self._waiting(st)} requests are already waiting for '{st.name}'; "
+                    "retry later.",
                     headers={"Retry-After": "1"},
                 ),
             )
             return
         now = self.effects.now()
         m.ticket.arrived = now
-        m.ticket.deadline = now + self.config.queue_timeout
+        if not m.ticket.patient:
+            m.ticket.deadline = now + self.config.queue_timeout
         m.ticket.seq = self._next_seq()
         st.queue.push(m.ticket)
 
@@ -296,10 +339,13 @@ class SchedulerCore:
         self._fail_queue(st, m.error)
         self._notify(st.load_waiters, m.error)
 
-    def _on_exited(self, m: Exited) -> None:
+    def _on_exited(self, m: Exited | Lost) -> None:
         st = self.models.get(m.model)
         if st is None or m.worker is not st.worker:
             return
+        if isinstance(m, Lost):
+            log.warning("%s: %s", st.name, m.error.message)
+            self.effects.stop_worker(st.name, m.worker)  # reaps it if it lingers
         stable = self.effects.now() - st.ready_at >= STABLE_SECONDS
         st.state, st.worker, st.in_flight, st.rss = WorkerState.FAILED, None, 0, None
         st.drain_cutoff = None
@@ -319,12 +365,20 @@ class SchedulerCore:
         self._notify(st.stop_waiters, None)
 
     def _on_preload(self, m: Preload) -> None:
-        st = self._state_for(m.record)
+        try:
+            st = self._state_for(m.record)
+        except CorralError as exc:
+            self._notify([m.waiter], exc)
+            return
         st.preloaded = True
         self._want_loaded(st, m.waiter)
 
     def _on_reload(self, m: Reload) -> None:
-        st = self._state_for(m.record)
+        try:
+            st = self._state_for(m.record)
+        except CorralError as exc:
+            self._notify([m.waiter], exc)
+            return
         params = m.params or st.params
         if st.state in (WorkerState.STOPPED, WorkerState.FAILED):
             st.params, st.estimate = params, self.estimator(st.record, params)
@@ -344,10 +398,7 @@ class SchedulerCore:
         if m.waiter is not None:
             st.stop_waiters.append(m.waiter)
 
-    def _on_tick(self, _: Tick) -> None:
-        pass
-
-    def _on_shutdown(self, _: Shutdown) -> None:
+    def _on_shutdown(self) -> None:
         self.closed = True
         error = ShuttingDown("The server is shutting down.")
         for st in self.models.values():
@@ -473,7 +524,7 @@ class SchedulerCore:
     def _state_for(self, record: ModelRecord) -> ModelState:
         st = self.models.get(record.name)
         if st is None:
-            params = declared_params(self.config.params, record.params)
+            params = self.params_for(record)
             keep_alive = self.config.keep_alive
             if record.params.get("keep_alive") is not None:
                 seconds = parse_keep_alive(record.params["keep_alive"])
@@ -499,6 +550,11 @@ class SchedulerCore:
             st.load_waiters.append(waiter)
         if st.state in (WorkerState.STOPPED, WorkerState.FAILED):
             st.wanted_since = st.wanted_since or self._next_seq()
+
+    @staticmethod
+    def _waiting(st: ModelState) -> int:
+        """Requests in line that count against ``max_queue`` (patient ones do not)."""
+        return sum(1 for t in st.queue if not t.patient)
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -559,10 +615,3 @@ class SchedulerCore:
 
     def loaded(self) -> list[ModelState]:
         return [st for st in self.models.values() if st.state in LOADED]
-
-
-def declared_params(base: WorkerParams, declared: Mapping[str, Any]) -> WorkerParams:
-    """A model's own engine parameters (``corral.yaml``) over the server's defaults."""
-    names = {"threads": "threads", "slots": "slots", "context": "context_length"}
-    changes = {f: declared[k] for k, f in names.items() if declared.get(k) is not None}
-    return replace(base, **changes) if changes else base

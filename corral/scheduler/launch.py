@@ -1,60 +1,38 @@
-"""How a model becomes a worker command line.
+"""How a model becomes a worker process: its engine's command on a free loopback port.
 
-Kept apart from the pool so the pool never knows which engine runs a model: it is
-handed a ``Launcher`` (tests hand it one that runs a fake worker).
+The pool never knows which engine runs a model: the engine catalog says what to run.
 """
 
 from __future__ import annotations
 
 import socket
-import sys
-from collections.abc import Callable
 
-from corral.registry.store import ModelRecord
-from corral.scheduler.memory import WorkerParams
+from corral.engines.catalog import Catalog
+from corral.engines.descriptor import EngineParams, LaunchContext
+from corral.registry.records import ModelRecord
 from corral.scheduler.process import WorkerSpec
 from corral.settings import Settings
 
-Launcher = Callable[[ModelRecord, int, WorkerParams], WorkerSpec]
+WORKER_HOST = "127.0.0.1"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = WORKER_HOST) -> int:
     """A port that was free a moment ago (the worker retries on the rare collision)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
-def llamacpp_launcher(settings: Settings) -> Launcher:
-    def launch(model: ModelRecord, port: int, params: WorkerParams) -> WorkerSpec:
-        argv = [
-            sys.executable,
-            "-m",
-            "corral.worker",
-            "--model-path",
-            str(model.path),
-            "--model-name",
-            model.name,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--threads",
-            str(params.threads),
-            "--slots",
-            str(params.slots),
-            "--context-length",
-            str(params.context_length),
-            "--batch-size",
-            str(params.batch_size),
-            "--flash-attention",
-            settings.flash_attention,
-            "--log-level",
-            settings.log_level,
-            "--spool-dir",
-            str(settings.home / "batches"),
-            "--exit-on-stdin-eof",
-        ]
-        return WorkerSpec(model=model.name, argv=tuple(argv), host="127.0.0.1", port=port)
-
-    return launch
+def worker_spec(
+    catalog: Catalog, settings: Settings, record: ModelRecord, params: EngineParams, port: int
+) -> WorkerSpec:
+    ctx = LaunchContext(
+        host=WORKER_HOST,
+        port=port,
+        log_level=settings.log_level,
+        spool_dir=settings.home / "batches",
+    )
+    command = catalog.command(record, params, ctx)
+    return WorkerSpec(
+        model=record.name, argv=command.argv, host=WORKER_HOST, port=port, env=dict(command.env)
+    )

@@ -26,7 +26,7 @@ import os
 import signal
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -54,6 +54,7 @@ class WorkerSpec:
     argv: tuple[str, ...]
     host: str
     port: int
+    env: dict[str, str] = field(default_factory=dict)  # added to the gateway's own
 
     @property
     def base_url(self) -> str:
@@ -85,6 +86,19 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self._proc is not None and not self._exited.is_set()
 
+    def gone(self) -> bool:
+        """Has the process exited, even if that has not been noticed yet? A request
+        sent to it now could not be taken, so it may safely go to a new worker."""
+        if self._proc is None or self._exited.is_set():
+            return True
+        try:
+            flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+            return os.waitid(os.P_PID, self._proc.pid, flags) is not None
+        except ChildProcessError:
+            return True  # reaped already by the child watcher
+        except (OSError, AttributeError):  # no waitid here: only what was noticed counts
+            return False
+
     def tail(self, lines: int = 15) -> str:
         return "\n".join(list(self._tail)[-lines:])
 
@@ -109,6 +123,7 @@ class WorkerProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, **self.spec.env} if self.spec.env else None,
         )
         log.info("worker for %s started (pid %s)", self.spec.model, self._proc.pid)
         self._tasks = [

@@ -30,6 +30,9 @@ class Ticket:
     priority: Priority = Priority.INTERACTIVE
     key: str = "anonymous"
     keep_alive: float | None = None  # seconds to stay loaded after it; None = not given
+    # Patient tickets (the batch runner's, bounded by its own in-flight limit) never
+    # get QueueFull or a queue timeout: they wait for capacity instead of polling.
+    patient: bool = False
     arrived: float = 0.0
     deadline: float | None = None
     seq: int = 0  # arrival order, numbered by the scheduler (clocks tie; this does not)

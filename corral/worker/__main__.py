@@ -1,7 +1,10 @@
-"""Worker process entry point: ``python -m corral.worker --model-path ... --port ...``.
+"""Worker process entry point: ``python -m corral.worker --engine NAME --model-path ...``.
 
-The gateway starts one of these per loaded model. It loads the model *before* it
-starts listening, so "port answers /health" means "ready". Its stdin is a pipe from
+The gateway starts one of these per loaded model, for every engine whose descriptor
+names a ``worker_engine``. The engine is picked by name from the same catalog the
+gateway uses, and its parameters arrive as JSON (``--params``), checked here again
+by the engine's own parameter model. It loads the model *before* it starts
+listening, so "port answers /health" means "ready". Its stdin is a pipe from
 the gateway: when that pipe closes (the gateway exited, even by kill -9), the worker
 exits at once, so no orphan keeps holding the model's memory.
 """
@@ -20,15 +23,12 @@ EXIT_LOAD_FAILED = 3
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="corral-worker", description=__doc__)
+    p.add_argument("--engine", default="llamacpp", help="an engine of the catalog, by name")
     p.add_argument("--model-path", type=Path, required=True)
     p.add_argument("--model-name", required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--slots", type=int, default=4)
-    p.add_argument("--context-length", type=int, default=4096)
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--flash-attention", choices=["auto", "on", "off"], default="auto")
+    p.add_argument("--params", default="{}", help="the engine's parameters, as JSON")
     p.add_argument("--log-level", default="info")
     p.add_argument("--spool-dir", type=Path, default=None, help="where batch results are spooled")
     p.add_argument(
@@ -76,22 +76,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    from corral.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
     from corral.errors import CorralError
     from corral.worker.app import create_worker_app
+    from corral.worker.engines import EngineStartError, start_engine
 
-    config = LlamaCppConfig(
-        model_path=args.model_path,
-        threads=args.threads,
-        slots=args.slots,
-        context_length=args.context_length,
-        batch_size=args.batch_size,
-        flash_attention=args.flash_attention,
-    )
     try:
-        engine = LlamaCppEngine(config)
-    except CorralError as exc:
-        print(f"corral-worker: failed to load {args.model_path}: {exc}", file=sys.stderr)
+        engine = start_engine(args.engine, args.model_path, args.params)
+    except (CorralError, EngineStartError) as exc:
+        message = exc.message if isinstance(exc, CorralError) else str(exc)
+        print(f"corral-worker: failed to load {args.model_path}: {message}", file=sys.stderr)
         return EXIT_LOAD_FAILED
     app = create_worker_app(engine, args.model_name)
     server = uvicorn.Server(

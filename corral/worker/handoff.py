@@ -25,8 +25,8 @@ from pathlib import Path
 
 from starlette.requests import Request
 
-REQUEST_ID_HEADER = "x-corral-request-id"
-BATCH_HEADER = "x-corral-batch"
+from corral.protocol.handoff import BATCH_HEADER, REQUEST_ID_HEADER
+
 _BATCH_ID = re.compile(r"^batch_[A-Za-z0-9]{1,64}$")
 _LOG_PATH = os.environ.get("CORRAL_EXECUTION_LOG")
 

@@ -22,11 +22,10 @@ import json
 import re
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
-from corral.protocol.openai import Tool, ToolCall, ToolCallFunction
+from corral.protocol.openai import ToolCall, ToolCallFunction
 
 OPEN_TAG = "<tool_call>"
 CLOSE_TAG = "</tool_call>"
@@ -271,56 +270,3 @@ def collect(parser: ReplyParser, text: str) -> tuple[str | None, list[ToolCall]]
             calls[event.index].function.arguments += event.text
     joined = "".join(content)
     return (joined or None) if calls else joined, calls
-
-
-def tool_call_schema(tools: Sequence[Tool]) -> dict[str, Any]:
-    """A JSON Schema for one call of one of ``tools``: ``{"name": ..., "arguments": {...}}``.
-
-    Each tool's schema lives under ``$defs`` (the converter follows JSON pointers through
-    objects only), and its own ``$ref``s are rebased there; its root definitions are
-    renamed per tool because the converter names rules after a ref's last segment.
-    """
-    defs = {f"call-{i}": _call_schema(i, tool) for i, tool in enumerate(tools)}
-    return {"anyOf": [{"$ref": f"#/$defs/{name}"} for name in defs], "$defs": defs}
-
-
-def _call_schema(i: int, tool: Tool) -> dict[str, Any]:
-    parameters = tool.function.parameters or {
-        "type": "object",
-        "properties": {},
-        "additionalProperties": False,
-    }
-    base = f"#/$defs/call-{i}/properties/arguments"
-    return {
-        "type": "object",
-        "properties": {
-            "name": {"const": tool.function.name},
-            "arguments": _rebase(parameters, base, f"t{i}-"),
-        },
-        "required": ["name", "arguments"],
-        "additionalProperties": False,
-    }
-
-
-def _rebase(schema: Any, base: str, prefix: str, root: bool = True) -> Any:
-    if isinstance(schema, list):
-        return [_rebase(item, base, prefix, False) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out: dict[str, Any] = {}
-    for key, value in schema.items():
-        if key == "$ref" and isinstance(value, str) and value.startswith("#/"):
-            out[key] = base + _renamed(value[1:], prefix)
-        elif root and key in ("$defs", "definitions") and isinstance(value, dict):
-            out[key] = {prefix + name: _rebase(v, base, prefix, False) for name, v in value.items()}
-        else:
-            out[key] = _rebase(value, base, prefix, False)
-    return out
-
-
-def _renamed(pointer: str, prefix: str) -> str:
-    """``/$defs/Point/x`` -> ``/$defs/t0-Point/x``: the root definitions are renamed."""
-    parts = pointer.split("/")
-    if len(parts) > 2 and parts[1] in ("$defs", "definitions"):
-        parts[2] = prefix + parts[2]
-    return "/".join(parts)

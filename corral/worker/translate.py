@@ -10,31 +10,23 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any
 
 from corral.engines.base import GenerationRequest, SamplingParams
 from corral.engines.chat_template import ChatTemplate
+from corral.engines.structured import JsonGrammar, output_grammar, tool_choice
 from corral.errors import ContextLengthExceeded, InvalidRequest, UnsupportedCapability
 from corral.protocol.openai import (
     ChatCompletionRequest,
     ChatMessage,
     CompletionRequest,
-    NamedToolChoice,
     SamplingFields,
     TextPart,
-    Tool,
     ToolCall,
 )
 from corral.worker import tool_calls
 
 Tokenize = Callable[[str], list[int]]
-ToolMode = Literal["off", "auto", "forced"]
-
-
-class JsonGrammar(Protocol):
-    """``Engine.json_grammar``: a grammar holding output to a JSON Schema (None: any object)."""
-
-    def __call__(self, schema: dict[str, Any] | None, *, param: str) -> str: ...
 
 
 def sampling_from(req: SamplingFields) -> SamplingParams:
@@ -124,60 +116,6 @@ def chat_request(
 
 
 # --- structured outputs and tool calls ------------------------------------------------
-
-
-def tool_choice(req: ChatCompletionRequest) -> tuple[ToolMode, list[Tool]]:
-    """How the reply may call tools, and which: ``auto`` (may call any), ``forced`` (must
-    call one of those returned: all for "required", the named one) or ``off``."""
-    tools = req.tools or []
-    choice = req.tool_choice
-    if choice == "none" or (choice in (None, "auto") and not tools):
-        return "off", []
-    if choice in (None, "auto"):
-        return "auto", tools
-    if not tools:
-        raise InvalidRequest(
-            "tool_choice requires tools, and this request has none.", param="tool_choice"
-        )
-    if not isinstance(choice, NamedToolChoice):
-        return "forced", tools  # "required"
-    named = [t for t in tools if t.function.name == choice.function.name]
-    if not named:
-        known = ", ".join(repr(t.function.name) for t in tools)
-        raise InvalidRequest(
-            f"tool_choice names the function '{choice.function.name}', which is not among "
-            f"the tools ({known}).",
-            param="tool_choice",
-        )
-    return "forced", named[:1]
-
-
-def output_grammar(req: ChatCompletionRequest, json_grammar: JsonGrammar) -> str | None:
-    """The grammar the reply is held to: a forced tool call, else ``response_format``'s JSON.
-
-    A forced call takes precedence: ``response_format`` shapes content, and a reply that
-    must call a tool has none.
-    """
-    mode, tools = tool_choice(req)
-    if mode == "forced":
-        # Each schema checked on its own first, so that a 400 names the tool it is about.
-        forced = {id(tool) for tool in tools}
-        for i, tool in enumerate(req.tools or []):
-            if id(tool) in forced and tool.function.parameters is not None:
-                json_grammar(tool.function.parameters, param=f"tools[{i}].function.parameters")
-        return json_grammar(tool_calls.tool_call_schema(tools), param="tools")
-    fmt = req.response_format
-    if fmt is None or fmt.type == "text":
-        return None
-    if fmt.type == "json_object":
-        return json_grammar(None, param="response_format")
-    if fmt.json_schema is None or fmt.json_schema.schema_ is None:
-        raise InvalidRequest(
-            "response_format of type 'json_schema' needs json_schema.schema, the JSON Schema "
-            "the reply must follow.",
-            param="response_format.json_schema.schema",
-        )
-    return json_grammar(fmt.json_schema.schema_, param="response_format")
 
 
 def reply_parser(req: ChatCompletionRequest) -> tool_calls.ReplyParser:

@@ -21,7 +21,7 @@ from corral.engines.base import (
     collect,
     stream_events,
 )
-from corral.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
+from corral.engines.llamacpp.engine import LlamaCppConfig, LlamaCppEngine
 
 GREEDY = SamplingParams(temperature=0.0)
 pytestmark = pytest.mark.anyio

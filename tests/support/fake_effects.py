@@ -8,9 +8,9 @@ from typing import Any
 
 from corral.errors import CorralError
 from corral.registry.gguf_info import ModelInfo
-from corral.registry.store import ModelRecord
+from corral.registry.records import ModelRecord
 from corral.scheduler.core import Lease
-from corral.scheduler.memory import MemoryEstimate, WorkerParams
+from corral.engines.descriptor import EngineParams, MemoryEstimate
 from corral.scheduler.queue import Ticket
 
 GiB = 1 << 30
@@ -21,7 +21,7 @@ def record(name: str, gib: float = 1.0) -> ModelRecord:
     return ModelRecord(f"{name}:latest", Path(f"/models/{name}"), int(gib * GiB), name, 0.0, info)
 
 
-def estimate_by_size(rec: ModelRecord, params: WorkerParams) -> MemoryEstimate:
+def estimate_by_size(rec: ModelRecord, params: EngineParams) -> MemoryEstimate:
     """The fake models need exactly their file size."""
     return MemoryEstimate(weights=rec.size, kv_cache=0, buffers=0, process=0)
 
@@ -29,14 +29,14 @@ def estimate_by_size(rec: ModelRecord, params: WorkerParams) -> MemoryEstimate:
 @dataclass
 class FakeWorker:
     model: str
-    params: WorkerParams
+    params: EngineParams
 
 
 @dataclass
 class FakeEffects:
     budget: int = 8 * GiB
     clock: float = 1000.0
-    started: list[tuple[str, WorkerParams]] = field(default_factory=list)
+    started: list[tuple[str, EngineParams]] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
     granted: dict[int, Lease] = field(default_factory=dict)
     failed: dict[int, CorralError] = field(default_factory=dict)
@@ -49,7 +49,7 @@ class FakeEffects:
     def memory_budget(self, held: int) -> int:
         return self.budget
 
-    def start_worker(self, rec: ModelRecord, params: WorkerParams) -> None:
+    def start_worker(self, rec: ModelRecord, params: EngineParams) -> None:
         self.started.append((rec.name, params))
 
     def stop_worker(self, model: str, worker: Any) -> None:

@@ -44,14 +44,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[BatchRunner, Batches, str, Path]]:
     stored = files.add(source, "in.jsonl", "batch", 4)
     batch = batches.create(stored.id, "/v1/embeddings", "24h")
     batches.update(batch.id, status="in_progress", model="m:latest")
-    runner = BatchRunner(
-        batches,
-        files,
-        registry,
-        None,
-        None,
-        tmp_path / "batches",  # type: ignore[arg-type]
-    )
+    runner = BatchRunner(batches, files, None, tmp_path / "batches")  # type: ignore[arg-type]
     yield runner, batches, batch.id, tmp_path / "batches" / batch.id
     registry.close()
 

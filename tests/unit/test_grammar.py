@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from corral.engines.grammar import JSON_OBJECT_GRAMMAR, prepare, schema_grammar
+from corral.engines.llamacpp.grammar import JSON_OBJECT_GRAMMAR, prepare, schema_grammar
 from corral.errors import InvalidRequest
 
 

@@ -14,7 +14,7 @@ from corral.errors import (
     ShuttingDown,
     WorkerCrashed,
 )
-from corral.registry.store import ModelRecord
+from corral.registry.records import ModelRecord
 from corral.scheduler.core import (
     Cancel,
     CoreConfig,
@@ -31,26 +31,28 @@ from corral.scheduler.core import (
     Tick,
     Unload,
 )
-from corral.scheduler.memory import WorkerParams
+from corral.engines.catalog import Catalog
+from corral.engines.llamacpp.descriptor import LlamaCppParams, descriptor
 from corral.scheduler.process import WorkerState
 from corral.scheduler.queue import Priority, Ticket
 from tests.support.fake_effects import FakeEffects, FakeWorker, GiB, estimate_by_size, record
 
-PARAMS = WorkerParams(threads=1, slots=2, context_length=2048, batch_size=512)
+PARAMS = LlamaCppParams(threads=1, slots=2, context_length=2048, batch_size=512)
 
 
 def make(budget: float = 8, slots: int = 2, **config: object) -> tuple[SchedulerCore, FakeEffects]:
     effects = FakeEffects(budget=int(budget * GiB))
-    params = WorkerParams(1, slots, 2048, 512)
+    params = LlamaCppParams(threads=1, slots=slots, context_length=2048, batch_size=512)
+    catalog = Catalog([descriptor], defaults={"llamacpp": params})
     base = {
-        "params": params,
         "keep_alive": 300.0,
         "max_models": 0,
         "max_queue": 8,
         "queue_timeout": 60.0,
     }
     base.update(config)
-    return SchedulerCore(CoreConfig(**base), effects, estimate_by_size), effects  # type: ignore[arg-type]
+    core = SchedulerCore(CoreConfig(**base), effects, estimate_by_size, catalog.params)  # type: ignore[arg-type]
+    return core, effects
 
 
 def submit(core: SchedulerCore, rec: ModelRecord, **kw: object) -> Ticket:
@@ -353,7 +355,7 @@ def test_reload_keeps_queued_requests_and_uses_new_parameters() -> None:
     a = record("a")
     t1, t2 = submit(core, a), submit(core, a)
     load(core, a)
-    new = WorkerParams(1, 3, 1024, 256)
+    new = LlamaCppParams(threads=1, slots=3, context_length=1024, batch_size=256)
     core.handle(Reload(a, new, waiter="r"))
     assert state(core, a) == WorkerState.READY and not fx.stopped
     finish(core, fx, t1)
@@ -433,7 +435,10 @@ def test_a_models_declared_parameters_override_the_servers() -> None:
     plain = record("plain")
     submit(core, declared)
     submit(core, plain)
-    assert fx.started == [("tuned:latest", WorkerParams(3, 6, 1024, 512)), ("plain:latest", PARAMS)]
+    assert fx.started == [
+        ("tuned:latest", LlamaCppParams(threads=3, slots=6, context_length=1024, batch_size=512)),
+        ("plain:latest", PARAMS),
+    ]
     state = core.models["tuned:latest"]
     assert state.keep_alive == 3600.0 and state.pinned
     assert (

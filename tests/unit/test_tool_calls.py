@@ -3,6 +3,7 @@ import json
 import jsonschema
 import pytest
 
+from corral.engines.structured import tool_call_schema
 from corral.protocol.openai import Tool
 from corral.worker.tool_calls import (
     CallArguments,
@@ -14,7 +15,6 @@ from corral.worker.tool_calls import (
     ReplyParser,
     TaggedCalls,
     collect,
-    tool_call_schema,
 )
 
 

@@ -34,7 +34,6 @@ from typing import Any
 import llama_cpp as lc
 import numpy as np
 
-from corral.engines import grammar
 from corral.engines.base import (
     Capabilities,
     Engine,
@@ -46,7 +45,9 @@ from corral.engines.base import (
     RequestHandle,
     TextDelta,
 )
-from corral.engines.sampling import GrammarError, SlotSampler, compile_grammar, ignores_eos
+from corral.engines.llamacpp import grammar
+from corral.engines.llamacpp.descriptor import LlamaCppParams
+from corral.engines.llamacpp.sampling import GrammarError, SlotSampler, compile_grammar, ignores_eos
 from corral.engines.text import TextAssembler
 from corral.errors import EngineError, EngineLoadError, InvalidRequest
 from corral.registry.gguf_info import is_embedding_model
@@ -60,17 +61,6 @@ _FLASH_ATTENTION = {
 }
 _backend_lock = threading.Lock()
 _backend_ready = False
-
-
-@dataclass(frozen=True)
-class LlamaCppConfig:
-    model_path: Path
-    threads: int = 1
-    slots: int = 4
-    context_length: int = 4096  # per slot; 0 = the model's training context
-    batch_size: int = 512
-    flash_attention: str = "auto"  # auto, on, off
-    gpu_layers: int = 0
 
 
 class _Job(RequestHandle):
@@ -113,15 +103,15 @@ class _EmbedJob:
 
 
 class LlamaCppEngine(Engine):
-    def __init__(self, config: LlamaCppConfig) -> None:
+    def __init__(self, model_path: Path, params: LlamaCppParams) -> None:
         _init_backend()
-        self.config = config
-        self._model = self._load_model(config)
+        self.params = params
+        self._model = self._load_model(model_path)
         self._vocab = lc.llama_model_get_vocab(self._model)
         self._n_vocab = lc.llama_vocab_n_tokens(self._vocab)
         self.architecture = self.meta("general.architecture") or "unknown"
         self.embedding_model = self._is_embedding_model()
-        self._ctx = self._create_context(config)
+        self._ctx = self._create_context(params)
         self._memory = lc.llama_get_memory(self._ctx)
         self.n_ctx_slot = int(lc.llama_n_ctx_seq(self._ctx))
         self._n_batch = int(lc.llama_n_batch(self._ctx))
@@ -141,13 +131,13 @@ class LlamaCppEngine(Engine):
             completion=not self.embedding_model,
             embeddings=self.embedding_model,
             context_length=self.n_ctx_slot,
-            slots=config.slots,
+            slots=params.slots,
             embedding_length=lc.llama_model_n_embd_out(self._model),
             # A complete grammar leaves end-of-generation as the only allowed token; a
             # vocabulary without one could not end (and llama.cpp aborts on no candidate).
             structured_output=not self.embedding_model and bool(self._eog),
         )
-        self._slots = [_Slot(seq_id=i) for i in range(config.slots)]
+        self._slots = [_Slot(seq_id=i) for i in range(params.slots)]
         self._inbox: deque[_Job] = deque()
         self._embed_inbox: deque[_EmbedJob] = deque()
         self._cv = threading.Condition()
@@ -161,15 +151,14 @@ class LlamaCppEngine(Engine):
     # --- loading ----------------------------------------------------------------
 
     @staticmethod
-    def _load_model(config: LlamaCppConfig) -> Any:
-        if not config.model_path.is_file():
-            raise EngineLoadError(f"model file not found: {config.model_path}")
+    def _load_model(model_path: Path) -> Any:
+        if not model_path.is_file():
+            raise EngineLoadError(f"model file not found: {model_path}")
         params = lc.llama_model_default_params()
-        params.n_gpu_layers = config.gpu_layers
-        model = lc.llama_model_load_from_file(str(config.model_path).encode(), params)
+        model = lc.llama_model_load_from_file(str(model_path).encode(), params)
         if not model:
             raise EngineLoadError(
-                f"llama.cpp could not load {config.model_path} (see the worker log above)"
+                f"llama.cpp could not load {model_path} (see the worker log above)"
             )
         return model
 
@@ -177,7 +166,7 @@ class LlamaCppEngine(Engine):
         pooling = self.meta(f"{self.architecture}.pooling_type")
         return is_embedding_model(self.architecture, int(pooling) if pooling else None)
 
-    def _create_context(self, config: LlamaCppConfig) -> Any:
+    def _create_context(self, config: LlamaCppParams) -> Any:
         train_ctx = lc.llama_model_n_ctx_train(self._model)
         per_slot = min(config.context_length or train_ctx, train_ctx)
         params = lc.llama_context_default_params()

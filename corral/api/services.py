@@ -9,28 +9,28 @@ from dataclasses import dataclass
 import aiohttp
 from starlette.requests import Request
 
-from corral.api.proxy import WorkerProxy
-from corral.api.requests import client_key, request_priority
 from corral.batch.batches import Batches
 from corral.batch.files import FileStore
 from corral.batch.runner import BatchRunner
+from corral.engines.catalog import Catalog, load_catalog
 from corral.errors import CorralError
-from corral.httputil import run_until_disconnect
 from corral.registry.pulls import Pulls
-from corral.registry.store import USAGE_FLUSH_SECONDS, ModelRecord, Registry
-from corral.scheduler.launch import Launcher, llamacpp_launcher
-from corral.scheduler.scheduler import Grant, Scheduler
+from corral.registry.store import USAGE_FLUSH_SECONDS, Registry
+from corral.scheduler.runtime import Scheduler
+from corral.service.inference import InferenceService
+from corral.service.worker_client import WorkerClient
 from corral.settings import Settings
 
 log = logging.getLogger("corral")
 
 
 @dataclass
-class Gateway:
+class Services:
     settings: Settings
+    catalog: Catalog
     registry: Registry
     scheduler: Scheduler
-    proxy: WorkerProxy
+    inference: InferenceService
     session: aiohttp.ClientSession
     pulls: Pulls
     files: FileStore
@@ -39,8 +39,9 @@ class Gateway:
     _usage_writer: asyncio.Task[None] | None = None
 
     @classmethod
-    def build(cls, settings: Settings, launcher: Launcher | None = None) -> Gateway:
+    def build(cls, settings: Settings, catalog: Catalog | None = None) -> Services:
         """Build the services; call inside the event loop (the HTTP session needs one)."""
+        catalog = catalog or load_catalog(settings.engines)
         # A long prompt can take minutes before its first byte: no read timeout.
         session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10.0),
@@ -49,34 +50,29 @@ class Gateway:
         )
         scheduler = Scheduler(
             settings,
-            launcher or llamacpp_launcher(settings),
+            catalog,
             session,
             log_path=lambda name: settings.logs_dir / f"{name.replace('/', '_')}.log",
         )
         registry = Registry(settings.home, settings.database_url)
+        inference = InferenceService(registry, catalog, scheduler, WorkerClient(session))
         pulls = Pulls(
             registry,
             downloads_dir=settings.home / "downloads",
             disk_reserve=settings.disk_reserve_bytes,
             max_parallel=settings.max_parallel_pulls,
         )
-        proxy = WorkerProxy(session)
         files = FileStore(registry.engine, settings.home / "files", settings.max_upload_bytes)
         batches = Batches(registry.engine, files)
         runner = BatchRunner(
-            batches,
-            files,
-            registry,
-            scheduler,
-            proxy,
-            settings.home / "batches",
-            in_flight=settings.batch_in_flight,
+            batches, files, inference, settings.home / "batches", in_flight=settings.batch_in_flight
         )
         return cls(
             settings,
+            catalog,
             registry,
             scheduler,
-            proxy,
+            inference,
             session,
             pulls,
             files,
@@ -100,22 +96,6 @@ class Gateway:
                 continue
             task = asyncio.create_task(self.scheduler.preload(record))
             task.add_done_callback(_log_preload_failure)
-
-    async def acquire(
-        self, request: Request, record: ModelRecord, keep_alive: float | None
-    ) -> Grant:
-        """A slot for an API request: priority and key from its headers; the wait ends
-        if the client leaves. Every API (OpenAI, Ollama) waits through here."""
-        self.registry.touch(record.name)
-        return await run_until_disconnect(
-            request,
-            self.scheduler.acquire(
-                record,
-                priority=request_priority(request, self.settings.batch_keys),
-                key=client_key(request),
-                keep_alive=keep_alive,
-            ),
-        )
 
     async def _write_usage(self) -> None:
         """Last-used times, written in a thread every so often (requests only note them)."""
@@ -141,6 +121,6 @@ def _log_preload_failure(task: asyncio.Task[None]) -> None:
         log.error("preload failed: %s", task.exception())
 
 
-def gateway_of(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
-    return gateway
+def services_of(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services

@@ -21,18 +21,15 @@ from typing import Any
 
 import aiohttp
 
-from corral.errors import CorralError, EngineLoadError, WorkerCrashed
-from corral.registry.store import ModelRecord, canonical_name
+from corral.engines.catalog import Catalog
+from corral.engines.descriptor import EngineParams
+from corral.errors import CorralError, EngineError, EngineLoadError, WorkerCrashed
+from corral.registry.names import canonical_name
+from corral.registry.records import ModelRecord
 from corral.scheduler import core
 from corral.scheduler.core import CoreConfig, Lease, Message, SchedulerCore
-from corral.scheduler.launch import Launcher, free_port
-from corral.scheduler.memory import (
-    MemoryEstimate,
-    MemoryProbe,
-    SystemMemory,
-    WorkerParams,
-    estimate,
-)
+from corral.scheduler.launch import free_port, worker_spec
+from corral.scheduler.memory import MemoryProbe, SystemMemory
 from corral.scheduler.process import WorkerProcess, WorkerState
 from corral.scheduler.queue import Priority, Ticket
 from corral.settings import Settings
@@ -59,28 +56,64 @@ class Grant:
             self._released = True
             self._post(core.Release(self.lease))
 
+    def lost(self, error: CorralError) -> None:
+        """The worker was found gone before it took the request: release the slot,
+        and have the scheduler start a new worker rather than grant this one again."""
+        if not self._released:
+            self._post(core.Lost(self.lease.model, self.lease.worker, error))
+        self.release()
 
-def worker_params(settings: Settings) -> WorkerParams:
-    return WorkerParams(
-        threads=settings.threads,
-        slots=settings.slots,
-        context_length=settings.context_length,
-        batch_size=settings.batch_size,
-    )
+
+@dataclass(frozen=True)
+class MemoryStatus:
+    estimated: int
+    actual: int | None
+    estimate_parts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """One model as ``ps`` shows it."""
+
+    model: str
+    engine: str
+    state: str
+    pid: int | None
+    url: str | None
+    memory: MemoryStatus
+    slots: dict[str, int]
+    queued: int
+    idle_seconds: float
+    expires_at: float | None
+    keep_alive: float | None
+    pinned: bool
+    preloaded: bool
+    params: dict[str, Any]
+    crashes: int
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """One running worker as ``/health`` shows it (cheap: no memory probe)."""
+
+    model: str
+    state: str
+    pid: int | None
+    url: str
 
 
 class Scheduler:
     def __init__(
         self,
         settings: Settings,
-        launcher: Launcher,
+        catalog: Catalog,
         session: aiohttp.ClientSession,
         probe: MemoryProbe | None = None,
         log_path: Callable[[str], Any] | None = None,
     ) -> None:
         keep_alive = settings.keep_alive_seconds
         config = CoreConfig(
-            params=worker_params(settings),
             keep_alive=math.inf if keep_alive is None else keep_alive,
             max_models=settings.max_loaded_models,
             max_queue=settings.max_queue,
@@ -90,10 +123,11 @@ class Scheduler:
             preload=frozenset(canonical_name(n) for n in settings.preload),
         )
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self.catalog = catalog
         self._effects = _ProcessEffects(
-            settings, launcher, session, probe or SystemMemory(), self._post, log_path
+            settings, catalog, session, probe or SystemMemory(), self._post, log_path
         )
-        self._core = SchedulerCore(config, self._effects, _estimate)
+        self._core = SchedulerCore(config, self._effects, catalog.estimate, catalog.params)
         self._task: asyncio.Task[None] | None = None
         self._drained = asyncio.Event()  # set once shut down with no worker left
 
@@ -106,9 +140,13 @@ class Scheduler:
         priority: Priority = Priority.INTERACTIVE,
         key: str = "anonymous",
         keep_alive: float | None = None,
+        patient: bool = False,
     ) -> Grant:
-        """Wait in line for a slot on a ready worker for ``record``."""
-        ticket = Ticket(record.name, priority=priority, key=key, keep_alive=keep_alive)
+        """Wait in line for a slot on a ready worker for ``record``; ``patient`` waits
+        for room in the queue and has no queue timeout (the batch runner's requests)."""
+        ticket = Ticket(
+            record.name, priority=priority, key=key, keep_alive=keep_alive, patient=patient
+        )
         future = self._effects.expect(ticket)
         self._post(core.Submit(ticket, record))
         try:
@@ -123,33 +161,29 @@ class Scheduler:
     async def preload(self, record: ModelRecord) -> None:
         await self._wait(lambda waiter: core.Preload(record, waiter))
 
-    async def reload(self, record: ModelRecord, params: WorkerParams | None) -> None:
+    async def reload(self, record: ModelRecord, params: EngineParams | None) -> None:
         await self._wait(lambda waiter: core.Reload(record, params, waiter))
 
     async def unload(self, name: str) -> None:
         await self._wait(lambda waiter: core.Unload(name, waiter))
 
-    def params_of(self, name: str) -> WorkerParams:
-        st = self._core.models.get(name)
-        return st.params if st is not None else self._core.config.params
+    def params_of(self, record: ModelRecord) -> EngineParams:
+        """The parameters ``record``'s worker runs (or would start) with."""
+        st = self._core.models.get(record.name)
+        return st.params if st is not None else self.catalog.params(record)
 
-    def workers(self) -> list[dict[str, Any]]:
+    def workers(self) -> list[WorkerStatus]:
         """The running workers, cheaply (no memory probe): what ``/health`` reports."""
         return [
-            {
-                "model": st.name,
-                "state": st.state.value,
-                "pid": st.worker.pid,
-                "url": st.worker.base_url,
-            }
+            WorkerStatus(st.name, st.state.value, st.worker.pid, st.worker.base_url)
             for st in self._core.models.values()
             if st.worker is not None
         ]
 
-    def snapshot(self) -> list[dict[str, Any]]:
+    def snapshot(self) -> list[ModelStatus]:
         """What ``ps`` shows; read on the loop's thread, between messages."""
         now, wall = time.monotonic(), time.time()
-        out = []
+        out: list[ModelStatus] = []
         for st in self._core.models.values():
             if st.state == WorkerState.STOPPED and not st.queue and not st.last_error:
                 continue
@@ -161,37 +195,34 @@ class Scheduler:
                 else wall + max(0.0, st.last_used + st.keep_alive - now)
             )
             out.append(
-                {
-                    "model": st.name,
-                    "state": st.state.value,
-                    "pid": worker.pid if worker else None,
-                    "url": worker.base_url if worker else None,
-                    "memory": {
-                        "estimated": st.estimate.total,
-                        "actual": self._effects.measure(worker) if worker else None,
-                        "estimate_parts": {
+                ModelStatus(
+                    model=st.name,
+                    engine=self.catalog.for_record(st.record).name,
+                    state=st.state.value,
+                    pid=worker.pid if worker else None,
+                    url=worker.base_url if worker else None,
+                    memory=MemoryStatus(
+                        estimated=st.estimate.total,
+                        actual=self._effects.measure(worker) if worker else None,
+                        estimate_parts={
                             "weights": st.estimate.weights,
                             "kv_cache": st.estimate.kv_cache,
                             "buffers": st.estimate.buffers,
                             "process": st.estimate.process,
+                            "vram": st.estimate.vram,
                         },
-                    },
-                    "slots": {"busy": st.in_flight, "total": st.params.slots},
-                    "queued": len(st.queue),
-                    "idle_seconds": round(idle, 1),
-                    "expires_at": expires,
-                    "keep_alive": None if st.keep_alive == math.inf else st.keep_alive,
-                    "pinned": st.pinned,
-                    "preloaded": st.preloaded,
-                    "params": {
-                        "threads": st.params.threads,
-                        "slots": st.params.slots,
-                        "context_length": st.params.context_length,
-                        "batch_size": st.params.batch_size,
-                    },
-                    "crashes": st.crashes,
-                    "last_error": st.last_error,
-                }
+                    ),
+                    slots={"busy": st.in_flight, "total": st.params.slots},
+                    queued=len(st.queue),
+                    idle_seconds=round(idle, 1),
+                    expires_at=expires,
+                    keep_alive=None if st.keep_alive == math.inf else st.keep_alive,
+                    pinned=st.pinned,
+                    preloaded=st.preloaded,
+                    params=st.params.model_dump(),
+                    crashes=st.crashes,
+                    last_error=st.last_error,
+                )
             )
         return out
 
@@ -230,17 +261,23 @@ class Scheduler:
                 self._core.handle(message)
             except Exception:  # a bug must not stop every future request from being served
                 log.exception("scheduler failed handling %s", type(message).__name__)
+                self._fail_sender(message)
             if self._core.closed and not self._core.loaded():
                 self._drained.set()
+
+    def _fail_sender(self, message: Message) -> None:
+        """Whoever waits on a message the core failed on hears so, never waits on."""
+        error = EngineError("The scheduler failed on this request; the server log has why.")
+        match message:
+            case core.Submit():
+                self._effects.fail(message.ticket, error)
+            case core.Preload() | core.Reload() | core.Unload() if message.waiter is not None:
+                self._effects.notify(message.waiter, error)
 
     async def _wait(self, make: Callable[[Any], Message]) -> None:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._post(make(waiter))
         await waiter
-
-
-def _estimate(record: ModelRecord, params: WorkerParams) -> MemoryEstimate:
-    return estimate(record.info, record.size, params)
 
 
 class _ProcessEffects:
@@ -249,14 +286,14 @@ class _ProcessEffects:
     def __init__(
         self,
         settings: Settings,
-        launcher: Launcher,
+        catalog: Catalog,
         session: aiohttp.ClientSession,
         probe: MemoryProbe,
         post: Callable[[Message], None],
         log_path: Callable[[str], Any] | None,
     ) -> None:
         self._settings = settings
-        self._launcher = launcher
+        self._catalog = catalog
         self._session = session
         self._probe = probe
         self._post = post
@@ -302,7 +339,7 @@ class _ProcessEffects:
         else:
             waiter.set_exception(error)
 
-    def start_worker(self, record: ModelRecord, params: WorkerParams) -> None:
+    def start_worker(self, record: ModelRecord, params: EngineParams) -> None:
         self._spawn(self._start(record, params))
 
     def stop_worker(self, model: str, worker: Any) -> None:
@@ -318,9 +355,9 @@ class _ProcessEffects:
         if not task.cancelled() and task.exception() is not None:
             log.error("worker task failed", exc_info=task.exception())
 
-    async def _start(self, record: ModelRecord, params: WorkerParams) -> None:
+    async def _start(self, record: ModelRecord, params: EngineParams) -> None:
         for attempt in range(PORT_RETRIES):
-            spec = self._launcher(record, free_port(), params)
+            spec = worker_spec(self._catalog, self._settings, record, params, free_port())
             log_path = self._log_path(record.name) if self._log_path else None
             worker = WorkerProcess(spec, log_path)
             self._workers.add(worker)

@@ -1,0 +1,137 @@
+"""What the gateway knows about an engine, declared in one place per engine.
+
+An engine has two halves. The worker half (``corral.engines.<name>.engine``) imports
+the engine library and runs inside a worker process. The gateway half, an
+``EngineDescriptor``, imports no engine library and declares everything the gateway
+needs to route, size, start and refuse requests for the engine's models:
+
+- the model formats it accepts and the capabilities it offers for a given model
+  (read from registry facts, never by opening the model);
+- ``params_model``: a typed pydantic model of its worker parameters, with defaults and
+  descriptions. The same model validates ``CORRAL_*`` variables, ``corral serve``
+  flags, ``corral.yaml`` and reload requests, and is what ``corral ps`` shows;
+- ``command``: how to start its worker (argv and environment);
+- ``estimate``: the memory a worker will take (RAM, and VRAM where it applies);
+- ``precheck``: refusals the engine would make anyway, made before a model is loaded
+  for the request (llama.cpp's structured-output schema check, for example).
+
+Descriptors are instances registered by name in ``corral.engines.catalog``; adding an
+engine is a new package plus one line there.
+"""
+
+from __future__ import annotations
+
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from corral.registry.records import Capability, ModelRecord
+
+ENV_PREFIX = "CORRAL_"
+
+
+class EngineParams(BaseModel):
+    """Worker parameters every engine has; an engine's own model adds its fields.
+
+    A field's server-wide default comes from ``CORRAL_<FIELD>`` (so ``CORRAL_SLOTS``
+    sets the slots of every engine that has slots), a model's own value from its
+    ``corral.yaml`` entry, and a reload may change either.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    slots: int = Field(
+        4, ge=1, le=256, description="Concurrent requests one model serves in one batch."
+    )
+    context_length: int = Field(
+        4096,
+        ge=0,
+        description="Context tokens per slot; capped at the model's own; 0 = the model's own.",
+    )
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What one worker will take, in bytes; ``total`` is RAM (``vram`` is apart)."""
+
+    weights: int
+    kv_cache: int
+    buffers: int
+    process: int
+    vram: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.buffers + self.process
+
+
+@dataclass(frozen=True)
+class LaunchContext:
+    """What the gateway tells every worker it starts, whatever the engine."""
+
+    host: str
+    port: int
+    log_level: str
+    spool_dir: Path
+    python: str = sys.executable
+
+
+@dataclass(frozen=True)
+class WorkerCommand:
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)  # added to the gateway's
+
+
+class EngineDescriptor(ABC):
+    """The gateway's side of one engine. Subclasses set the class attributes."""
+
+    name: ClassVar[str]
+    formats: ClassVar[frozenset[str]]
+    params_model: ClassVar[type[EngineParams]] = EngineParams
+    # ``module:callable`` that Corral's own worker (``python -m corral.worker``) calls
+    # with (model path, params) to get its ``Engine``; None for an engine that brings
+    # its own server and overrides ``command``.
+    worker_engine: ClassVar[str | None] = None
+
+    @abstractmethod
+    def capabilities(self, record: ModelRecord) -> frozenset[Capability]:
+        """What this engine offers for ``record``, from its registry facts."""
+
+    def command(
+        self, record: ModelRecord, params: EngineParams, ctx: LaunchContext
+    ) -> WorkerCommand:
+        """The worker process for ``record``: it must answer ``/health`` on ``ctx.port``
+        once the model is loaded, speak OpenAI's API, and exit when stdin closes.
+        The default is Corral's own worker running ``worker_engine``."""
+        if self.worker_engine is None:
+            raise NotImplementedError(f"the {self.name} engine must say how to start it")
+        argv = (
+            *(ctx.python, "-m", "corral.worker", "--engine", self.name),
+            *("--model-path", str(record.path), "--model-name", record.name),
+            *("--host", ctx.host, "--port", str(ctx.port)),
+            *("--params", params.model_dump_json()),
+            *("--log-level", ctx.log_level, "--spool-dir", str(ctx.spool_dir)),
+            "--exit-on-stdin-eof",
+        )
+        return WorkerCommand(argv)
+
+    @abstractmethod
+    def estimate(self, record: ModelRecord, params: EngineParams) -> MemoryEstimate:
+        """The memory a worker for ``record`` will take with ``params``."""
+
+    def precheck(
+        self, record: ModelRecord, capability: Capability, body: Mapping[str, Any]
+    ) -> None:
+        """Raise the 400 the worker would answer for ``body``, before any model is
+        loaded for it. The default refuses nothing."""
+        return None
+
+    def context_length(self, record: ModelRecord, params: EngineParams) -> int:
+        """The context one request gets: the asked length, capped at the model's."""
+        trained, asked = record.info.context_length, params.context_length
+        return min(asked, trained) if asked and trained else asked or trained

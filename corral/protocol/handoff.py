@@ -1,0 +1,16 @@
+"""Headers the gateway adds to a request it hands to a worker.
+
+- ``X-Corral-Request-Id``: the request's id. The worker records it when the engine
+  ran the request to the end (``CORRAL_EXECUTION_LOG``, for tests and audits).
+- ``X-Corral-Batch``: the batch a request belongs to. The worker spools the response
+  under that batch before sending it, so a result the gateway never committed (it
+  died in between) is picked up at restart instead of being run again.
+
+Both sides import these names from here: the gateway's batch runner writes them,
+the worker (``corral.worker.handoff``) reads them.
+"""
+
+from __future__ import annotations
+
+REQUEST_ID_HEADER = "x-corral-request-id"
+BATCH_HEADER = "x-corral-batch"

@@ -1,0 +1,128 @@
+"""One path from every API to the workers: resolve, check, wait for a slot, send.
+
+OpenAI's routes, Ollama's routes and the batch runner all call ``InferenceService``;
+none of them talks to the registry, the engine catalog, the scheduler or a worker on
+its own. So the sequence is written once:
+
+1. ``resolve``: the model by name or alias (404), whether its engine serves the
+   capability asked for (400), and the engine's pre-check of the body (400), all
+   before any model is loaded for the request;
+2. ``send``: wait in the model's line for a slot (priority, key and deadline from the
+   ``Caller``), post the body to the granted worker, and hand back the reply, which
+   releases the slot when it is closed or read to the end.
+
+A request that finds its worker gone before the worker took it is sent once more,
+to a new worker (the scheduler starts one); a request a worker had taken is never
+sent twice. Keys, limits, metrics and the request log hook in here, once for all APIs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from corral.engines.catalog import Catalog
+from corral.errors import WorkerGone
+from corral.registry.records import Capability, ModelRecord
+from corral.registry.store import Registry
+from corral.scheduler.queue import Priority
+from corral.scheduler.runtime import Grant, Scheduler
+from corral.service.worker_client import WorkerClient, WorkerReply
+
+log = logging.getLogger("corral.service")
+SEND_ATTEMPTS = 2  # the first, and one more on a new worker if the first found it gone
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking, as the scheduler's line sees it."""
+
+    priority: Priority = Priority.INTERACTIVE
+    key: str = "anonymous"  # API keys take turns in a model's line
+    patient: bool = False  # waits for room in the line, no queue timeout (batches)
+
+
+@dataclass
+class Exchange:
+    """A request handed to a worker: its reply, and when the slot was granted."""
+
+    reply: WorkerReply
+    record: ModelRecord
+    granted_ns: int  # perf_counter_ns when the slot was granted (Ollama's load_duration)
+
+
+class InferenceService:
+    def __init__(
+        self,
+        registry: Registry,
+        catalog: Catalog,
+        scheduler: Scheduler,
+        client: WorkerClient,
+    ) -> None:
+        self.registry = registry
+        self.catalog = catalog
+        self.scheduler = scheduler
+        self.client = client
+
+    def resolve(
+        self, name: str, capability: Capability, body: Mapping[str, Any] | None = None
+    ) -> ModelRecord:
+        """The model called ``name``, if its engine serves ``capability`` and would
+        take ``body``; a 404 or 400 otherwise, before anything is loaded."""
+        record = self.registry.get(name)
+        self.catalog.check_serves(record, capability)
+        if body is not None:
+            self.precheck(record, capability, body)
+        return record
+
+    def precheck(
+        self, record: ModelRecord, capability: Capability, body: Mapping[str, Any]
+    ) -> None:
+        """The engine's refusal of ``body`` (a 400), made before anything is loaded."""
+        self.catalog.precheck(record, capability, body)
+
+    async def acquire(
+        self, record: ModelRecord, caller: Caller, keep_alive: float | None = None
+    ) -> Grant:
+        """A slot on a ready worker for ``record`` (loading it if need be)."""
+        self.registry.touch(record.name)
+        return await self.scheduler.acquire(
+            record,
+            priority=caller.priority,
+            key=caller.key,
+            keep_alive=keep_alive,
+            patient=caller.patient,
+        )
+
+    async def send(
+        self,
+        record: ModelRecord,
+        path: str,
+        body: bytes,
+        caller: Caller,
+        keep_alive: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Exchange:
+        """Wait for a slot and hand ``body`` to the worker; the slot is released when
+        the reply is closed or read to the end (at once, if this raises)."""
+        for attempt in range(1, SEND_ATTEMPTS + 1):
+            grant = await self.acquire(record, caller, keep_alive)
+            granted_ns = time.perf_counter_ns()
+            try:
+                reply = await self.client.send(
+                    grant.worker, path, body, headers, on_close=grant.release
+                )
+            except WorkerGone as exc:
+                grant.lost(exc)  # before the slot is free, so no one else is sent there
+                if attempt == SEND_ATTEMPTS:
+                    raise
+                log.warning("%s; sending the request to a new worker", exc.message)
+                continue
+            except BaseException:
+                grant.release()
+                raise
+            return Exchange(reply, record, granted_ns)
+        raise AssertionError("unreachable")  # the loop returns or raises

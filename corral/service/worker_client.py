@@ -1,0 +1,209 @@
+"""Send one OpenAI-shaped request to a worker and read its answer as it comes.
+
+This is the gateway's only hop to workers (aiohttp, not httpx: 0.35 ms per round trip
+here against httpx's 1.27 ms, bench/RESULTS.md). It knows nothing of the HTTP API the
+client used: the API layers relay a ``WorkerReply`` as raw bytes (OpenAI), parsed
+events or JSON (Ollama), and the batch runner reads it whole.
+
+Failures are named. A worker that was gone before it took the request (its process
+had exited, or the connection was refused) raises ``WorkerGone``: nothing ran, so the
+inference service may send the request once more to a new worker. A worker that dies
+after it took the request raises ``WorkerCrashed`` with its exit code and last output,
+and is never retried (the request may have had effects, such as a batch spool entry).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import aiohttp
+
+from corral.errors import (
+    ContextLengthExceeded,
+    CorralError,
+    EngineError,
+    InvalidRequest,
+    QueueFull,
+    UnsupportedCapability,
+    WorkerCrashed,
+    WorkerGone,
+    WorkerUnavailable,
+)
+from corral.scheduler.process import WorkerProcess
+
+log = logging.getLogger("corral.worker_client")
+JSON = {"Content-Type": "application/json"}
+CRASH_WAIT_SECONDS = 1.0
+
+
+class WorkerClient:
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    async def send(
+        self,
+        worker: WorkerProcess,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str] | None = None,
+        on_close: Callable[[], None] | None = None,
+    ) -> WorkerReply:
+        """Post ``body``; the reply once its status and headers are in.
+
+        ``on_close`` runs exactly once, when the reply is closed or read to the end;
+        not if this raises (the caller decides what a failed send means for its slot).
+        """
+        if worker.gone():
+            raise WorkerGone(f"The worker for '{worker.spec.model}' had exited.")
+        try:
+            response = await self._session.post(
+                worker.base_url + path, data=body, headers={**JSON, **(headers or {})}
+            )
+        except aiohttp.ClientConnectorError as exc:
+            raise WorkerGone(
+                f"The worker for '{worker.spec.model}' refused the connection: {exc}"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise await failure(worker, exc) from None
+        return WorkerReply(worker, response, on_close)
+
+
+class WorkerReply:
+    """One worker answer. Read it once (``read``, ``json``, ``chunks`` or ``events``),
+    then it closes itself; ``close`` ends it early (safe twice, no event loop needed,
+    so a response's ``on_close`` may call it). An answer cut short drops the
+    connection instead of pooling it, so the worker sees the client go and frees the
+    slot."""
+
+    def __init__(
+        self,
+        worker: WorkerProcess,
+        response: aiohttp.ClientResponse,
+        on_close: Callable[[], None] | None,
+    ) -> None:
+        self.worker = worker
+        self.status = response.status
+        self.content_type = response.headers.get("Content-Type", "application/json")
+        self._response = response
+        self._on_close = on_close
+        self._complete = False
+        self._closed = False
+
+    async def read(self) -> bytes:
+        """The whole body, whatever the status."""
+        try:
+            content = await self._response.read()
+            self._complete = True
+            return content
+        except aiohttp.ClientError as exc:
+            raise await failure(self.worker, exc) from None
+        finally:
+            self.close()
+
+    async def json(self) -> dict[str, Any]:
+        """The body as a JSON object; a worker's error status raises the error it names."""
+        content = await self.read()
+        if self.status != 200:
+            raise worker_error(self.status, content)
+        return json_object_of(content)
+
+    async def raise_for_status(self) -> None:
+        """Read and raise a refusal (a 400 for a prompt too long...) before streaming."""
+        if self.status != 200:
+            raise worker_error(self.status, await self.read())
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body's bytes as they arrive; a worker dying mid-answer raises."""
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+            self._complete = True
+        except aiohttp.ClientError as exc:
+            raise await failure(self.worker, exc) from None
+        finally:
+            self.close()
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """The JSON of each SSE event; an ``error`` event raises the CorralError it names."""
+        buffer = b""
+        async for chunk in self.chunks():
+            *events, buffer = (buffer + chunk).split(b"\n\n")
+            for raw in events:
+                event = _sse_data(raw)
+                if event is not None:
+                    yield event
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._complete:
+            self._response.release()
+        else:
+            self._response.close()
+        if self._on_close is not None:
+            self._on_close()
+
+
+async def failure(worker: WorkerProcess, exc: Exception) -> CorralError:
+    """Name what happened: the worker died (with its last words) or is unreachable."""
+    if await worker.wait_exited(CRASH_WAIT_SECONDS):
+        log.error("worker for %s died: exit code %s", worker.spec.model, worker.returncode)
+        return WorkerCrashed(
+            f"The worker for '{worker.spec.model}' crashed (exit code {worker.returncode}) "
+            f"while serving this request; the next request restarts it. "
+            f"Its last output:\n{worker.tail()}"
+        )
+    return WorkerUnavailable(f"The worker for '{worker.spec.model}' is unreachable: {exc!r}")
+
+
+def _sse_data(raw: bytes) -> dict[str, Any] | None:
+    """The JSON of one SSE event; None for ``[DONE]`` and comments. An error event
+    raises it."""
+    data = b"\n".join(line[5:].strip() for line in raw.splitlines() if line.startswith(b"data:"))
+    if not data or data == b"[DONE]":
+        return None
+    event = json_object_of(data)
+    if "error" in event:
+        raise worker_error(None, data)
+    return event
+
+
+def json_object_of(content: bytes) -> dict[str, Any]:
+    """A worker's answer as a JSON object, or an EngineError saying what came instead."""
+    try:
+        value = json.loads(content)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise EngineError(f"The worker sent an answer that is not a JSON object: {content[:200]!r}")
+    return value
+
+
+_BY_CODE: dict[str, type[CorralError]] = {
+    "context_length_exceeded": ContextLengthExceeded,
+    "unsupported_capability": UnsupportedCapability,
+}
+_BY_STATUS: dict[int, type[CorralError]] = {
+    400: InvalidRequest,
+    429: QueueFull,
+    502: WorkerCrashed,
+    503: WorkerUnavailable,
+}
+
+
+def worker_error(status: int | None, content: bytes) -> CorralError:
+    """The CorralError a worker's OpenAI-shaped error body (and status) names."""
+    try:
+        body = json.loads(content)
+        error = body["error"] if isinstance(body, dict) else {}
+    except (ValueError, KeyError):
+        error = {}
+    if not isinstance(error, dict):
+        error = {"message": str(error)}
+    message = str(error.get("message") or content[:500].decode(errors="replace"))
+    kind = _BY_CODE.get(str(error.get("code"))) or _BY_STATUS.get(status or 500, EngineError)
+    return kind(message, param=error.get("param"))
