@@ -1,9 +1,29 @@
-"""Corral's errors: one base class, named subclasses, one mapping to each API's body.
+"""Every error Corral reports to a client: one base class, named subclasses, one mapping.
 
-Code raises the named error that says what went wrong; the HTTP layers turn it into
-the status code and error body of the API the client speaks (OpenAI's
-``{"error": {...}}``, Ollama's ``{"error": "..."}``). Nothing else decides status
-codes, so the same failure looks the same on every route.
+Every error a client can see is a ``CorralError`` subclass defined in this module,
+grouped below by where it arises (requests, models and the registry, pulls, workers
+and scheduling, batches and files). Code anywhere raises the named error that says
+what went wrong; the classes here are plain data (a status code, an OpenAI error
+``type`` and ``code``, a message) and import nothing else from Corral, so any
+module can raise them.
+
+One mapping turns an error into a response, and the HTTP layers only apply it:
+``status`` is the status code, and the body is in the shape of the API the client
+speaks, OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}``
+(``to_openai``) or Ollama's ``{"error": "..."}`` (``to_ollama``). Nothing else
+decides status codes, so the same failure looks the same on every route.
+
+An exception that is not a ``CorralError`` is a bug, and its text may hold paths,
+prompts or secrets, so it never reaches a client: ``httputil.internal_error`` (used
+by both APIs' handlers) gives the failure a request id (the client's ``X-Request-Id``
+if it is printable ASCII and at most 128 characters, else a fresh ``req_`` + 24 hex
+digits), logs the exception with its traceback and that id, and returns
+``InternalError``: a 500 whose message names only the id, which also comes back in
+the ``X-Request-Id`` response header. A batch that fails that way records the same
+message, under a fresh id.
+
+Exceptions a client never sees (control flow inside one module, CLI-only errors,
+configuration errors) live next to the code that raises them.
 """
 
 from __future__ import annotations
@@ -42,6 +62,9 @@ class CorralError(Exception):
         return {"error": self.message}
 
 
+# --- requests -------------------------------------------------------------------------
+
+
 class InvalidRequest(CorralError):
     """The request is malformed or has an invalid parameter."""
 
@@ -59,6 +82,48 @@ class UnsupportedCapability(InvalidRequest):
     """The model cannot do what was asked (e.g. chat with an embedding model)."""
 
     code = "unsupported_capability"
+
+
+class ChatTemplateError(InvalidRequest):
+    """The chat template rejected the messages (e.g. roles in an order it forbids)."""
+
+
+class UnsupportedSchema(InvalidRequest):
+    """The JSON Schema is valid, but output cannot be constrained to it exactly."""
+
+
+class RouteNotFound(CorralError):
+    """The URL path is not part of any API Corral serves."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowed(CorralError):
+    """The path exists but not with this HTTP method."""
+
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class InternalError(CorralError):
+    """An unexpected failure; the client gets its request id, the server log the details."""
+
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(
+            f"Internal error (request id {request_id}); the server log has the details.",
+            headers={"X-Request-Id": request_id},
+        )
+        self.request_id = request_id
+
+
+# --- models and registry --------------------------------------------------------------
 
 
 class ModelNotFound(CorralError):
@@ -80,20 +145,119 @@ class ModelNotFound(CorralError):
         return {"error": f'model "{self.name}" not found, try pulling it first'}
 
 
-class RouteNotFound(CorralError):
-    """The URL path is not part of any API Corral serves."""
+class InvalidModelName(InvalidRequest):
+    """A model name that is not ``name[:tag]`` with safe characters."""
+
+
+class InvalidReference(InvalidRequest):
+    """A pull reference that is not a Hub repo, a URL to a file, or a local path."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="model")
+
+
+class ModelExists(CorralError):
+    """A model (or alias) already has the name a new model was to get."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "model_exists"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"A model named {name!r} already exists; remove it first or pick another name."
+        )
+
+
+# --- pulls ----------------------------------------------------------------------------
+
+
+class ResolveError(CorralError):
+    """The reference names nothing that can be pulled."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "pull_failed"
+
+
+class BadSource(ResolveError):
+    """The source exists but holds nothing Corral can pull (e.g. no weights)."""
+
+    status = 400
+
+
+class AccessDenied(ResolveError):
+    """The source refused access (a gated or private repo, a missing token)."""
+
+    status = 403
+
+
+class SourceUnreachable(ResolveError):
+    """The source (the Hub or a web server) could not be reached."""
+
+    status = 502
+    type = "server_error"
+
+
+class DownloadError(CorralError):
+    """A file of the pull could not be downloaded."""
+
+    status = 502
+    code = "pull_failed"
+
+
+class SourceFileMissing(DownloadError):
+    """The server says a file of the pull does not exist (404)."""
+
+    status = 404
+
+
+class DiskFull(DownloadError):
+    """The disk filled up while a file was being downloaded."""
+
+    status = 507
+    code = "insufficient_storage"
+
+
+class ChecksumMismatch(DownloadError):
+    """A downloaded file's hash is not the one expected; nothing was registered."""
+
+    status = 422
+
+    def __init__(self, path: str, expected: str, actual: str, kind: str = "sha256") -> None:
+        super().__init__(
+            f"{path}: {kind} mismatch: expected {expected}, got {actual}. The download was "
+            "discarded and nothing was registered."
+        )
+
+
+class PullNotFound(CorralError):
+    """No pull job with that id."""
 
     status = 404
     type = "invalid_request_error"
     code = "not_found"
 
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"No pull job {job_id!r}.")
 
-class MethodNotAllowed(CorralError):
-    """The path exists but not with this HTTP method."""
 
-    status = 405
+class InsufficientStorage(CorralError):
+    """The disk has too little free space for the pull."""
+
+    status = 507
+    code = "insufficient_storage"
+
+
+class LockDrift(CorralError):
+    """The source's files no longer match the lock file's pinned hashes."""
+
+    status = 409
     type = "invalid_request_error"
-    code = "method_not_allowed"
+    code = "lock_drift"
+
+
+# --- workers and scheduling -----------------------------------------------------------
 
 
 class EngineLoadError(CorralError):
@@ -155,3 +319,45 @@ class EngineError(CorralError):
 
     status = 500
     code = "engine_error"
+
+
+# --- batches and files ----------------------------------------------------------------
+
+
+class BadLine(InvalidRequest):
+    """A line that is not a valid batch request; carries its 1-based number."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(f"Line {line}: {message}", param="file")
+        self.line = line
+        self.reason = message
+
+
+class UploadTooLarge(CorralError):
+    """An upload went over the size limit; it stopped at the first byte over."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "file_too_large"
+
+
+class FileNotFound(CorralError):
+    """No stored file with that id."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "file_not_found"
+
+    def __init__(self, file_id: str) -> None:
+        super().__init__(f"No such File object: {file_id}", param="file_id")
+
+
+class BatchNotFound(CorralError):
+    """No batch with that id."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "batch_not_found"
+
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(f"No such batch: {batch_id}", param="batch_id")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -19,7 +21,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from corral.errors import CorralError, EngineError, MethodNotAllowed, RouteNotFound
+from corral.errors import CorralError, InternalError, MethodNotAllowed, RouteNotFound
 
 T = TypeVar("T")
 
@@ -118,6 +120,7 @@ def event_stream(
 # --- exception handlers -------------------------------------------------------------
 
 _log = logging.getLogger("corral.http")
+_SANE_REQUEST_ID = re.compile(r"[\x20-\x7e]{1,128}")  # printable ASCII, at most 128 chars
 
 
 def openai_error_handlers() -> dict[Any, Any]:
@@ -151,5 +154,35 @@ async def _client_gone(_: Request, __: ClientDisconnect) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    _log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    return openai_error_response(EngineError(f"Internal error: {type(exc).__name__}: {exc}"))
+    return openai_error_response(internal_error(request, exc))
+
+
+def internal_error(request: Request, exc: BaseException) -> InternalError:
+    """The answer to an exception no named error covers, which is logged here.
+
+    Its text may hold paths, prompts or secrets, so the client gets only a request id
+    (in the message and the ``X-Request-Id`` header) and the log has the traceback.
+    """
+    error = InternalError(request_id(request))
+    _log.exception(
+        "unexpected error on %s %s [request %s]",
+        request.method,
+        request.url.path,
+        error.request_id,
+        exc_info=exc,
+    )
+    return error
+
+
+def request_id(request: Request) -> str:
+    """The client's ``X-Request-Id`` if it is printable and at most 128 characters,
+    else a fresh id."""
+    given = request.headers.get("x-request-id")
+    if given is not None and _SANE_REQUEST_ID.fullmatch(given):
+        return given
+    return new_request_id()
+
+
+def new_request_id() -> str:
+    """A fresh request id: ``req_`` and 24 hex digits."""
+    return "req_" + secrets.token_hex(12)

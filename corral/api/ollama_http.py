@@ -18,10 +18,11 @@ from typing import Any
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from corral.errors import CorralError, EngineError
+from corral.errors import CorralError
 from corral.httputil import (
     SSE_HEADERS,
     DisconnectAwareStreamingResponse,
+    internal_error,
     json_dumps,
     json_response,
 )
@@ -46,8 +47,7 @@ def ollama_errors(handler: Handler) -> Handler:
         except ClientDisconnect:
             raise
         except Exception as exc:  # the app's handler would answer in OpenAI's shape
-            log.exception("unexpected error on %s %s", request.method, request.url.path)
-            return error_response(EngineError(f"Internal error: {type(exc).__name__}: {exc}"))
+            return error_response(internal_error(request, exc))
 
     return route
 

@@ -19,20 +19,11 @@ from corral.batch.files import FileStore
 from corral.batch.lines import ENDPOINTS
 from corral.batch.pages import newest_first
 from corral.batch.tables import BatchRow
-from corral.errors import CorralError, InvalidRequest
+from corral.errors import BatchNotFound, InvalidRequest
 from corral.units import parse_keep_alive
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 TERMINAL = ("completed", "failed", "expired", "cancelled")
-
-
-class BatchNotFound(CorralError):
-    status = 404
-    type = "invalid_request_error"
-    code = "batch_not_found"
-
-    def __init__(self, batch_id: str) -> None:
-        super().__init__(f"No such batch: {batch_id}", param="batch_id")
 
 
 def window_seconds(window: str) -> float:

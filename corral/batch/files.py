@@ -18,22 +18,13 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from corral.batch.lines import BadLine, LineChecker
+from corral.batch.lines import LineChecker
 from corral.batch.pages import newest_first
 from corral.batch.tables import StoredFileRow
 from corral.batch.upload import receive_upload
-from corral.errors import CorralError, InvalidRequest
+from corral.errors import FileNotFound, InvalidRequest
 
 PURPOSES = ("batch",)
-
-
-class FileNotFound(CorralError):
-    status = 404
-    type = "invalid_request_error"
-    code = "file_not_found"
-
-    def __init__(self, file_id: str) -> None:
-        super().__init__(f"No such File object: {file_id}", param="file_id")
 
 
 def file_object(row: StoredFileRow) -> dict[str, Any]:
@@ -154,4 +145,4 @@ def _check_file(path: Path, checker: LineChecker) -> None:
             checker.feed(raw.rstrip(b"\r\n"))
 
 
-__all__ = ["BadLine", "FileNotFound", "FileStore", "file_object"]
+__all__ = ["FileStore", "file_object"]

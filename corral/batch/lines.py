@@ -10,19 +10,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from corral.errors import InvalidRequest
+from corral.errors import BadLine
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 MAX_CUSTOM_ID = 512
-
-
-class BadLine(InvalidRequest):
-    """A line that is not a valid batch request; carries its 1-based number."""
-
-    def __init__(self, line: int, message: str) -> None:
-        super().__init__(f"Line {line}: {message}", param="file")
-        self.line = line
-        self.reason = message
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ from corral.batch.files import FileStore
 from corral.batch.journal import Journal, Result
 from corral.batch.lines import BatchLine, parse_line
 from corral.batch.tables import BatchDoneRow, BatchRow
-from corral.errors import CorralError
+from corral.errors import CorralError, InternalError
+from corral.httputil import new_request_id
 from corral.protocol.handoff import BATCH_HEADER, REQUEST_ID_HEADER
 from corral.registry.records import Capability
 from corral.scheduler.queue import Priority
@@ -118,14 +119,15 @@ class BatchRunner:
             await self._run(batch_id, run)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
-            log.exception("batch %s failed", batch_id)
+        except Exception:
+            error = InternalError(new_request_id())
+            log.exception("batch %s failed [request %s]", batch_id, error.request_id)
             await asyncio.to_thread(
                 self.batches.update,
                 batch_id,
                 status="failed",
                 failed_at=time.time(),
-                errors=[{"code": "internal_error", "message": str(exc), "line": None}],
+                errors=[{"code": error.code, "message": error.message, "line": None}],
             )
         finally:
             self._runs.pop(batch_id, None)

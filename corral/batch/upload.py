@@ -18,17 +18,11 @@ from typing import IO
 from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 
-from corral.errors import CorralError, InvalidRequest
+from corral.errors import InvalidRequest, UploadTooLarge
 
 MAX_FIELD_BYTES = 64 << 10
 # Called with each complete line of the file part and the form fields received so far.
 LineCallback = Callable[[bytes, Mapping[str, str]], None]
-
-
-class UploadTooLarge(CorralError):
-    status = 413
-    type = "invalid_request_error"
-    code = "file_too_large"
 
 
 @dataclass

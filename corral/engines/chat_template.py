@@ -27,7 +27,7 @@ import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from corral.engines import tool_prompt
-from corral.errors import InvalidRequest
+from corral.errors import ChatTemplateError
 
 CHATML_FALLBACK = (
     "{% for message in messages %}"
@@ -35,10 +35,6 @@ CHATML_FALLBACK = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
-
-
-class ChatTemplateError(InvalidRequest):
-    """The chat template rejected the messages (e.g. roles in an order it forbids)."""
 
 
 class ChatTemplate:

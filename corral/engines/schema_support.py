@@ -26,7 +26,7 @@ from typing import Any
 
 import jsonschema
 
-from corral.errors import InvalidRequest
+from corral.errors import InvalidRequest, UnsupportedSchema
 
 # JSON Schema's assertion and applicator keywords (all drafts). Any other key is an
 # annotation or a vendor extension (``title``, ``discriminator``, ``x-...``): validators
@@ -56,10 +56,6 @@ _PATTERN_REFUSED = (
 
 
 _Children = dict[str, Callable[[], Any]]
-
-
-class UnsupportedSchema(InvalidRequest):
-    """The JSON Schema is valid, but output cannot be constrained to it exactly."""
 
 
 def prepare(schema: Any, *, param: str) -> dict[str, Any]:

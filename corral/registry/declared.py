@@ -27,7 +27,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-from corral.registry.names import InvalidModelName, canonical_name
+from corral.errors import InvalidModelName
+from corral.registry.names import canonical_name
 
 DECLARATION_FILENAME = "corral.yaml"
 LOCK_FILENAME = "corral.lock"

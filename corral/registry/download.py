@@ -22,7 +22,7 @@ from typing import IO
 
 import httpx
 
-from corral.errors import CorralError
+from corral.errors import ChecksumMismatch, DiskFull, DownloadError, SourceFileMissing
 from corral.registry.resolve import RemoteFile
 
 CHUNK = 1 << 20
@@ -32,30 +32,6 @@ Progress = Callable[[int], None]  # called with bytes newly on disk
 
 class Cancelled(Exception):
     """The pull was cancelled (or the server is stopping); the resume file stays."""
-
-
-class DownloadError(CorralError):
-    status = 502
-    code = "pull_failed"
-
-
-class SourceFileMissing(DownloadError):
-    status = 404
-
-
-class DiskFull(DownloadError):
-    status = 507
-    code = "insufficient_storage"
-
-
-class ChecksumMismatch(DownloadError):
-    status = 422
-
-    def __init__(self, path: str, expected: str, actual: str, kind: str = "sha256") -> None:
-        super().__init__(
-            f"{path}: {kind} mismatch: expected {expected}, got {actual}. The download was "
-            "discarded and nothing was registered."
-        )
 
 
 def fetch(

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import re
 
-from corral.errors import InvalidRequest, ModelNotFound
+from corral.errors import InvalidModelName, ModelNotFound
 
 DEFAULT_TAG = "latest"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
-
-
-class InvalidModelName(InvalidRequest):
-    """A model name that is not ``name[:tag]`` with safe characters."""
 
 
 def canonical_name(name: str) -> str:

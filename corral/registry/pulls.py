@@ -29,7 +29,7 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from corral.errors import CorralError
+from corral.errors import CorralError, InsufficientStorage, LockDrift, PullNotFound
 from corral.registry import download
 from corral.registry.db import PullRow
 from corral.registry.names import canonical_name
@@ -42,20 +42,6 @@ from corral.units import format_size
 log = logging.getLogger("corral.pulls")
 ACTIVE = ("queued", "running")
 _SAVE_EVERY = 0.5  # seconds between progress writes to the database
-
-
-class PullNotFound(CorralError):
-    status = 404
-    type = "invalid_request_error"
-    code = "not_found"
-
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"No pull job {job_id!r}.")
-
-
-class InsufficientStorage(CorralError):
-    status = 507
-    code = "insufficient_storage"
 
 
 @dataclass(frozen=True)
@@ -449,12 +435,6 @@ def _pin(plan: Plan, expect: Mapping[str, str], name: str) -> Plan:
             )
         pinned.append(replace(f, sha256=expect[f.path]))
     return replace(plan, files=tuple(pinned))
-
-
-class LockDrift(CorralError):
-    status = 409
-    type = "invalid_request_error"
-    code = "lock_drift"
 
 
 def _alive(owner: object) -> bool:

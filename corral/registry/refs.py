@@ -14,18 +14,13 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlparse
 
-from corral.errors import InvalidRequest
+from corral.errors import InvalidReference
 from corral.registry.names import canonical_name
 
 Kind = Literal["hub_gguf", "hub_repo", "url", "path"]
 _HUB_PREFIXES = ("hf.co/", "huggingface.co/", "https://hf.co/", "https://huggingface.co/")
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-class InvalidReference(InvalidRequest):
-    def __init__(self, message: str) -> None:
-        super().__init__(message, param="model")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,13 @@ from typing import Any
 
 import httpx
 
-from corral.errors import CorralError, InvalidRequest
+from corral.errors import (
+    AccessDenied,
+    BadSource,
+    InvalidRequest,
+    ResolveError,
+    SourceUnreachable,
+)
 from corral.registry.refs import Reference
 
 # Ollama's choice when an hf.co reference names no quant, then common fallbacks.
@@ -26,27 +32,6 @@ _SPLIT = re.compile(r"^(?P<stem>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$"
 # Weight formats a whole-repo pull skips when the repo also has safetensors.
 _REDUNDANT_WEIGHTS = (".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".ot", ".gguf")
 _NEVER = (".gitattributes", ".md", ".png", ".jpg", ".jpeg", ".gif")
-
-
-class ResolveError(CorralError):
-    """The reference names nothing that can be pulled."""
-
-    status = 404
-    type = "invalid_request_error"
-    code = "pull_failed"
-
-
-class BadSource(ResolveError):
-    status = 400
-
-
-class AccessDenied(ResolveError):
-    status = 403
-
-
-class SourceUnreachable(ResolveError):
-    status = 502
-    type = "server_error"
 
 
 @dataclass(frozen=True)

@@ -31,13 +31,12 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from corral.errors import CorralError, InvalidRequest, ModelNotFound
+from corral.errors import CorralError, InvalidRequest, ModelExists, ModelNotFound
 from corral.registry import formats
 from corral.registry.db import AliasRow, FileRow, ModelRow, open_database
 from corral.registry.gguf_info import ModelInfo, is_gguf
 from corral.registry.names import (
     DEFAULT_TAG,
-    InvalidModelName,
     canonical_name,
     canonical_or_not_found,
 )
@@ -46,8 +45,6 @@ from corral.registry.refs import parse_reference
 
 __all__ = [
     "DEFAULT_TAG",
-    "InvalidModelName",
-    "ModelExists",
     "Registry",
     "canonical_name",
 ]
@@ -56,17 +53,6 @@ log = logging.getLogger("corral.registry")
 _CHUNK = 4 << 20
 _CACHE_SECONDS = 2.0  # how stale a cached record may be when another process writes
 USAGE_FLUSH_SECONDS = 30.0  # how often the server writes last-used times
-
-
-class ModelExists(CorralError):
-    status = 409
-    type = "invalid_request_error"
-    code = "model_exists"
-
-    def __init__(self, name: str) -> None:
-        super().__init__(
-            f"A model named {name!r} already exists; remove it first or pick another name."
-        )
 
 
 class Registry:

@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from corral.engines.descriptor import EngineParams, MemoryEstimate
 from corral.errors import CorralError
 from corral.registry.gguf_info import ModelInfo
 from corral.registry.records import ModelRecord
 from corral.scheduler.core import Lease
-from corral.engines.descriptor import EngineParams, MemoryEstimate
 from corral.scheduler.queue import Ticket
 
 GiB = 1 << 30

@@ -14,9 +14,10 @@ from sqlalchemy.orm import Session
 from corral.batch.batches import Batches
 from corral.batch.files import FileStore
 from corral.batch.journal import Journal
-from corral.batch.lines import BadLine, LineChecker
+from corral.batch.lines import LineChecker
 from corral.batch.runner import BatchRunner
 from corral.batch.tables import BatchDoneRow
+from corral.errors import BadLine
 from corral.registry.store import Registry
 
 

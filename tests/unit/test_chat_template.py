@@ -1,6 +1,7 @@
 import pytest
 
-from corral.engines.chat_template import CHATML_FALLBACK, ChatTemplate, ChatTemplateError
+from corral.engines.chat_template import CHATML_FALLBACK, ChatTemplate
+from corral.errors import ChatTemplateError
 
 LLAMA3_LIKE = (
     "{{ bos_token }}{% for m in messages %}"

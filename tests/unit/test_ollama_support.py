@@ -9,11 +9,11 @@ import gguf
 import pytest
 
 from corral.api.ollama_pull import finish_lines, progress_line
-from corral.service.worker_client import _sse_data, worker_error
 from corral.errors import ContextLengthExceeded, EngineError, InvalidRequest, WorkerUnavailable
 from corral.registry.gguf_header import read_metadata
 from corral.registry.pulls import PullStatus
 from corral.registry.records import ModelFile
+from corral.service.worker_client import _sse_data, worker_error
 from tests.support import models
 
 SHA = "ab" * 32

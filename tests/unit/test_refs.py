@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from corral.registry.refs import InvalidReference, parse_reference
-from corral.registry.resolve import ResolveError, _choose_gguf
+from corral.errors import InvalidReference, ResolveError
+from corral.registry.refs import parse_reference
+from corral.registry.resolve import _choose_gguf
 
 GGUFS = [
     "Model-F16.gguf",

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from corral.errors import InvalidRequest, ModelNotFound
-from corral.registry.store import ModelExists, Registry
+from corral.errors import InvalidRequest, ModelExists, ModelNotFound
+from corral.registry.store import Registry
 from tests.support import models
 
 

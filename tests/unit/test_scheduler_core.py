@@ -6,6 +6,8 @@ import math
 
 import pytest
 
+from corral.engines.catalog import Catalog
+from corral.engines.llamacpp.descriptor import LlamaCppParams, descriptor
 from corral.errors import (
     EngineLoadError,
     InsufficientMemory,
@@ -31,8 +33,6 @@ from corral.scheduler.core import (
     Tick,
     Unload,
 )
-from corral.engines.catalog import Catalog
-from corral.engines.llamacpp.descriptor import LlamaCppParams, descriptor
 from corral.scheduler.process import WorkerState
 from corral.scheduler.queue import Priority, Ticket
 from tests.support.fake_effects import FakeEffects, FakeWorker, GiB, estimate_by_size, record

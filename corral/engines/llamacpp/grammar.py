@@ -16,7 +16,8 @@ from typing import Any
 
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
-from corral.engines.schema_support import UnsupportedSchema, prepare
+from corral.engines.schema_support import prepare
+from corral.errors import UnsupportedSchema
 
 __all__ = ["JSON_OBJECT_GRAMMAR", "prepare", "schema_grammar"]
 
