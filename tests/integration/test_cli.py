@@ -53,7 +53,7 @@ def test_list_empty(tmp_path: Path) -> None:
 
 def test_config_show_names_sources(tmp_path: Path) -> None:
     out = corral("config", "show", home=tmp_path, env={"CORRAL_SLOTS": "7"}).stdout
-    slots = next(line for line in out.splitlines() if line.startswith("slots"))
+    slots = next(line for line in out.splitlines() if line.startswith("llamacpp.slots"))
     assert "7" in slots and "env" in slots
     port = next(line for line in out.splitlines() if line.startswith("port"))
     assert "11435" in port and "default" in port

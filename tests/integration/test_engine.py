@@ -21,7 +21,8 @@ from corral.engines.base import (
     collect,
     stream_events,
 )
-from corral.engines.llamacpp.engine import LlamaCppConfig, LlamaCppEngine
+from corral.engines.llamacpp.descriptor import LlamaCppParams
+from corral.engines.llamacpp.engine import LlamaCppEngine
 
 GREEDY = SamplingParams(temperature=0.0)
 pytestmark = pytest.mark.anyio
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture(scope="module")
 def engine(chat_model_path: Path) -> Iterator[LlamaCppEngine]:
-    eng = LlamaCppEngine(LlamaCppConfig(chat_model_path, threads=1, slots=4, context_length=512))
+    eng = LlamaCppEngine(chat_model_path, LlamaCppParams(threads=1, slots=4, context_length=512))
     yield eng
     eng.close()
 
@@ -195,7 +196,7 @@ async def test_seeded_sampling_matches_llama_cpp_and_rejoins_split_characters(
     bytes), with no character torn in two at a chunk boundary.
     """
     seed = 4
-    eng = LlamaCppEngine(LlamaCppConfig(raw_model_path, threads=1, slots=2, context_length=1024))
+    eng = LlamaCppEngine(raw_model_path, LlamaCppParams(threads=1, slots=2, context_length=1024))
     direct = llama_cpp.Llama(
         str(raw_model_path), n_ctx=1024, n_threads=1, verbose=False, seed=seed, flash_attn=True
     )
@@ -220,7 +221,7 @@ async def test_seeded_sampling_matches_llama_cpp_and_rejoins_split_characters(
 
 
 async def test_embeddings_are_normalised_and_deterministic(embed_model_path: Path) -> None:
-    eng = LlamaCppEngine(LlamaCppConfig(embed_model_path, threads=1, slots=4))
+    eng = LlamaCppEngine(embed_model_path, LlamaCppParams(threads=1, slots=4))
     try:
         assert eng.capabilities.embeddings and not eng.capabilities.completion
         texts = ["hello world", "a different sentence entirely", "hello world"]

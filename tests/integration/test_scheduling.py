@@ -15,33 +15,24 @@ from typing import Any
 import httpx
 import pytest
 
-from corral.registry.gguf_info import read_gguf_info
-from corral.registry.store import Registry
-from corral.scheduler.memory import WorkerParams, estimate
-from tests.support import models
+from tests.support.fake_engine import install_fake_models
 from tests.support.server import CorralServer, pid_alive, wait_until
 
 SLOTS, CONTEXT = 2, 2048
-
-
-def chat_model_need() -> int:
-    """The memory the scheduler will estimate for one copy of the test chat model."""
-    path = models.model_file(models.CHAT)
-    info = read_gguf_info(path)
-    return estimate(info, path.stat().st_size, WorkerParams(1, SLOTS, CONTEXT, 512)).total
+NEED = 64 << 20  # what the scheduler is told each fake model takes
+# Every reply streams 5 ms tokens, as many as max_tokens asks for.
+FAKE = {"tokens": 100_000, "token_delay": 0.005, "memory": NEED}
 
 
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Callable[..., CorralServer]]:
-    """Start `corral serve` with the chat model installed under ``names``."""
+    """Start `corral serve` with fake-engine models installed under ``names``."""
     started: list[CorralServer] = []
 
     def launch(names: list[str], **settings: Any) -> CorralServer:
-        store = Registry(tmp_path)
-        for name in names:
-            store.import_file(models.model_file(models.CHAT), name)
+        install_fake_models(tmp_path, dict.fromkeys(names, FAKE))
         base = {"slots": SLOTS, "context_length": CONTEXT}
-        srv = CorralServer(tmp_path, **{**base, **settings}).start()
+        srv = CorralServer(tmp_path, fake_engine=True, **{**base, **settings}).start()
         started.append(srv)
         return srv
 
@@ -64,7 +55,7 @@ def loaded(srv: CorralServer) -> set[str]:
 
 
 def long_stream(
-    srv: CorralServer, model: str, started: threading.Event, tokens: int = 1900
+    srv: CorralServer, model: str, started: threading.Event, tokens: int = 300
 ) -> threading.Thread:
     """A streaming request that holds a slot for a while (until ``tokens`` are done)."""
 
@@ -91,7 +82,7 @@ def long_stream(
 def test_least_recently_used_model_is_evicted_when_a_third_needs_room(
     serve: Callable[..., CorralServer],
 ) -> None:
-    srv = serve(["m1", "m2", "m3"], memory_budget=int(2.5 * chat_model_need()))
+    srv = serve(["m1", "m2", "m3"], memory_budget=int(2.5 * NEED))
     assert chat(srv, "m1").status_code == 200
     assert chat(srv, "m2").status_code == 200
     assert loaded(srv) == {"m1:latest", "m2:latest"}
@@ -188,7 +179,7 @@ def test_reload_restarts_with_new_parameters_and_keeps_queued_requests(
     serve: Callable[..., CorralServer],
 ) -> None:
     srv = serve(["m1"], slots=1)
-    thread = long_stream(srv, "m1", threading.Event(), tokens=1500)
+    thread = long_stream(srv, "m1", threading.Event(), tokens=400)
     old_pid = ps(srv)["m1:latest"]["pid"]
     results: list[httpx.Response] = []
     queued = threading.Thread(target=lambda: results.append(chat(srv, "m1", timeout=120)))
@@ -238,7 +229,7 @@ def test_interactive_requests_overtake_queued_batch_requests(
     serve: Callable[..., CorralServer],
 ) -> None:
     srv = serve(["m1"], slots=1, batch_keys="batch-secret")
-    thread = long_stream(srv, "m1", threading.Event(), tokens=1500)
+    thread = long_stream(srv, "m1", threading.Event(), tokens=400)
     finished: list[str] = []
 
     def send(label: str, headers: dict[str, str]) -> None:

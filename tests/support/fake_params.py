@@ -1,15 +1,18 @@
 """The settings of the fake worker (``tests.support.fake_worker``), passed as ``--params JSON``.
 
-Kept apart from the worker, with nothing but pydantic, so that a test (or a fake launcher
-in the gateway tests) can build and serialise them without importing the server.
+Kept apart from the worker, with nothing but pydantic and the engine seam's base model,
+so that a test and the fake engine's descriptor (``tests.support.fake_engine``) can build
+and serialise them without importing the server.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from corral.engines.descriptor import EngineParams
 
 
-class FakeParams(BaseModel):
+class FakeParams(EngineParams):
     """How the fake engine behaves: every field is a knob a test can turn."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -73,4 +76,9 @@ class FakeParams(BaseModel):
     )
     embedding_dims: int = Field(
         default=8, ge=1, le=65536, description="Length of the (unit-length) embedding vectors."
+    )
+    memory: int = Field(
+        default=64 << 20,
+        ge=0,
+        description="Bytes the gateway's scheduler assumes the worker takes (its estimate).",
     )

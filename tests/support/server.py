@@ -16,7 +16,7 @@ from corral.scheduler.launch import free_port
 
 
 class CorralServer:
-    def __init__(self, home: Path, **settings: Any) -> None:
+    def __init__(self, home: Path, fake_engine: bool = False, **settings: Any) -> None:
         self.home = home
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -24,6 +24,8 @@ class CorralServer:
         self.env = {**os.environ, "CORRAL_HOME": str(home), "CORRAL_PORT": str(self.port)}
         self.env.update({"CORRAL_THREADS": "1", "CORRAL_DEMO_MODEL": "0"})
         self.env.update({f"CORRAL_{k.upper()}": str(v) for k, v in settings.items()})
+        if fake_engine:  # the test-only engine, added the way any extra engine is
+            self.env["CORRAL_ENGINES"] = "tests.support.fake_engine:descriptor"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
