@@ -8,7 +8,6 @@ writes run in a thread: hashing a multi-GB import must not stall serving.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -93,11 +92,8 @@ async def copy_model(request: Request) -> Response:
 async def configure_model(request: Request) -> Response:
     services = services_of(request)
     req = parse_body(await request.body(), ConfigureRequest)
-    # The engine's own parameter model checks the values now, not at the next load.
     current = services.registry.get(request.path_params["name"])
-    engine = req.params.get("engine", current.engine)
-    candidate = replace(current, params=req.params, engine=str(engine) if engine else None)
-    services.catalog.params(candidate)
+    services.catalog.check_configuration(current, req.params)
     record = await asyncio.to_thread(
         services.registry.configure,
         request.path_params["name"],

@@ -178,6 +178,7 @@ class LocalRegistry:
     def configure(
         self, name: str, params: dict[str, Any], aliases: builtins.list[str]
     ) -> dict[str, Any]:
+        self._do(self.catalog.check_configuration, self._do(self.registry.get, name), params)
         record = self._do(self.registry.configure, name, params=params, aliases=aliases)
         result: dict[str, Any] = self.catalog.describe(record)
         return result

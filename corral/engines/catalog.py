@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from importlib.metadata import entry_points
 from typing import Any, Literal
 
@@ -133,6 +134,14 @@ class Catalog:
         descriptor = self.for_record(record)
         return self.merge(descriptor, self.defaults[descriptor.name], record.params, changes)
 
+    def check_configuration(self, record: ModelRecord, params: Mapping[str, Any]) -> None:
+        """Refuse (400, naming it) a parameter, or an engine, ``record`` could not run
+        with if its declared parameters became ``params`` (``engine`` among them):
+        checked when they are set, not at the next load."""
+        engine = params.get("engine", record.engine)
+        rest = {k: v for k, v in params.items() if k != "engine"}
+        self.params(replace(record, params=rest, engine=str(engine) if engine else None))
+
     def merge(
         self,
         descriptor: EngineDescriptor,
@@ -172,14 +181,15 @@ class Catalog:
         self.for_record(record).precheck(record, capability, body)
 
     def describe(self, record: ModelRecord) -> dict[str, Any]:
-        """A record as the registry APIs show it: with its engine and capabilities."""
+        """A record as the registry APIs show it, with the engine it runs on (``engine``
+        stays what was declared, or null) and what it can do here."""
         try:
-            engine: str | None = self.for_record(record).name
+            runs_on: str | None = self.for_record(record).name
         except UnsupportedCapability:
-            engine = None
+            runs_on = None
         return {
             **record.to_dict(),
-            "engine": engine,
+            "runs_on": runs_on,
             "capabilities": capability_names(self.capabilities(record)),
         }
 

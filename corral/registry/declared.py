@@ -241,6 +241,8 @@ def write_lock(path: Path, lock: LockFile) -> None:
 
 
 def _merged_params(defaults: Mapping[str, object], body: Mapping[str, object]) -> dict[str, object]:
+    """The model's parameters over the defaults; an engine's own (``params:``) after
+    the named ones, the model's over the defaults' key by key."""
     params: dict[str, object] = {}
     for name in PARAMS:
         value = body.get(name, defaults.get(name))
@@ -250,6 +252,9 @@ def _merged_params(defaults: Mapping[str, object], body: Mapping[str, object]) -
         if name in _INTEGER_PARAMS and isinstance(value, float):
             value = int(value)
         params[name] = value
+    for source in (defaults.get("params"), body.get("params")):
+        if isinstance(source, Mapping):
+            params.update({str(k): v for k, v in source.items() if v is not None})
     return params
 
 

@@ -158,6 +158,23 @@ def test_defaults_merge_under_model_values_and_only_given_params_appear() -> Non
     assert no_defaults[0].params == {}
 
 
+def test_engine_params_block_merges_key_by_key_and_names_any_engine() -> None:
+    a, b = declare(
+        """
+        version: 1
+        defaults: {params: {batch_size: 256, flash_attention: "off"}}
+        models:
+          a: {source: ./a.gguf, engine: fake, params: {tokens: 3, batch_size: 128}}
+          b: {source: ./b.gguf, slots: 2}
+        """
+    )
+    assert a.engine == "fake"
+    assert a.params == {"batch_size": 128, "flash_attention": "off", "tokens": 3}
+    assert b.params == {"slots": 2, "batch_size": 256, "flash_attention": "off"}
+    bad = problems("version: 1\nmodels:\n  a: {source: ./a.gguf, params: {Bad-Key: 1}}\n")
+    assert bad and bad[0].line == 3
+
+
 def test_keep_alive_forms() -> None:
     good: list[object] = ["30s", "5m", "1h", "1h30m", "0", "-1", 0, -1, 300, "1.5h"]
     text = "version: 1\nmodels:\n" + "".join(
