@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from corral.errors import CorralError, EngineError, UnsupportedCapability
+from corral.registry.records import Capability
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,7 @@ EventSink = Callable[[Event], None]
 
 @dataclass(frozen=True)
 class Capabilities:
-    completion: bool
-    embeddings: bool
+    offers: frozenset[Capability]  # the vocabulary the registry and every API use
     context_length: int  # tokens one request may use (prompt + completion)
     slots: int  # requests decoded together
     embedding_length: int = 0

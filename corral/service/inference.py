@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ from corral.registry.records import Capability, ModelRecord
 from corral.registry.store import Registry
 from corral.scheduler.queue import Priority
 from corral.scheduler.runtime import Grant, Scheduler
-from corral.service.worker_client import WorkerClient, WorkerReply
+from corral.service.worker_client import TokenUsage, WorkerClient, WorkerReply
 
 log = logging.getLogger("corral.service")
 SEND_ATTEMPTS = 2  # the first, and one more on a new worker if the first found it gone
@@ -43,6 +43,24 @@ class Caller:
     priority: Priority = Priority.INTERACTIVE
     key: str = "anonymous"  # API keys take turns in a model's line
     patient: bool = False  # waits for room in the line, no queue timeout (batches)
+
+
+@dataclass(frozen=True)
+class RequestDone:
+    """One request's accounting, reported when its reply ends (read, closed or cut)."""
+
+    model: str
+    path: str
+    caller: Caller
+    status: int  # the worker's
+    complete: bool  # False: cut short (client gone, worker died)
+    queued_ns: int  # waiting for a slot, loading the model included
+    total_ns: int  # from the first wait until the reply ended
+    attempts: int  # 2 when the first worker was found gone
+    usage: TokenUsage | None  # when the answer said (streams: with include_usage)
+
+
+Observer = Callable[[RequestDone], None]
 
 
 @dataclass
@@ -61,11 +79,13 @@ class InferenceService:
         catalog: Catalog,
         scheduler: Scheduler,
         client: WorkerClient,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.registry = registry
         self.catalog = catalog
         self.scheduler = scheduler
         self.client = client
+        self.observers = list(observers)  # keys, metrics and the request log hook in here
 
     def resolve(
         self, name: str, capability: Capability, body: Mapping[str, Any] | None = None
@@ -108,12 +128,16 @@ class InferenceService:
     ) -> Exchange:
         """Wait for a slot and hand ``body`` to the worker; the slot is released when
         the reply is closed or read to the end (at once, if this raises)."""
+        started = time.perf_counter_ns()
         for attempt in range(1, SEND_ATTEMPTS + 1):
             grant = await self.acquire(record, caller, keep_alive)
-            granted_ns = time.perf_counter_ns()
+            granted = time.perf_counter_ns()
+
+            # The slot goes back, and the request is accounted, when the reply ends.
+            account = _Accounting(self, record.name, path, caller, grant, started, granted, attempt)
             try:
                 reply = await self.client.send(
-                    grant.worker, path, body, headers, on_close=grant.release
+                    grant.worker, path, body, headers, on_close=account.done
                 )
             except WorkerGone as exc:
                 grant.lost(exc)  # before the slot is free, so no one else is sent there
@@ -124,5 +148,56 @@ class InferenceService:
             except BaseException:
                 grant.release()
                 raise
-            return Exchange(reply, record, granted_ns)
+            return Exchange(reply, record, granted)
         raise AssertionError("unreachable")  # the loop returns or raises
+
+    def report(self, done: RequestDone) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            usage = done.usage
+            tokens = f", {usage.prompt_tokens}+{usage.completion_tokens} tokens" if usage else ""
+            log.debug(
+                "%s %s -> %s%s, queued %.1f ms, total %.1f ms%s",
+                done.model,
+                done.path,
+                done.status,
+                "" if done.complete else " (cut short)",
+                done.queued_ns / 1e6,
+                done.total_ns / 1e6,
+                tokens,
+            )
+        for observer in self.observers:
+            try:
+                observer(done)
+            except Exception:  # an observer's bug must not fail the request it observes
+                log.exception("request observer failed")
+
+
+@dataclass
+class _Accounting:
+    """What one sent request needs when its reply ends: its slot, and its numbers."""
+
+    service: InferenceService
+    model: str
+    path: str
+    caller: Caller
+    grant: Grant
+    started_ns: int
+    granted_ns: int
+    attempts: int
+
+    def done(self, reply: WorkerReply) -> None:
+        self.grant.release()
+        total = time.perf_counter_ns() - self.started_ns
+        self.service.report(
+            RequestDone(
+                model=self.model,
+                path=self.path,
+                caller=self.caller,
+                status=reply.status,
+                complete=reply.complete,
+                queued_ns=self.granted_ns - self.started_ns,
+                total_ns=total,
+                attempts=self.attempts,
+                usage=reply.usage,
+            )
+        )

@@ -6,17 +6,20 @@ client used: the API layers relay a ``WorkerReply`` as raw bytes (OpenAI), parse
 events or JSON (Ollama), and the batch runner reads it whole.
 
 Failures are named. A worker that was gone before it took the request (its process
-had exited, or the connection was refused) raises ``WorkerGone``: nothing ran, so the
-inference service may send the request once more to a new worker. A worker that dies
+had exited, the connection was refused, or it was reset with the request unread)
+raises ``WorkerGone``: nothing ran, so the inference service may send the request
+once more to a new worker. A worker that dies
 after it took the request raises ``WorkerCrashed`` with its exit code and last output,
 and is never retried (the request may have had effects, such as a batch spool entry).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -35,6 +38,7 @@ from corral.errors import (
 from corral.scheduler.process import WorkerProcess
 
 log = logging.getLogger("corral.worker_client")
+_UNREAD = (errno.ECONNRESET, errno.EPIPE)
 JSON = {"Content-Type": "application/json"}
 CRASH_WAIT_SECONDS = 1.0
 
@@ -49,7 +53,7 @@ class WorkerClient:
         path: str,
         body: bytes,
         headers: Mapping[str, str] | None = None,
-        on_close: Callable[[], None] | None = None,
+        on_close: Callable[[WorkerReply], None] | None = None,
     ) -> WorkerReply:
         """Post ``body``; the reply once its status and headers are in.
 
@@ -66,6 +70,17 @@ class WorkerClient:
             raise WorkerGone(
                 f"The worker for '{worker.spec.model}' refused the connection: {exc}"
             ) from None
+        except aiohttp.ClientOSError as exc:
+            # A reset (or a broken pipe) before any answer means the worker's socket
+            # was closed with our request unread in it: the kernel resets a connection
+            # closed with unread data. A worker that had read the request and then
+            # died closes cleanly instead (ServerDisconnectedError, below).
+            if exc.errno in _UNREAD and await worker.wait_exited(CRASH_WAIT_SECONDS):
+                raise WorkerGone(
+                    f"The worker for '{worker.spec.model}' exited (code {worker.returncode}) "
+                    "before it read the request"
+                ) from None
+            raise await failure(worker, exc) from None
         except aiohttp.ClientError as exc:
             raise await failure(worker, exc) from None
         return WorkerReply(worker, response, on_close)
@@ -82,21 +97,25 @@ class WorkerReply:
         self,
         worker: WorkerProcess,
         response: aiohttp.ClientResponse,
-        on_close: Callable[[], None] | None,
+        on_close: Callable[[WorkerReply], None] | None,
     ) -> None:
         self.worker = worker
         self.status = response.status
         self.content_type = response.headers.get("Content-Type", "application/json")
+        self.usage: TokenUsage | None = None  # when the answer said (streams: include_usage)
+        self.complete = False  # read to its end, not cut short
         self._response = response
         self._on_close = on_close
-        self._complete = False
+        self.complete = False
         self._closed = False
 
     async def read(self) -> bytes:
         """The whole body, whatever the status."""
         try:
             content = await self._response.read()
-            self._complete = True
+            self.complete = True
+            if self.status == 200:
+                self._note_usage(content)
             return content
         except aiohttp.ClientError as exc:
             raise await failure(self.worker, exc) from None
@@ -119,8 +138,11 @@ class WorkerReply:
         """The body's bytes as they arrive; a worker dying mid-answer raises."""
         try:
             async for chunk in self._response.content.iter_any():
+                if b'"usage"' in chunk:
+                    for event in chunk.split(b"\n\n"):
+                        self._note_usage(event.removeprefix(b"data: "))
                 yield chunk
-            self._complete = True
+            self.complete = True
         except aiohttp.ClientError as exc:
             raise await failure(self.worker, exc) from None
         finally:
@@ -140,12 +162,31 @@ class WorkerReply:
         if self._closed:
             return
         self._closed = True
-        if self._complete:
+        if self.complete:
             self._response.release()
         else:
             self._response.close()
         if self._on_close is not None:
-            self._on_close()
+            self._on_close(self)
+
+    def _note_usage(self, content: bytes) -> None:
+        """Token counts from an OpenAI-shaped body or event that carries ``usage``."""
+        if b'"usage"' not in content:
+            return
+        try:
+            usage = json.loads(content).get("usage")
+            if isinstance(usage, dict):
+                self.usage = TokenUsage(
+                    int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+                )
+        except (ValueError, AttributeError, TypeError):
+            pass  # not JSON after all (a split event): the count stays unknown
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    prompt_tokens: int
+    completion_tokens: int
 
 
 async def failure(worker: WorkerProcess, exc: Exception) -> CorralError:

@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from corral.engines.base import Engine
 from corral.httputil import json_response, openai_error_handlers
+from corral.registry.records import capability_names
 from corral.worker.serving import WorkerService
 
 
@@ -30,8 +31,7 @@ def create_worker_app(engine: Engine, model_name: str) -> Starlette:
                 "status": "ok",
                 "model": model_name,
                 "context_length": caps.context_length,
-                "completion": caps.completion,
-                "embeddings": caps.embeddings,
+                "capabilities": capability_names(caps.offers),
                 **engine.stats(),
             }
         )

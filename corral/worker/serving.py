@@ -30,6 +30,7 @@ from corral.protocol.openai import (
     EmbeddingUsage,
 )
 from corral.protocol.parse import parse_body
+from corral.registry.records import Capability
 from corral.worker import handoff, responses, tool_calls, translate
 from corral.worker.responses import ChatStreamWriter, CompletionStreamWriter, error_event
 from corral.worker.tool_calls import ReplyParser
@@ -55,7 +56,7 @@ class WorkerService:
         return self.engine.tokenize(prompt, add_special=True, parse_special=True)
 
     def _require_completion(self) -> None:
-        if not self.engine.capabilities.completion:
+        if Capability.COMPLETION not in self.engine.capabilities.offers:
             raise UnsupportedCapability(
                 f"The model '{self.model_name}' is an embedding model; it cannot generate text.",
                 param="model",
@@ -135,7 +136,7 @@ class WorkerService:
     async def embeddings(self, request: Request) -> Response:
         req = parse_body(await request.body(), EmbeddingRequest)
         caps = self.engine.capabilities
-        if not caps.embeddings:
+        if Capability.EMBEDDINGS not in caps.offers:
             raise UnsupportedCapability(
                 f"The model '{self.model_name}' does not produce embeddings; "
                 "use an embedding model.",

@@ -51,6 +51,7 @@ from corral.engines.llamacpp.sampling import GrammarError, SlotSampler, compile_
 from corral.engines.text import TextAssembler
 from corral.errors import EngineError, EngineLoadError, InvalidRequest
 from corral.registry.gguf_info import is_embedding_model
+from corral.registry.records import Capability
 
 log = logging.getLogger("corral.engine")
 
@@ -128,8 +129,11 @@ class LlamaCppEngine(Engine):
         self.bos_text = self._token_text(lc.llama_vocab_bos(self._vocab))
         self.eos_text = self._token_text(lc.llama_vocab_eos(self._vocab))
         self.capabilities = Capabilities(
-            completion=not self.embedding_model,
-            embeddings=self.embedding_model,
+            offers=(
+                frozenset({Capability.EMBEDDINGS})
+                if self.embedding_model
+                else frozenset({Capability.CHAT, Capability.COMPLETION})
+            ),
             context_length=self.n_ctx_slot,
             slots=params.slots,
             embedding_length=lc.llama_model_n_embd_out(self._model),
