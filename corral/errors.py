@@ -28,6 +28,7 @@ configuration errors) live next to the code that raises them.
 
 from __future__ import annotations
 
+import secrets
 from typing import Any, ClassVar
 
 
@@ -106,6 +107,11 @@ class MethodNotAllowed(CorralError):
     status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
+
+
+def new_request_id() -> str:
+    """A fresh request id: ``req_`` and 24 hex digits."""
+    return "req_" + secrets.token_hex(12)
 
 
 class InternalError(CorralError):

@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import re
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -21,7 +20,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from corral.errors import CorralError, InternalError, MethodNotAllowed, RouteNotFound
+from corral.errors import (
+    CorralError,
+    InternalError,
+    MethodNotAllowed,
+    RouteNotFound,
+    new_request_id,
+)
 
 T = TypeVar("T")
 
@@ -181,8 +186,3 @@ def request_id(request: Request) -> str:
     if given is not None and _SANE_REQUEST_ID.fullmatch(given):
         return given
     return new_request_id()
-
-
-def new_request_id() -> str:
-    """A fresh request id: ``req_`` and 24 hex digits."""
-    return "req_" + secrets.token_hex(12)

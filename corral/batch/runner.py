@@ -34,8 +34,7 @@ from corral.batch.files import FileStore
 from corral.batch.journal import Journal, Result
 from corral.batch.lines import BatchLine, parse_line
 from corral.batch.tables import BatchDoneRow, BatchRow
-from corral.errors import CorralError, InternalError
-from corral.httputil import new_request_id
+from corral.errors import CorralError, InternalError, new_request_id
 from corral.protocol.handoff import BATCH_HEADER, REQUEST_ID_HEADER
 from corral.registry.records import Capability
 from corral.scheduler.queue import Priority

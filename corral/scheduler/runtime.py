@@ -23,7 +23,13 @@ import aiohttp
 
 from corral.engines.catalog import Catalog
 from corral.engines.descriptor import EngineParams
-from corral.errors import CorralError, EngineError, EngineLoadError, WorkerCrashed
+from corral.errors import (
+    CorralError,
+    EngineError,
+    EngineLoadError,
+    WorkerCrashed,
+    new_request_id,
+)
 from corral.registry.names import canonical_name
 from corral.registry.records import ModelRecord
 from corral.scheduler import core
@@ -369,9 +375,15 @@ class _ProcessEffects:
                     continue
                 self._post(core.LoadFailed(record.name, exc))
                 return
-            except Exception as exc:  # spawning itself failed (e.g. out of file descriptors)
+            except Exception:  # spawning itself failed (e.g. out of file descriptors)
                 self._workers.discard(worker)
-                self._post(core.LoadFailed(record.name, EngineLoadError(f"could not start: {exc}")))
+                request_id = new_request_id()
+                log.exception("could not start the worker for %s [%s]", record.name, request_id)
+                error = EngineLoadError(
+                    f"Could not start the worker for '{record.name}' (request id "
+                    f"{request_id}); the server log has why."
+                )
+                self._post(core.LoadFailed(record.name, error))
                 return
             self._post(core.Loaded(record.name, worker))
             self._spawn(self._watch(record.name, worker))

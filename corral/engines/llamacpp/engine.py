@@ -24,7 +24,6 @@ import logging
 import sys
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,7 +48,14 @@ from corral.engines.llamacpp import grammar
 from corral.engines.llamacpp.descriptor import LlamaCppParams
 from corral.engines.llamacpp.sampling import GrammarError, SlotSampler, compile_grammar, ignores_eos
 from corral.engines.text import TextAssembler
-from corral.errors import EngineError, EngineLoadError, InvalidRequest
+from corral.errors import (
+    CorralError,
+    EngineError,
+    EngineLoadError,
+    InternalError,
+    InvalidRequest,
+    new_request_id,
+)
 from corral.registry.gguf_info import is_embedding_model
 from corral.registry.records import Capability
 
@@ -300,9 +306,10 @@ class LlamaCppEngine(Engine):
                 self._admit()
                 if self._busy():
                     self._step()
-            except Exception as exc:  # a bug must fail requests, not hang them
-                log.error("engine step failed:\n%s", traceback.format_exc())
-                self._fail_all(EngineError(f"engine failure: {exc}"))
+            except Exception:  # a bug must fail requests, not hang them
+                failure = InternalError(new_request_id())
+                log.exception("engine step failed [request %s]", failure.request_id)
+                self._fail_all(failure)
 
     def _busy(self) -> bool:
         return any(slot.job is not None for slot in self._slots)
@@ -460,14 +467,14 @@ class LlamaCppEngine(Engine):
             lc.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
             slot.cache.clear()
 
-    def _fail_slots(self, slots: Sequence[_Slot], error: EngineError) -> None:
+    def _fail_slots(self, slots: Sequence[_Slot], error: CorralError) -> None:
         for slot in slots:
             if slot.job is not None:
                 if not slot.job.cancelled:
                     slot.job.sink(Failed(error))
                 self._release(slot, keep_cache=False)
 
-    def _fail_all(self, error: EngineError) -> None:
+    def _fail_all(self, error: CorralError) -> None:
         self._fail_slots(self._slots, error)
 
     def _free_sampler(self, slot: _Slot) -> None:
@@ -492,8 +499,9 @@ class LlamaCppEngine(Engine):
     def _run_embed_job(self, job: _EmbedJob) -> None:
         try:
             result: list[list[float]] | BaseException = self._embed_all(job.inputs)
-        except Exception as exc:
-            result = EngineError(f"embedding failed: {exc}")
+        except Exception:
+            result = InternalError(new_request_id())
+            log.exception("embedding failed [request %s]", result.request_id)
         job.loop.call_soon_threadsafe(_resolve, job.future, result)
 
     def _embed_all(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
