@@ -23,6 +23,7 @@ from corral.engines.base import (
 )
 from corral.engines.llamacpp.descriptor import LlamaCppParams
 from corral.engines.llamacpp.engine import LlamaCppEngine
+from corral.registry.records import Capability
 
 GREEDY = SamplingParams(temperature=0.0)
 pytestmark = pytest.mark.anyio
@@ -41,7 +42,7 @@ def prompt(engine: LlamaCppEngine, text: str = "The quick brown fox") -> list[in
 
 async def test_capabilities(engine: LlamaCppEngine) -> None:
     caps = engine.capabilities
-    assert caps.completion and not caps.embeddings
+    assert caps.offers == {Capability.CHAT, Capability.COMPLETION}
     assert caps.context_length == 512 and caps.slots == 4
     assert engine.chat_template and "<|im_start|>" in engine.chat_template
 
@@ -223,7 +224,7 @@ async def test_seeded_sampling_matches_llama_cpp_and_rejoins_split_characters(
 async def test_embeddings_are_normalised_and_deterministic(embed_model_path: Path) -> None:
     eng = LlamaCppEngine(embed_model_path, LlamaCppParams(threads=1, slots=4))
     try:
-        assert eng.capabilities.embeddings and not eng.capabilities.completion
+        assert eng.capabilities.offers == {Capability.EMBEDDINGS}
         texts = ["hello world", "a different sentence entirely", "hello world"]
         vecs = await eng.embed(
             [eng.tokenize(t, add_special=True, parse_special=False) for t in texts]

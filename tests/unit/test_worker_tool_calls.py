@@ -24,6 +24,7 @@ from corral.engines.base import (
     RequestHandle,
     TextDelta,
 )
+from corral.registry.records import Capability
 from corral.worker.app import create_worker_app
 
 pytestmark = pytest.mark.anyio
@@ -53,7 +54,9 @@ class ScriptedEngine(Engine):
         self.pieces = pieces
         self.requests: list[GenerationRequest] = []
         self.capabilities = Capabilities(
-            completion=True, embeddings=False, context_length=4096, slots=1
+            offers=frozenset({Capability.CHAT, Capability.COMPLETION}),
+            context_length=4096,
+            slots=1,
         )
         self.chat_template = None
         self.bos_text = self.eos_text = ""
