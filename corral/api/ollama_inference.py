@@ -25,11 +25,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from corral.api.ollama_http import line, ndjson_stream, now, ollama_errors
-from corral.api.relay import until_disconnect
 from corral.api.requests import caller_of, keep_alive_seconds
 from corral.api.services import Services, services_of
 from corral.errors import CorralError, UnsupportedCapability
-from corral.httputil import json_dumps, json_response
+from corral.httputil import json_dumps, json_response, run_until_disconnect
 from corral.protocol import ollama_openai as translate
 from corral.protocol.ollama import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest
 from corral.protocol.ollama_openai import EMBEDDINGS_PATH, Kind, Marks, StreamTranslator
@@ -146,14 +145,14 @@ async def _generate(
     marks = Marks(start_ns, exchange.granted_ns)
     if work.payload["stream"]:
         try:
-            await until_disconnect(request, exchange.reply.raise_for_status())
+            await run_until_disconnect(request, exchange.reply.raise_for_status())
         except BaseException:
             exchange.reply.close()
             raise
         translator = StreamTranslator(kind, model, marks)
         lines = _lines(exchange.reply, translator)
         return ndjson_stream(lines, on_close=exchange.reply.close)
-    body = await until_disconnect(request, exchange.reply.json())
+    body = await run_until_disconnect(request, exchange.reply.json())
     reply = translate.chat_response if kind == "chat" else translate.generate_response
     end = time.perf_counter_ns()
     return json_response(reply(body, model=model, created_at=now(), marks=marks, end_ns=end))
@@ -170,7 +169,7 @@ async def _send(
     caller = caller_of(request, services.settings.batch_keys)
     body = json_dumps(payload).encode()
     send = services.inference.send(record, path, body, caller, keep_alive)
-    return await until_disconnect(request, send)
+    return await run_until_disconnect(request, send)
 
 
 async def _post(
@@ -183,7 +182,7 @@ async def _post(
 ) -> tuple[dict[str, Any], Marks]:
     """A non-streamed exchange: the worker's JSON answer, and when its slot came."""
     exchange = await _send(request, services, record, keep_alive, EMBEDDINGS_PATH, payload)
-    body = await until_disconnect(request, exchange.reply.json())
+    body = await run_until_disconnect(request, exchange.reply.json())
     return body, Marks(start_ns, exchange.granted_ns)
 
 
@@ -196,7 +195,9 @@ async def _load(
 ) -> Marks:
     """Load the model (wait for a slot on it) and give the slot straight back."""
     caller = caller_of(request, services.settings.batch_keys)
-    grant = await until_disconnect(request, services.inference.acquire(record, caller, keep_alive))
+    grant = await run_until_disconnect(
+        request, services.inference.acquire(record, caller, keep_alive)
+    )
     grant.release()
     return Marks(start_ns, time.perf_counter_ns())
 

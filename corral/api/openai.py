@@ -12,10 +12,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from corral.api.relay import openai_response, until_disconnect
+from corral.api.relay import openai_response
 from corral.api.requests import caller_of, keep_alive_of
 from corral.api.services import services_of
 from corral.engines.catalog import Catalog
+from corral.httputil import run_until_disconnect
 from corral.protocol.openai import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -74,7 +75,7 @@ async def _relay(
     record = services.inference.resolve(req.model, capability, fields)
     caller = caller_of(request, services.settings.batch_keys)
     send = services.inference.send(record, path, body, caller, keep_alive_of(req))
-    exchange = await until_disconnect(request, send)
+    exchange = await run_until_disconnect(request, send)
     return await openai_response(request, exchange.reply, bool(getattr(req, "stream", False)))
 
 
