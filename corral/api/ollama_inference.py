@@ -121,7 +121,8 @@ def _model(services: Services, name: str, verb: str) -> ModelRecord:
     """The model, if it can serve ``verb``; refusals in Ollama's words."""
     capability = _CAPABILITY[verb]
     record = services.registry.get(name)
-    if capability not in services.catalog.capabilities(record):
+    descriptor = services.catalog.for_record(record)  # a model no engine runs: say so
+    if capability not in descriptor.capabilities(record):
         raise UnsupportedCapability(f'"{name}" does not support {verb}', param="model")
     return services.inference.resolve(name, capability)
 

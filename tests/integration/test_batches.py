@@ -1,4 +1,10 @@
-"""The Batch API end to end with the official `openai` client, against the real server."""
+"""The Batch API end to end with the official `openai` client, against the real server.
+
+The batch runner's logic (results, errors, cancelling, expiry, priorities, turns) is
+the gateway's, so these run on the fake engine (``tests/support/fake_engine.py``),
+whose replies are as long as ``max_tokens`` asks and take 1 ms a token. One small
+batch runs on the real llama.cpp chat model, so the real path stays covered.
+"""
 
 from __future__ import annotations
 
@@ -10,40 +16,35 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import CHAT_MODEL, EMBED_MODEL, install_test_models
+from tests.conftest import CHAT_MODEL
+from tests.support.batches import (
+    chat_line,
+    completed_count,
+    jsonl,
+    output_of,
+    submit,
+    wait_batch,
+)
+from tests.support.fake_engine import install_fake_models
 from tests.support.server import CorralServer
 
-
-def jsonl(lines: list[dict[str, Any]]) -> bytes:
-    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
-
-
-def chat_line(i: int, model: str = CHAT_MODEL, **body: Any) -> dict[str, Any]:
-    return {
-        "custom_id": f"req-{i}",
-        "method": "POST",
-        "url": "/v1/chat/completions",
-        "body": {
-            "model": model,
-            "messages": [{"role": "user", "content": f"Say {i}"}],
-            "max_tokens": 4,
-            "temperature": 0,
-            **body,
-        },
-    }
+MODEL, EMBED = "m:latest", "embed:latest"
+FAKE_MODELS = {
+    "m": {"tokens": 100_000, "token_delay": 0.001},
+    "embed": {"embedding": True},
+}
 
 
 @pytest.fixture(scope="module")
 def batch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CorralServer]:
     home = tmp_path_factory.mktemp("batch-home")
-    install_test_models(home).close()
-    srv = CorralServer(home, slots=4, context_length=512, max_upload="128KiB")
+    install_fake_models(home, FAKE_MODELS).close()
+    srv = CorralServer(home, fake_engine=True, slots=4, max_upload="128KiB")
     srv.env["CORRAL_EXECUTION_LOG"] = str(home / "executions.log")
     srv.start()
     yield srv
@@ -56,19 +57,9 @@ def client(batch_server: CorralServer) -> Iterator[openai.OpenAI]:
         yield c
 
 
-def wait_batch(client: openai.OpenAI, batch_id: str, timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        batch = client.batches.retrieve(batch_id)
-        if batch.status in ("completed", "failed", "expired", "cancelled"):
-            return batch
-        time.sleep(0.1)
-    raise AssertionError(f"batch {batch_id} still {batch.status}")
-
-
 def test_files_and_batches_end_to_end(client: openai.OpenAI) -> None:
-    lines = [chat_line(i) for i in range(20)]
-    lines[7] = chat_line(7, max_tokens=-5)  # a per-request failure goes to the error file
+    lines = [chat_line(i, MODEL) for i in range(20)]
+    lines[7] = chat_line(7, MODEL, max_tokens=-5)  # a per-request failure goes to the error file
     uploaded = client.files.create(file=("in.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
     assert uploaded.purpose == "batch" and uploaded.bytes == len(jsonl(lines))
     assert client.files.retrieve(uploaded.id).filename == "in.jsonl"
@@ -85,13 +76,14 @@ def test_files_and_batches_end_to_end(client: openai.OpenAI) -> None:
     assert (done.request_counts.total, done.request_counts.completed) == (20, 19)
     assert done.request_counts.failed == 1
     assert done.in_progress_at and done.finalizing_at and done.completed_at
-    output = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
+    output = output_of(client, done.output_file_id)
     assert sorted(o["custom_id"] for o in output) == sorted(f"req-{i}" for i in range(20) if i != 7)
     first = output[0]
     assert first["response"]["status_code"] == 200 and first["error"] is None
     assert first["response"]["body"]["object"] == "chat.completion"
     assert first["response"]["body"]["usage"]["completion_tokens"] == 4
-    [error] = [json.loads(x) for x in client.files.content(done.error_file_id).text.splitlines()]
+    assert first["response"]["body"]["choices"][0]["message"]["content"] == "t0 t1 t2 t3 "
+    [error] = output_of(client, done.error_file_id)
     assert error["custom_id"] == "req-7" and error["response"]["status_code"] == 400
     assert error["response"]["body"]["error"]["param"] == "max_tokens"
     listed = client.batches.list(limit=5)
@@ -101,27 +93,40 @@ def test_files_and_batches_end_to_end(client: openai.OpenAI) -> None:
         client.files.retrieve(uploaded.id)
 
 
+def test_small_batch_on_the_real_chat_model(server: CorralServer) -> None:
+    """llama.cpp end to end: the session's real server runs a small batch."""
+    with openai.OpenAI(base_url=server.openai_url, api_key="x", max_retries=0) as client:
+        lines = [chat_line(i, CHAT_MODEL, ignore_eos=True) for i in range(6)]
+        done = wait_batch(client, submit(client, lines).id)
+        assert done.status == "completed", done
+        assert done.request_counts is not None
+        assert (done.request_counts.completed, done.request_counts.failed) == (6, 0)
+        output = output_of(client, done.output_file_id)
+    assert sorted(o["custom_id"] for o in output) == [f"req-{i}" for i in range(6)]
+    for record in output:
+        body = record["response"]["body"]
+        assert record["response"]["status_code"] == 200 and body["model"] == CHAT_MODEL
+        assert body["usage"]["completion_tokens"] == 4
+        assert body["choices"][0]["finish_reason"] == "length"
+        assert isinstance(body["choices"][0]["message"]["content"], str)
+
+
 def test_embeddings_batch_and_pagination(client: openai.OpenAI) -> None:
     lines = [
         {
             "custom_id": f"e{i}",
             "method": "POST",
             "url": "/v1/embeddings",
-            "body": {"model": EMBED_MODEL, "input": f"text {i}"},
+            "body": {"model": EMBED, "input": f"text {i}"},
         }
         for i in range(5)
     ]
-    ids = []
-    for _ in range(3):
-        f = client.files.create(file=("e.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
-        ids.append(
-            client.batches.create(
-                input_file_id=f.id, endpoint="/v1/embeddings", completion_window="24h"
-            ).id
-        )
+    ids = [submit(client, lines, endpoint="/v1/embeddings").id for _ in range(3)]
     for batch_id in ids:
         done = wait_batch(client, batch_id)
         assert done.status == "completed" and done.request_counts.completed == 5
+    [first, *_] = output_of(client, done.output_file_id)
+    assert len(first["response"]["body"]["data"][0]["embedding"]) == 8
     page = client.batches.list(limit=2)
     assert len(page.data) == 2 and page.has_more
     everything = [b.id for b in client.batches.list(limit=2)]  # the client follows pages
@@ -136,8 +141,11 @@ def test_embeddings_batch_and_pagination(client: openai.OpenAI) -> None:
     ("content", "message"),
     [
         (b'{"custom_id": "a", "method": "POST"\n', "Line 1: not valid JSON"),
-        (jsonl([chat_line(1), chat_line(1)]), "Line 2: duplicate custom_id 'req-1'"),
-        (jsonl([chat_line(1), {**chat_line(2), "url": "/v1/nope"}]), "Line 2: 'url' must be"),
+        (jsonl([chat_line(1, MODEL), chat_line(1, MODEL)]), "Line 2: duplicate custom_id 'req-1'"),
+        (
+            jsonl([chat_line(1, MODEL), {**chat_line(2, MODEL), "url": "/v1/nope"}]),
+            "Line 2: 'url' must be",
+        ),
         (b"", "The file is empty"),
     ],
 )
@@ -152,7 +160,7 @@ def test_bad_files_are_refused_with_the_line(
 def test_an_upload_over_the_limit_stops_at_the_limit(
     batch_server: CorralServer, client: openai.OpenAI
 ) -> None:
-    big = jsonl([chat_line(i) for i in range(2000)])  # ~380 KB; the limit is 128 KiB
+    big = jsonl([chat_line(i, MODEL) for i in range(2000)])  # ~370 KB; the limit is 128 KiB
     with pytest.raises(openai.APIStatusError) as info:
         client.files.create(file=("big.jsonl", io.BytesIO(big)), purpose="batch")
     assert info.value.status_code == 413
@@ -161,7 +169,7 @@ def test_an_upload_over_the_limit_stops_at_the_limit(
 
 
 def test_batches_that_cannot_run_fail_with_reasons(client: openai.OpenAI) -> None:
-    mixed = jsonl([chat_line(1), chat_line(2, model=EMBED_MODEL)])
+    mixed = jsonl([chat_line(1, MODEL), chat_line(2, EMBED)])
     f = client.files.create(file=("m.jsonl", io.BytesIO(mixed)), purpose="batch")
     batch = client.batches.create(
         input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
@@ -182,39 +190,29 @@ def test_batches_that_cannot_run_fail_with_reasons(client: openai.OpenAI) -> Non
         )
 
 
-def test_cancel_stops_new_work_and_keeps_partial_results(
-    batch_server: CorralServer, client: openai.OpenAI
-) -> None:
-    lines = [chat_line(i, max_tokens=64, ignore_eos=True) for i in range(200)]
-    f = client.files.create(file=("c.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
-    batch = client.batches.create(
-        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
-    )
+def test_cancel_stops_new_work_and_keeps_partial_results(client: openai.OpenAI) -> None:
+    batch = submit(client, [chat_line(i, MODEL, max_tokens=64) for i in range(200)])
     deadline = time.monotonic() + 60
-    while client.batches.retrieve(batch.id).request_counts.completed < 4:  # type: ignore[union-attr]
+    while completed_count(client, batch.id) < 4:
         assert time.monotonic() < deadline
-        time.sleep(0.05)
+        time.sleep(0.02)
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status in ("cancelling", "cancelled")
     done = wait_batch(client, batch.id)
     assert done.status == "cancelled" and done.cancelled_at
     counts = done.request_counts
     assert counts is not None and 4 <= counts.completed < 200
-    output = client.files.content(done.output_file_id).text.splitlines()
-    assert len(output) == counts.completed
+    assert len(output_of(client, done.output_file_id)) == counts.completed
 
 
 def test_expired_window_sends_the_rest_to_the_error_file(client: openai.OpenAI) -> None:
-    lines = [chat_line(i, max_tokens=64, ignore_eos=True) for i in range(300)]
-    f = client.files.create(file=("x.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
-    batch = client.batches.create(
-        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="2s"
-    )
+    # 300 requests of 64 tokens at 1 ms a token on 4 slots take ~5 s: far past the window.
+    batch = submit(client, [chat_line(i, MODEL, max_tokens=64) for i in range(300)], window="1s")
     done = wait_batch(client, batch.id)
     assert done.status == "expired" and done.expired_at
     counts = done.request_counts
     assert counts is not None and counts.completed + counts.failed == 300
-    errors = [json.loads(x) for x in client.files.content(done.error_file_id).text.splitlines()]
+    errors = output_of(client, done.error_file_id)
     assert len(errors) == counts.failed > 0
     assert {e["error"]["code"] for e in errors} == {"batch_expired"}
 
@@ -232,11 +230,7 @@ def test_interactive_requests_wait_only_for_the_slots_in_use(
     """Batches fill idle slots; an interactive request overtakes every queued batch
     request and waits at most for the (4) requests already in slots."""
     log = batch_server.home / "executions.log"
-    lines = [chat_line(i, max_tokens=48, ignore_eos=True) for i in range(120)]
-    f = client.files.create(file=("l.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
-    batch = client.batches.create(
-        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
-    )
+    batch = submit(client, [chat_line(i, MODEL, max_tokens=48) for i in range(120)])
 
     def batch_done() -> int:
         return sum(1 for x in log.read_text().split() if x.startswith(batch.id))
@@ -248,7 +242,7 @@ def test_interactive_requests_wait_only_for_the_slots_in_use(
     for _ in range(3):
         before = batch_done()
         stream = client.chat.completions.create(
-            model=CHAT_MODEL,
+            model=MODEL,
             messages=[{"role": "user", "content": "now"}],
             max_tokens=2,
             stream=True,
@@ -274,9 +268,9 @@ def test_cli_submit_status_results_list(batch_server: CorralServer, tmp_path: Pa
         )
 
     source = tmp_path / "in.jsonl"
-    lines = [chat_line(i, model="placeholder") for i in range(6)]
+    lines = [chat_line(i, "placeholder") for i in range(6)]
     source.write_bytes(jsonl(lines))
-    submitted = corral("submit", str(source), "--model", "test-chat")
+    submitted = corral("submit", str(source), "--model", "m")
     assert submitted.returncode == 0, submitted.stderr
     batch_id = submitted.stdout.split()[0]
     assert batch_id.startswith("batch_")
@@ -288,7 +282,7 @@ def test_cli_submit_status_results_list(batch_server: CorralServer, tmp_path: Pa
     assert fetched.returncode == 0, fetched.stderr
     records = [json.loads(x) for x in out.read_text().splitlines()]
     assert sorted(r["custom_id"] for r in records) == [f"req-{i}" for i in range(6)]
-    assert {r["response"]["body"]["model"] for r in records} == {CHAT_MODEL}
+    assert {r["response"]["body"]["model"] for r in records} == {MODEL}
     assert batch_id in corral("list").stdout
     bad = corral("cancel", batch_id)
     assert bad.returncode == 1 and "only a running batch can be cancelled" in bad.stderr
@@ -298,15 +292,9 @@ def test_two_batches_on_one_model_take_turns(client: openai.OpenAI) -> None:
     ids = []
     for tag in ("a", "b"):
         lines = [
-            {**chat_line(i, max_tokens=16, ignore_eos=True), "custom_id": f"{tag}{i}"}
-            for i in range(240)
+            {**chat_line(i, MODEL, max_tokens=4), "custom_id": f"{tag}{i}"} for i in range(240)
         ]
-        f = client.files.create(file=(f"{tag}.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
-        ids.append(
-            client.batches.create(
-                input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
-            ).id
-        )
+        ids.append(submit(client, lines).id)
     deadline = time.monotonic() + 120
     while True:
         a, b = (client.batches.retrieve(i) for i in ids)
@@ -325,6 +313,6 @@ def test_two_batches_on_one_model_take_turns(client: openai.OpenAI) -> None:
 def test_a_bad_line_stops_the_upload_before_the_rest_arrives(client: openai.OpenAI) -> None:
     """The lines are checked as they stream in: a bad first line is reported even
     though the whole file would also be over the size limit."""
-    content = b'{"custom_id": 1}\n' + jsonl([chat_line(i) for i in range(2000)])
+    content = b'{"custom_id": 1}\n' + jsonl([chat_line(i, MODEL) for i in range(2000)])
     with pytest.raises(openai.BadRequestError, match="Line 1: 'custom_id' must be"):
         client.files.create(file=("bad.jsonl", io.BytesIO(content)), purpose="batch")
