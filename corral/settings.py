@@ -117,11 +117,47 @@ class Settings(BaseModel):
     batch_in_flight: int = Field(
         16, ge=1, description="Requests each batch keeps waiting in the scheduler at once."
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names requests may be addressed to besides localhost and IP "
+        "addresses (comma-separated; * = any): a web page cannot reach the API through "
+        "DNS rebinding.",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Web origins (e.g. http://localhost:3000) allowed to make state-changing "
+        "requests and CORS calls besides loopback ones (comma-separated; * = any).",
+    )
+    import_dirs: list[str] = Field(
+        default_factory=list,
+        description="Directories the HTTP API may import or pull models from on this "
+        "machine's disk (comma-separated); empty = none. The CLI's own imports are not "
+        "limited.",
+    )
+    allow_private_pulls: bool = Field(
+        False,
+        description="Let pulls fetch URLs on loopback or private-network addresses (the "
+        "Hub endpoint, HF_ENDPOINT, is always allowed).",
+    )
+    insecure: bool = Field(
+        False,
+        description="Listen on a non-loopback address although API keys do not exist yet: "
+        "anyone who can reach the port can use and manage the server.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log verbosity of the gateway and its workers."
     )
 
-    @field_validator("preload", "pinned", "batch_keys", "engines", mode="before")
+    @field_validator(
+        "preload",
+        "pinned",
+        "batch_keys",
+        "engines",
+        "allowed_hosts",
+        "allowed_origins",
+        "import_dirs",
+        mode="before",
+    )
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
