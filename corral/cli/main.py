@@ -64,14 +64,29 @@ def serve(
         bool | None, typer.Option("--demo/--no-demo", help="Create the demo model if none.")
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+    insecure: Annotated[
+        bool | None,
+        typer.Option(
+            "--insecure", help="Listen on a non-loopback address although there are no API keys."
+        ),
+    ] = None,
     home: HomeOption = None,
 ) -> None:
     """Start the server (creates a tiny demo model first if no model is installed)."""
-    from corral.cli.serve import run_server
+    from corral.cli.serve import ServeRefused, check_bind, run_server
 
     settings = _settings(
-        host=host, port=port, demo_model=demo_model, log_level=log_level, home=home
+        host=host,
+        port=port,
+        demo_model=demo_model,
+        log_level=log_level,
+        insecure=insecure,
+        home=home,
     )
+    try:
+        check_bind(settings)
+    except ServeRefused as exc:
+        raise _fail(str(exc), 2) from None
     engine_flags = {
         "threads": threads,
         "slots": slots,

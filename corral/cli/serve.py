@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
 import sys
 
 import uvicorn
@@ -13,6 +15,54 @@ from corral.registry.demo import ensure_demo_model
 from corral.settings import Settings
 
 log = logging.getLogger("corral")
+
+
+class ServeRefused(Exception):
+    """The server must not start as configured; the message says why and what to do."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name) only accepts connections from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(settings: Settings) -> None:
+    """Refuse to listen beyond this machine while there are no API keys to check.
+
+    Anyone who reaches the port could run, pull, import and delete models, so binding
+    a non-loopback address (``0.0.0.0``, a LAN address) needs an explicit
+    ``--insecure`` until keys exist.
+    """
+    if is_loopback(settings.host) or settings.insecure:
+        return
+    raise ServeRefused(
+        f"Refusing to listen on {settings.host}: Corral has no API keys yet, so anyone who "
+        f"can reach port {settings.port} could use, pull, import and delete models. Listen on "
+        "127.0.0.1 (the default), or pass --insecure (CORRAL_INSECURE=1) to accept that."
+    )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, logging the addresses it actually bound (port 0 included)."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        for server in getattr(self, "servers", []):
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                shown = f"[{host}]" if ":" in host else host
+                log.info("Corral listening on http://%s:%s", shown, port)
+        if not is_loopback(self.config.host):
+            log.warning(
+                "listening on %s without API keys (--insecure): anyone who can reach it "
+                "can use and manage this server",
+                self.config.host,
+            )
 
 
 def run_server(settings: Settings, catalog: Catalog | None = None) -> None:
@@ -34,6 +84,5 @@ def run_server(settings: Settings, catalog: Catalog | None = None) -> None:
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace),
     )
-    server = uvicorn.Server(config)
-    log.info("Corral listening on %s (models in %s)", settings.base_url, settings.home)
-    server.run()
+    log.info("models in %s", settings.home)
+    _Server(config).run()

@@ -151,3 +151,22 @@ def test_serve_creates_demo_model_when_empty(tmp_path: Path) -> None:
         assert httpx.get(srv.url + "/health").json()["status"] == "ok"
     finally:
         srv.stop()
+
+
+def test_serve_refuses_a_non_loopback_address_without_insecure(tmp_path: Path) -> None:
+    done = corral("serve", "--host", "0.0.0.0", "--port", str(free_port()), home=tmp_path)
+    assert done.returncode == 2
+    assert "Refusing to listen on 0.0.0.0" in done.stderr and "--insecure" in done.stderr
+    assert not (tmp_path / "registry.db").exists()  # refused before touching anything
+
+
+def test_serve_logs_the_address_it_bound(tmp_path: Path) -> None:
+    srv = CorralServer(tmp_path, host="0.0.0.0", insecure=1).start()
+    try:
+        # Reached on loopback only: the test sends nothing to other addresses.
+        assert httpx.get(srv.url + "/health").status_code == 200
+        log = srv.log()
+        assert f"Corral listening on http://0.0.0.0:{srv.port}" in log
+        assert "without API keys (--insecure)" in log
+    finally:
+        srv.stop()
