@@ -163,3 +163,24 @@ def test_schema_errors_point_at_key_and_line(tmp_path: Path, hub: FakeHub) -> No
         done.stderr
     )
     assert "corral.yaml:6: models.chat.context:" in done.stderr
+
+
+def test_sync_sets_engine_params_and_refuses_a_bad_one(tmp_path: Path, hub: FakeHub) -> None:
+    home, project = tmp_path / "home", tmp_path / "project"
+    project.mkdir()
+    (project / "chat.gguf").write_bytes(models.model_file(models.CHAT).read_bytes())
+    params = {"batch_size": 256, "flash_attention": "off"}
+    write_yaml(project / "corral.yaml", {"m": {"source": "./chat.gguf", "params": params}})
+    done = corral("sync", home=home, hub=hub, cwd=project)
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(corral("show", "m", "--json", home=home, hub=hub).stdout)
+    assert shown["params"] == params and shown["runs_on"] == "llamacpp"
+
+    write_yaml(
+        project / "corral.yaml",
+        {"m": {"source": "./chat.gguf", "params": {"flash_attention": "sometimes"}}},
+    )
+    bad = corral("sync", home=home, hub=hub, cwd=project)
+    assert bad.returncode == 1 and "flash_attention" in bad.stderr
+    kept = json.loads(corral("show", "m", "--json", home=home, hub=hub).stdout)
+    assert kept["params"] == params  # nothing stored
