@@ -109,6 +109,30 @@ class MethodNotAllowed(CorralError):
     code = "method_not_allowed"
 
 
+class HostNotAllowed(CorralError):
+    """The Host header names a host the server is not known by (DNS rebinding)."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "host_not_allowed"
+
+
+class OriginNotAllowed(CorralError):
+    """A web page of an origin not allowed made a state-changing or CORS request."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "origin_not_allowed"
+
+
+class UnsupportedMediaType(CorralError):
+    """A body type a browser sends cross-site without asking (text/plain, multipart)."""
+
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
 def new_request_id() -> str:
     """A fresh request id: ``req_`` and 24 hex digits."""
     return "req_" + secrets.token_hex(12)

@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 
 from corral.api import admin, batches, files, health, ollama, openai, registry
+from corral.api.guard import Guard
 from corral.api.services import Services
 from corral.engines.catalog import Catalog
 from corral.httputil import openai_error_handlers
@@ -42,6 +44,8 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> Starlette:
             *files.routes,
             *batches.routes,
         ],
+        # First of the middleware: a refused request reaches no route (see guard.py).
+        middleware=[Middleware(Guard, settings=settings)],
         exception_handlers=openai_error_handlers(),
         lifespan=lifespan,
     )
