@@ -391,3 +391,24 @@ class BatchNotFound(CorralError):
 
     def __init__(self, batch_id: str) -> None:
         super().__init__(f"No such batch: {batch_id}", param="batch_id")
+
+
+# --- disk and network guards ----------------------------------------------------------
+
+
+class LocalPathRefused(CorralError):
+    """The API was asked to read a path on the server's disk outside the import
+    directories (``CORRAL_IMPORT_DIRS``)."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "local_path_refused"
+
+
+class PrivateAddressRefused(CorralError):
+    """A pull would connect to a loopback, private or otherwise non-public address
+    (``CORRAL_ALLOW_PRIVATE_PULLS`` allows it)."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "private_address_refused"

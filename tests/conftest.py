@@ -43,7 +43,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CorralServer]:
     """One real `corral serve` shared by the integration tests (8 slots, 2048 context)."""
     home = tmp_path_factory.mktemp("corral-home")
     install_test_models(home)
-    srv = CorralServer(home, **SERVER_SETTINGS).start()
+    # Some tests import through the API: from the model cache and their tmp_path.
+    import_dirs = f"{models.CACHE},{tmp_path_factory.getbasetemp()}"
+    srv = CorralServer(home, import_dirs=import_dirs, **SERVER_SETTINGS).start()
     yield srv
     srv.stop()
 

@@ -36,7 +36,9 @@ POLL_SECONDS = 0.2
 async def pull(request: Request) -> Response:
     services = services_of(request)
     req = parse_body(await request.body(), PullRequest)
-    job, _ = await asyncio.to_thread(services.pulls.submit, req.target())
+    job, _ = await asyncio.to_thread(
+        services.pulls.submit, req.target(), import_dirs=services.settings.import_dirs
+    )
     updates = _updates(services, job.id)
     if req.stream:
         return ndjson_stream(line(update) async for update in updates)

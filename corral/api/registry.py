@@ -106,8 +106,12 @@ async def configure_model(request: Request) -> Response:
 async def import_model(request: Request) -> Response:
     services = services_of(request)
     req = parse_body(await request.body(), ImportRequest)
-    path = Path(req.path)
-    record = await asyncio.to_thread(services.registry.import_path, path, req.name)
+    record = await asyncio.to_thread(
+        services.registry.import_path,
+        Path(req.path),
+        req.name,
+        import_dirs=services.settings.import_dirs,  # the API reads only from these
+    )
     return json_response(services.catalog.describe(record), status=201)
 
 
@@ -123,6 +127,7 @@ async def start_pull(request: Request) -> Response:
         params=req.params,
         aliases=req.aliases,
         expect=req.expect,
+        import_dirs=services.settings.import_dirs,
     )
     return json_response(status.to_dict(), status=202 if created else 200)
 

@@ -61,6 +61,7 @@ class Services:
             downloads_dir=settings.home / "downloads",
             disk_reserve=settings.disk_reserve_bytes,
             max_parallel=settings.max_parallel_pulls,
+            allow_private=settings.allow_private_pulls,
         )
         files = FileStore(registry.engine, settings.home / "files", settings.max_upload_bytes)
         batches = Batches(registry.engine, files)

@@ -5,11 +5,18 @@ routes: a removal must stop the model's worker, and a pull is the server's job s
 survives the terminal closing. With no server, the same operations run in this
 process on the same registry. Both sides return the same JSON shapes, so the commands
 render one way.
+
+The server reads no local path for its API's callers outside ``CORRAL_IMPORT_DIRS``
+(issue 16), but the user of this CLI owns the server's home: when the server refuses
+``corral import PATH`` or ``corral pull ./path`` for that reason, the CLI does it
+itself, in the same home, as without a server, and says so. The registry is one
+database, so the server lists the model at once.
 """
 
 from __future__ import annotations
 
 import builtins
+import sys
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,7 +26,15 @@ from corral.settings import Settings
 
 
 class RegistryError(Exception):
-    """An operation failed; the message is the server's or the registry's."""
+    """An operation failed; the message is the server's or the registry's, ``code``
+    the server's error code if it gave one."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+LOCAL_PATH_REFUSED = "local_path_refused"  # corral.errors.LocalPathRefused.code
 
 
 class RegistryClient(Protocol):
@@ -45,13 +60,16 @@ def connect(settings: Settings) -> RegistryClient:
         httpx.get(settings.base_url + "/health", timeout=1.0)
     except httpx.TransportError:
         return LocalRegistry(settings)
-    return RemoteRegistry(settings.base_url)
+    return RemoteRegistry(settings.base_url, settings)
 
 
 class RemoteRegistry:
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, settings: Settings | None = None) -> None:
         self.where = base_url
         self._http = httpx.Client(base_url=base_url, timeout=None)
+        self._settings = settings  # for local paths the server refuses; None: no fallback
+        self._local: LocalRegistry | None = None
+        self._local_jobs: set[str] = set()  # pulls this process runs itself
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         response = self._http.request(method, path, json=body)
@@ -62,8 +80,34 @@ class RemoteRegistry:
         if response.status_code >= 400:
             error = data.get("error") if isinstance(data, dict) else None
             message = error.get("message") if isinstance(error, dict) else None
-            raise RegistryError(message or f"{response.status_code}: {response.text[:200]}")
+            code = error.get("code") if isinstance(error, dict) else None
+            raise RegistryError(
+                message or f"{response.status_code}: {response.text[:200]}",
+                code if isinstance(code, str) else None,
+            )
         return data
+
+    def _here(self, refused: RegistryError, what: str) -> LocalRegistry:
+        """The registry to use in this process when the server refused a local path,
+        after checking that it is the server's (the same models); else ``refused``."""
+        if refused.code != LOCAL_PATH_REFUSED or self._settings is None:
+            raise refused
+        if self._local is None:
+            local = LocalRegistry(self._settings)
+            server_models = {m["name"] for m in self.list()}
+            if {m["name"] for m in local.list()} != server_models:
+                local.close()
+                raise RegistryError(
+                    f"{refused} The CLI could do it itself in its own home, but "
+                    f"{local.where} is not the server's (CORRAL_HOME differs)."
+                )
+            self._local = local
+        print(
+            "The server reads no local files for API callers outside CORRAL_IMPORT_DIRS: "
+            f"{what} directly into the shared home {self._local.where}.",
+            file=sys.stderr,
+        )
+        return self._local
 
     def list(self) -> builtins.list[dict[str, Any]]:
         models: builtins.list[dict[str, Any]] = self._call("GET", "/admin/models")["models"]
@@ -84,21 +128,34 @@ class RemoteRegistry:
         return result
 
     def import_path(self, path: Path, name: str | None) -> dict[str, Any]:
-        result: dict[str, Any] = self._call(
-            "POST", "/admin/models/import", {"path": str(path.resolve()), "name": name}
-        )
+        try:
+            result: dict[str, Any] = self._call(
+                "POST", "/admin/models/import", {"path": str(path.resolve()), "name": name}
+            )
+        except RegistryError as exc:
+            return self._here(exc, f"importing {path}").import_path(path, name)
         return result
 
     def pull(self, ref: str, **options: Any) -> dict[str, Any]:
-        body = {"model": ref, **{k: v for k, v in options.items() if v is not None}}
-        result: dict[str, Any] = self._call("POST", "/admin/pulls", body)
+        body = {"model": _absolute(ref), **{k: v for k, v in options.items() if v is not None}}
+        try:
+            result: dict[str, Any] = self._call("POST", "/admin/pulls", body)
+        except RegistryError as exc:
+            local = self._here(exc, f"pulling {ref}")
+            result = local.pull(ref, **options)
+            self._local_jobs.add(result["id"])
+            self.where = local.where  # the pull runs in this process: no --detach
         return result
 
     def pull_status(self, job_id: str) -> dict[str, Any]:
+        if self._local is not None and job_id in self._local_jobs:
+            return self._local.pull_status(job_id)
         result: dict[str, Any] = self._call("GET", f"/admin/pulls/{job_id}")
         return result
 
     def cancel_pull(self, job_id: str) -> dict[str, Any]:
+        if self._local is not None and job_id in self._local_jobs:
+            return self._local.cancel_pull(job_id)
         result: dict[str, Any] = self._call("DELETE", f"/admin/pulls/{job_id}")
         return result
 
@@ -112,6 +169,8 @@ class RemoteRegistry:
 
     def close(self) -> None:
         self._http.close()
+        if self._local is not None:
+            self._local.close()
 
 
 class LocalRegistry:
@@ -128,6 +187,7 @@ class LocalRegistry:
             downloads_dir=settings.home / "downloads",
             disk_reserve=settings.disk_reserve_bytes,
             max_parallel=settings.max_parallel_pulls,
+            allow_private=settings.allow_private_pulls,
         )
 
     def _do(self, action: Any, *args: Any, **kwargs: Any) -> Any:
@@ -186,3 +246,16 @@ class LocalRegistry:
     def close(self) -> None:
         self.pulls.close()
         self.registry.close()
+
+
+def _absolute(ref: str) -> str:
+    """A local path as this process means it (the server's working directory is
+    another); any other reference as given."""
+    from corral.errors import CorralError
+    from corral.registry.refs import parse_reference
+
+    try:
+        reference = parse_reference(ref)
+    except CorralError:
+        return ref  # the server says what is wrong with it
+    return str(reference.path) if reference.kind == "path" else ref

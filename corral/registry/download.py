@@ -23,6 +23,7 @@ from typing import IO
 import httpx
 
 from corral.errors import ChecksumMismatch, DiskFull, DownloadError, SourceFileMissing
+from corral.registry.access import failure_detail
 from corral.registry.resolve import RemoteFile
 
 CHUNK = 1 << 20
@@ -43,7 +44,9 @@ def fetch(
     cancel: threading.Event,
     client: httpx.Client,
 ) -> str:
-    """Complete ``partial`` from ``remote``; return the verified sha256 of its bytes."""
+    """Complete ``partial`` from ``remote``; return the verified sha256 of its bytes.
+    ``client`` decides where requests may go (``PullGuard.client``: each redirect is
+    checked like the first request)."""
     if remote.local is not None:
         return _copy_local(remote, partial, progress, cancel)
     attempt = 0
@@ -61,7 +64,8 @@ def fetch(
             attempt += 1
             if attempt > RETRIES:
                 raise DownloadError(
-                    f"{remote.path}: the connection kept failing ({exc}); {_size_of(partial)} "
+                    f"{remote.path}: the connection kept failing "
+                    f"({failure_detail(remote.url, exc)}); {_size_of(partial)} "
                     "are kept and the next pull resumes from there."
                 ) from None
             progress(-(partial.stat().st_size if partial.exists() else 0))

@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from corral.errors import CorralError, InsufficientStorage, LockDrift, PullNotFound
 from corral.registry import download
+from corral.registry.access import PullGuard, allowed_path
 from corral.registry.db import PullRow
 from corral.registry.names import canonical_name
 from corral.registry.records import ModelFile, ModelRecord
@@ -125,8 +126,10 @@ class Pulls:
         downloads_dir: Path,
         disk_reserve: int,
         max_parallel: int = 2,
+        allow_private: bool = False,
     ) -> None:
         self.registry = registry
+        self.guard = PullGuard(allow_private=allow_private)
         self.downloads_dir = downloads_dir
         self.disk_reserve = disk_reserve
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
@@ -147,10 +150,21 @@ class Pulls:
         params: Mapping[str, Any] | None = None,
         aliases: list[str] | None = None,
         expect: Mapping[str, str] | None = None,
+        import_dirs: Sequence[str] | None = None,
     ) -> tuple[PullStatus, bool]:
         """Start pulling ``ref``; returns (job, created). A pull of a model already
-        being pulled returns that job instead of starting a second one."""
-        reference = parse_reference(ref)
+        being pulled returns that job instead of starting a second one.
+
+        ``import_dirs``: the directories a local path may be in (the API's callers);
+        None: anywhere (the CLI's own pulls). A URL on a private address is refused
+        here already unless this ``Pulls`` allows private pulls (and again at each
+        request the job makes, redirects included)."""
+        reference = parse_reference(ref, probe=import_dirs is None)
+        if reference.kind == "path" and import_dirs is not None:
+            assert reference.path is not None
+            allowed_path(reference.path, import_dirs, given=reference.text)
+        if reference.kind == "url":
+            self.guard.check_url(str(reference.url))
         target = canonical_name(name) if name else reference.default_name
         with self._lock:
             with Session(self.registry.engine, expire_on_commit=False) as session, session.begin():
@@ -181,6 +195,7 @@ class Pulls:
                         "params": dict(params or {}),
                         "aliases": list(aliases or []),
                         "expect": dict(expect or {}),
+                        "import_dirs": None if import_dirs is None else list(import_dirs),
                         "owner": self.owner,
                     },
                     bytes_done=0,
@@ -295,8 +310,13 @@ class Pulls:
             assert row is not None
             row.state, row.updated_at = "running", time.time()
             ref, name, options = row.ref, row.name, dict(row.options)
+        import_dirs = options.get("import_dirs")
         plan = resolve(
-            parse_reference(ref), revision=options.get("revision"), sha256=options.get("sha256")
+            parse_reference(ref, probe=import_dirs is None),
+            revision=options.get("revision"),
+            sha256=options.get("sha256"),
+            guard=self.guard,
+            import_dirs=import_dirs,
         )
         if options.get("expect"):
             plan = _pin(plan, options["expect"], name)
@@ -314,7 +334,8 @@ class Pulls:
                 self._save(job_id, run)
 
         self.downloads_dir.mkdir(parents=True, exist_ok=True)
-        with httpx.Client(follow_redirects=True, timeout=httpx.Timeout(30.0, read=120.0)) as client:
+        timeout = httpx.Timeout(30.0, read=120.0)
+        with self.guard.client(follow_redirects=True, timeout=timeout) as client:
             for remote in plan.files:
                 files.append(self._fetch_one(remote, headers, progress, run, client))
         self._save(job_id, run)

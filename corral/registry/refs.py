@@ -3,11 +3,12 @@
 - ``hf.co/ORG/REPO[:QUANT_OR_FILE]``: one GGUF from a Hub repo (Ollama's syntax);
 - ``ORG/REPO``: a whole safetensors or ONNX repo from the Hub;
 - ``https://.../file.gguf``: one file from any web server;
-- a local path (``./x.gguf``, ``/abs/dir``, ``~/x.onnx``).
+- a local path (``./x.gguf``, ``/abs/dir``, ``~/x.onnx``, ``file:///abs/x.gguf``).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,10 +59,17 @@ class Reference:
         return str(self.path)
 
 
-def parse_reference(text: str, *, base: Path | None = None) -> Reference:
+def parse_reference(text: str, *, base: Path | None = None, probe: bool = True) -> Reference:
+    """What ``text`` refers to. ``probe=False``: never look at the disk to tell (a bare
+    name is then no path, whatever exists): the API must not say which files exist."""
     raw = text.strip()
     if not raw:
         raise InvalidReference("Empty model reference.")
+    if raw.lower().startswith("file:"):
+        parsed = urlparse(raw)
+        if parsed.netloc not in ("", "localhost") or not parsed.path:
+            raise InvalidReference(f"{text!r}: a file URL names a file here: file:///PATH.")
+        return Reference("path", raw, path=_real(Path(unquote(parsed.path))))
     for prefix in _HUB_PREFIXES:
         if raw.startswith(prefix):
             rest = raw[len(prefix) :]
@@ -80,15 +88,22 @@ def parse_reference(text: str, *, base: Path | None = None) -> Reference:
         path = Path(raw).expanduser()
         if not path.is_absolute() and base is not None:
             path = base / path
-        return Reference("path", raw, path=path.resolve())
+        return Reference("path", raw, path=_real(path))
     if _REPO.match(raw):
         return Reference("hub_repo", raw, repo=raw)
-    if Path(raw).exists():
-        return Reference("path", raw, path=Path(raw).resolve())
+    if probe and Path(raw).exists():
+        return Reference("path", raw, path=_real(Path(raw)))
     raise InvalidReference(
         f"Cannot tell what {text!r} refers to. Use hf.co/ORG/REPO[:QUANT] for a GGUF on "
         "the Hugging Face Hub, ORG/REPO for a whole repo, an https:// URL, or a local path."
     )
+
+
+def _real(path: Path) -> Path:
+    """``path`` absolute, links resolved: ``os.path.realpath``, which unlike
+    ``Path.resolve`` does not stat the result (nothing outside the import dirs is
+    looked at for an API caller, ``corral.registry.access``)."""
+    return Path(os.path.realpath(path))
 
 
 def _safe_stem(name: str) -> str:

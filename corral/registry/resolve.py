@@ -24,6 +24,13 @@ from corral.errors import (
     ResolveError,
     SourceUnreachable,
 )
+from corral.registry.access import (
+    ImportDirs,
+    PullGuard,
+    allowed_path,
+    directory_files,
+    failure_detail,
+)
 from corral.registry.refs import Reference
 
 # Ollama's choice when an hf.co reference names no quant, then common fallbacks.
@@ -65,14 +72,23 @@ class Plan:
         return None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
 
 
-def resolve(ref: Reference, *, revision: str | None = None, sha256: str | None = None) -> Plan:
+def resolve(
+    ref: Reference,
+    *,
+    revision: str | None = None,
+    sha256: str | None = None,
+    guard: PullGuard | None = None,
+    import_dirs: ImportDirs = None,
+) -> Plan:
+    """The plan for ``ref``. A URL is only fetched where ``guard`` allows (default: no
+    private addresses); a local path only inside ``import_dirs`` (None: anywhere)."""
     if ref.kind == "hub_gguf":
         return _hub_gguf(ref, revision)
     if ref.kind == "hub_repo":
         return _hub_repo(ref, revision)
     if ref.kind == "url":
-        return _url(ref, sha256)
-    return _local(ref, sha256)
+        return _url(ref, sha256, guard or PullGuard())
+    return _local(ref, sha256, import_dirs)
 
 
 def hub_headers() -> dict[str, str]:
@@ -194,12 +210,13 @@ def _hub_repo(ref: Reference, revision: str | None) -> Plan:
     )
 
 
-def _url(ref: Reference, sha256: str | None) -> Plan:
+def _url(ref: Reference, sha256: str | None, guard: PullGuard) -> Plan:
     url = str(ref.url)
     try:
-        response = httpx.head(url, follow_redirects=True, timeout=30.0)
+        with guard.client(follow_redirects=True, timeout=30.0) as client:
+            response = client.head(url)
     except httpx.HTTPError as exc:
-        raise SourceUnreachable(f"Could not reach {url}: {exc}") from None
+        raise SourceUnreachable(f"Could not reach {url}: {failure_detail(url, exc)}") from None
     if response.status_code >= 400:
         raise ResolveError(f"{url} answered {response.status_code}.")
     length = response.headers.get("content-length")
@@ -219,14 +236,15 @@ def _url(ref: Reference, sha256: str | None) -> Plan:
     )
 
 
-def _local(ref: Reference, sha256: str | None) -> Plan:
+def _local(ref: Reference, sha256: str | None, import_dirs: ImportDirs) -> Plan:
     path = ref.path
     assert path is not None
+    if import_dirs is not None:
+        path = allowed_path(path, import_dirs, given=ref.text)
     if path.is_dir():
-        files = [p for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith(".")]
         entries = tuple(
-            RemoteFile(p.relative_to(path).as_posix(), p.as_uri(), p.stat().st_size, None, local=p)
-            for p in files
+            RemoteFile(rel, p.as_uri(), p.stat().st_size, None, local=p)
+            for rel, p in directory_files(path, import_dirs).items()
         )
     elif path.is_file():
         size = path.stat().st_size

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, joinedload, selectinload
 
 from corral.errors import CorralError, InvalidRequest, ModelExists, ModelNotFound
 from corral.registry import formats
+from corral.registry.access import ImportDirs, allowed_path, directory_files
 from corral.registry.db import AliasRow, FileRow, ModelRow, open_database
 from corral.registry.gguf_info import ModelInfo, is_gguf
 from corral.registry.names import (
@@ -112,20 +113,26 @@ class Registry:
     # --- adding -------------------------------------------------------------------------
 
     def import_path(
-        self, source: Path, name: str | None = None, *, params: Mapping[str, Any] | None = None
+        self,
+        source: Path,
+        name: str | None = None,
+        *,
+        params: Mapping[str, Any] | None = None,
+        import_dirs: ImportDirs = None,
     ) -> ModelRecord:
         """Add a local GGUF or ONNX file, or a model directory (safetensors/ONNX); the
-        name defaults to the one ``corral pull PATH`` would give it."""
+        name defaults to the one ``corral pull PATH`` would give it. ``import_dirs``:
+        the directories the source (links resolved) must be in, checked before anything
+        is read (the API's callers); None: anywhere."""
+        given = str(source)
         source = source.expanduser()
+        if import_dirs is not None:
+            source = allowed_path(source, import_dirs, given=given)
         canonical = (
             canonical_name(name) if name else parse_reference(str(source.resolve())).default_name
         )
         if source.is_dir():
-            files = {
-                p.relative_to(source).as_posix(): p
-                for p in sorted(source.rglob("*"))
-                if p.is_file() and not p.name.startswith(".")
-            }
+            files = directory_files(source, import_dirs)
         elif source.is_file():
             if source.suffix == ".gguf" and not is_gguf(source):
                 raise InvalidRequest(f"{source} is not a GGUF file (bad magic bytes).")
