@@ -303,9 +303,12 @@ def test_request_the_worker_took_is_never_sent_twice(serve: Callable[..., Corral
 
     body = {"model": "sboom", "messages": [{"role": "user", "content": "boom"}], "stream": True}
     with httpx.stream("POST", srv.openai_url + "/chat/completions", json=body) as r:
-        assert r.status_code == 200  # the first token went out before the crash
+        assert r.status_code == 200  # the stream had begun when the worker crashed
         events = [line for line in r.iter_lines() if line.startswith("data: ")]
-    assert '"content":"t0 "' in events[1] and "worker_crashed" in events[-1]
+    # Whether the first token left the dying worker's socket is up to the kernel; the
+    # stream ends with the crash either way, and nothing after the first token came.
+    assert events and "worker_crashed" in events[-1]
+    assert not any('"content":"t1 "' in event for event in events)
     assert ps(srv)["sboom:latest"]["crashes"] == 1
     assert srv.log().count("worker for sboom:latest started") == 1
 
