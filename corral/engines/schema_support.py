@@ -58,6 +58,14 @@ _PATTERN_REFUSED = (
 _Children = dict[str, Callable[[], Any]]
 
 
+# The converter writes each optional repetition as one more nested group: llama.cpp's
+# grammar parser compiles about a thousand (1,500 fail to compile) and overflows its
+# stack on tens of thousands, killing the worker with every request in it (SIGSEGV on
+# ``"maxLength": 32767``). Mandatory repetitions (``minLength``) are flat and safe.
+MAX_OPTIONAL_REPEATS = 1000
+_QUANTIFIER = re.compile(r"(?<!\\)\{(\d+)(?:,(\d*))?\}")
+
+
 def prepare(schema: Any, *, param: str) -> dict[str, Any]:
     """Check ``schema`` is valid and fully enforceable; return it without annotations."""
     if not isinstance(schema, dict):
@@ -175,6 +183,16 @@ class _Checker:
     def _range(self, node: dict[str, Any], low: str, high: str, path: str) -> None:
         if high in node and node.get(low, 0) > node[high]:
             raise self.refuse(f"{low} greater than {high}", path)
+        if high in node:
+            self._repeats(node[high] - node.get(low, 0), f"{high} {node[high]}", path)
+
+    def _repeats(self, optional: int, what: str, path: str) -> None:
+        if optional > MAX_OPTIONAL_REPEATS:
+            raise self.refuse(
+                f"{what} ({optional} optional repetitions; llama.cpp's grammar holds at "
+                f"most {MAX_OPTIONAL_REPEATS})",
+                path,
+            )
 
     def _pattern(self, pattern: str, path: str) -> None:
         if not (pattern.startswith("^") and pattern.endswith("$")):
@@ -184,3 +202,7 @@ class _Checker:
                 raise self.refuse(f"a pattern with {what}", path)
         if re.search(r"\\[dDwWsSbB]", pattern):
             raise self.refuse(r"a pattern with class escapes (\d, \w, \s...)", path)
+        for match in _QUANTIFIER.finditer(pattern):
+            low, high = int(match[1]), match[2]
+            if high:  # {m,n}; {m} and {m,} add no optional repetitions
+                self._repeats(int(high) - low, f"the quantifier {match[0]}", path)

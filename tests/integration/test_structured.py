@@ -388,6 +388,19 @@ def chat_status(server: CorralServer, **body: Any) -> httpx.Response:
             "tools[0].function.parameters",
             "'uniqueItems' at $.properties.s",
         ),
+        (
+            # Issue 13's reproduction: this schema used to kill the worker (SIGSEGV).
+            {
+                "response_format": json_schema_format(
+                    {
+                        "type": "object",
+                        "properties": {"notes": {"type": "string", "maxLength": 32767}},
+                    }
+                )
+            },
+            "response_format",
+            "maxLength 32767 (32767 optional repetitions",
+        ),
     ],
     ids=[
         "invalid-schema",
@@ -396,6 +409,7 @@ def chat_status(server: CorralServer, **body: Any) -> httpx.Response:
         "required-no-tools",
         "unknown-tool",
         "tool-schema",
+        "huge-maxLength",
     ],
 )
 def test_bad_requests_are_400_and_the_server_keeps_working(
@@ -410,6 +424,22 @@ def test_bad_requests_are_400_and_the_server_keeps_working(
     assert good.status_code == 200 and good.json()["choices"][0]["message"]["content"].startswith(
         "{"
     )
+
+
+def test_the_largest_accepted_repetition_compiles_and_holds(server: CorralServer) -> None:
+    """At the bound schema_support allows, the worker's grammar still compiles (1,500
+    optional repetitions no longer do) and the reply follows the schema."""
+    schema = {
+        "type": "object",
+        "properties": {"notes": {"type": "string", "maxLength": 1000}},
+        "required": ["notes"],
+        "additionalProperties": False,
+    }
+    reply = chat_status(server, max_tokens=2000, response_format=json_schema_format(schema))
+    assert reply.status_code == 200, reply.text
+    choice = reply.json()["choices"][0]
+    if choice["finish_reason"] == "stop":
+        jsonschema.validate(json.loads(choice["message"]["content"]), schema)
 
 
 def test_a_schema_that_would_be_refused_is_refused_before_the_model_loads(

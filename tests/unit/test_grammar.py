@@ -51,6 +51,10 @@ def refusal(schema: Any) -> str:
         ({"type": "array", "items": False}, "boolean schema false at $.items"),
         ({"type": "array", "items": {"type": "integer"}, "prefixItems": [{}]}, "'items' beside"),
         ({"$defs": {"x": {"type": "integer", "maximum": 3}}, "type": "string"}, "$.$defs.x"),
+        ({"type": "string", "maxLength": 32767}, "maxLength 32767 (32767 optional"),
+        ({"type": "string", "minLength": 10, "maxLength": 1011}, "(1001 optional"),
+        ({"type": "array", "items": {"type": "integer"}, "maxItems": 2000}, "maxItems 2000"),
+        ({"type": "string", "pattern": "^a{1,3000}$"}, "the quantifier {1,3000}"),
     ],
 )
 def test_what_the_converter_would_ignore_is_refused_by_name_and_path(
@@ -97,6 +101,8 @@ def test_annotations_and_vendor_keys_are_dropped_not_refused() -> None:
         {"type": ["string", "boolean"]},
         {"type": "string", "format": "date-time"},
         {"type": "string", "pattern": "^[A-Z]{2,3}-[0-9]+$"},
+        {"type": "string", "minLength": 5000, "maxLength": 6000},  # 1,000 optional: the bound
+        {"type": "string", "pattern": r"^a{1000}b{3,}c\{1,5000\}$"},  # none optional
         {"prefixItems": [{"type": "integer"}, {"type": "boolean"}], "items": False},
         {"type": "array", "items": {}},
         {"type": "object", "additionalProperties": {"type": "integer"}},
