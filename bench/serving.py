@@ -1,19 +1,22 @@
-"""Serving benchmark: Corral vs llama_cpp.server vs in-process llama_cpp.Llama, in one run.
+"""Serving benchmark: Corral vs llama-server, llama_cpp.server and llama_cpp.Llama, in one run.
 
 On a ~120M-parameter Llama GGUF made offline (f16 and Q4_K_M), greedy decoding of
 128 new tokens from distinct ~64-token prompts, with 1 and 8 concurrent clients:
 aggregate generated tokens/s and time to first token (TTFT) for
 
   (a) Corral (`corral serve`, one worker, 8 slots);
-  (b) `python -m llama_cpp.server` on the same file;
-  (c) `llama_cpp.Llama` in-process (one sequence at a time by construction).
+  (b) llama.cpp's C++ `llama-server` (8 parallel slots), the peer to beat;
+  (c) `python -m llama_cpp.server` on the same file;
+  (d) `llama_cpp.Llama` in-process (one sequence at a time by construction).
 
-All three use the same llama.cpp build, the same thread count and context per
-request. Then the gateway's own cost: p50 latency of tiny non-streamed requests
-through the gateway versus straight to the worker.
+All use the same llama.cpp commit, the same thread count and context per request.
+Then the gateway's own cost: p50 latency of tiny non-streamed requests through the
+gateway versus straight to the worker.
 
     pip install -e '.[bench]'
-    python bench/serving.py                   # writes bench/out/serving.json
+    LLAMA_SERVER=$(../shared/tools/build-llama-server) python bench/serving.py
+                                              # writes bench/out/serving.json
+(without ``LLAMA_SERVER``, llama.cpp's C++ server is skipped, and says so).
 """
 
 from __future__ import annotations
@@ -283,6 +286,37 @@ def start_llama_cpp_server(model: Path, threads: int) -> tuple[subprocess.Popen[
     return proc, url
 
 
+def llama_server_binary() -> Path | None:
+    """llama.cpp's C++ ``llama-server``, the peer to beat, from ``LLAMA_SERVER``
+    (``../shared/tools/build-llama-server`` builds it from the pinned sdist's source)."""
+    path = os.environ.get("LLAMA_SERVER")
+    return Path(path) if path and Path(path).is_file() else None
+
+
+def start_llama_server(
+    binary: Path, model: Path, threads: int, slots: int = 8
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``llama-server`` with the settings Corral runs: same threads, ``slots`` parallel
+    sequences of ``CONTEXT`` tokens each, flash attention auto."""
+    port = free_port()
+    log = ROOT / "bench" / "out" / "llama-server.log"  # its own words, if it fails
+    log.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [
+            str(binary),
+            *("--model", str(model), "--host", "127.0.0.1", "--port", str(port)),
+            *("--threads", str(threads), "--threads-batch", str(threads)),
+            *("--parallel", str(slots), "--ctx-size", str(CONTEXT * slots)),
+            *("--flash-attn", "auto", "--no-webui"),
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/health", proc)
+    return proc, url
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
@@ -409,6 +443,15 @@ def main() -> None:
                 results += measure_server("Corral", quant, url, warm, single, multi)
             finally:
                 stop(proc)
+        binary = llama_server_binary()
+        if binary is None:
+            print("llama-server: skipped (set LLAMA_SERVER to its binary)", flush=True)
+        else:
+            proc, url = start_llama_server(binary, path, args.threads)
+            try:
+                results += measure_server("llama-server", quant, url, warm, single, multi)
+            finally:
+                stop(proc)
         proc, url = start_llama_cpp_server(path, args.threads)
         try:
             results += measure_server("llama_cpp.server", quant, url, warm, single, multi)
@@ -455,6 +498,12 @@ def markdown(report: dict) -> str:  # type: ignore[type-arg]
     for quant in sorted({r["quant"] for r in report["results"]}):
         c8, c1 = by.get(("Corral", quant, 8)), by.get(("Corral", quant, 1))
         s8 = by.get(("llama_cpp.server", quant, 8))
+        l8, l1 = by.get(("llama-server", quant, 8)), by.get(("llama-server", quant, 1))
+        if c8 and c1 and l8 and l1:
+            rows.append(
+                f"- {quant}: Corral / llama-server = {c8 / l8:.2f}x at 8 clients, "
+                f"{c1 / l1:.2f}x at 1 client"
+            )
         if c8 and c1 and s8:
             rows.append(
                 f"- {quant}: Corral 8-client / llama_cpp.server 8-client = {c8 / s8:.2f}x; "
