@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.serving import (  # noqa: E402
     NEW_TOKENS,
+    RESENT,
     build_models,
     llama_server_binary,
     make_prompts,
@@ -79,6 +80,8 @@ def main() -> None:
         finally:
             stop(proc)
 
+    if RESENT:
+        print(f"resent after an unanswered close: {len(RESENT)} requests ({set(RESENT)})")
     report = {"settings": vars(args) | {"out": str(args.out)}, "tokens_per_s": speeds}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

@@ -155,6 +155,24 @@ async def one_request(
         "temperature": 0,
         "stream": True,
     }
+    for attempt in (1, 2):
+        try:
+            return await _stream_completion(client, url, body)
+        except httpx.RemoteProtocolError:
+            # llama-server now and then closes a connection before answering (twice
+            # in the runs of 2026-12-01); such a request never ran: send it again.
+            if attempt == 2:
+                raise
+            RESENT.append(url)
+    raise AssertionError("unreachable")
+
+
+RESENT: list[str] = []  # requests sent again after a connection closed unanswered
+
+
+async def _stream_completion(
+    client: httpx.AsyncClient, url: str, body: dict[str, object]
+) -> tuple[float, float, str]:
     start = time.perf_counter()
     ttft = None
     finish = ""
