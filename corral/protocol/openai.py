@@ -230,10 +230,15 @@ class Timings(_Wire):
     prompt_tokens_cached: int
 
 
+class PromptTokensDetails(_Wire):
+    cached_tokens: int  # prompt tokens whose KV was reused, not computed again
+
+
 class Usage(_Wire):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = Field(None, exclude_if=lambda v: v is None)
     timings: Timings | None = Field(None, exclude_if=lambda v: v is None)
 
 

@@ -28,6 +28,7 @@ from corral.protocol.openai import (
     CompletionChoice,
     FinishReason,
     FunctionDelta,
+    PromptTokensDetails,
     Timings,
     ToolCall,
     ToolCallDelta,
@@ -45,6 +46,7 @@ def usage_of(finished: Finished, timings: bool = False) -> Usage:
         prompt_tokens=finished.prompt_tokens,
         completion_tokens=finished.completion_tokens,
         total_tokens=finished.prompt_tokens + finished.completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=finished.prompt_tokens_cached),
         timings=Timings(
             prompt_ns=finished.prompt_ns,
             generation_ns=finished.generation_ns,

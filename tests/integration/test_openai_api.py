@@ -216,3 +216,6 @@ def test_timings_extension_only_when_asked(server: CorralServer) -> None:
         server.openai_url + "/chat/completions", json={**body, "timings": True}, timeout=60
     ).json()["usage"]
     assert again["timings"]["prompt_tokens_cached"] == again["prompt_tokens"] - 1
+    # OpenAI's own field says the same, with or without the timings extension.
+    assert again["prompt_tokens_details"]["cached_tokens"] == again["prompt_tokens"] - 1
+    assert "cached_tokens" in plain["usage"]["prompt_tokens_details"]

@@ -52,10 +52,15 @@ def test_chat_stream_matches_openai_shape() -> None:
 def test_chat_stream_usage_chunk() -> None:
     w = ChatStreamWriter("m", include_usage=True)
     assert events(w.delta("x"))[0]["usage"] is None
-    finish, usage = events(w.finish(Finished("stop", 3, 4)))
+    finish, usage = events(w.finish(Finished("stop", 3, 4, prompt_tokens_cached=2)))
     assert finish["usage"] is None
     assert usage["choices"] == []
-    assert usage["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    assert usage["usage"] == {
+        "prompt_tokens": 3,
+        "completion_tokens": 4,
+        "total_tokens": 7,
+        "prompt_tokens_details": {"cached_tokens": 2},
+    }
 
 
 def test_completion_stream_shape() -> None:
