@@ -9,6 +9,7 @@ concurrent streams of 128 greedy tokens, the same requests for every system.
 
     LLAMA_SERVER=$(../shared/tools/build-llama-server) python bench/long_lived.py
     python bench/long_lived.py --quant q4_k_m --rounds 10   # writes bench/out/long_lived.json
+    python bench/long_lived.py --workload shared-prefix      # one system prompt for all
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -27,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from bench.serving import (  # noqa: E402
     NEW_TOKENS,
     RESENT,
+    WORDS,
     build_models,
     llama_server_binary,
     make_prompts,
@@ -36,6 +39,14 @@ from bench.serving import (  # noqa: E402
     stop,
 )
 from corral.registry.store import Registry  # noqa: E402
+
+
+def shared_prefix_prompts(n: int, seed: int) -> list[str]:
+    """Issue 12's chat-like workload: one 40-word prefix (a system prompt) shared by
+    every request of the run, then 8 words of each request's own."""
+    rng = random.Random(seed)
+    prefix = " ".join(rng.choice(WORDS) for _ in range(40))
+    return [f"{prefix} | {i}: " + " ".join(rng.choice(WORDS) for _ in range(8)) for i in range(n)]
 
 
 def serve_rounds(url: str, rounds: list[list[str]], clients: int, name: str) -> list[float]:
@@ -57,11 +68,20 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--workload",
+        default="distinct",
+        choices=["distinct", "shared-prefix"],
+        help="distinct ~64-token prompts, or one 40-word prefix shared by every request",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "long_lived.json")
     args = parser.parse_args()
 
     model = build_models()[args.quant]
-    rounds = [make_prompts(args.requests, 1000 + n, model) for n in range(args.rounds)]
+    if args.workload == "shared-prefix":
+        rounds = [shared_prefix_prompts(args.requests, 1000 + n) for n in range(args.rounds)]
+    else:
+        rounds = [make_prompts(args.requests, 1000 + n, model) for n in range(args.rounds)]
     speeds: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as home:
         Registry(Path(home)).import_file(model, "bench")
