@@ -46,8 +46,6 @@ async def ps(request: Request) -> Response:
         if status.state not in ("ready", "draining"):
             continue
         record = services.registry.get(status.model)
-        descriptor = services.catalog.for_record(record)
-        params = services.scheduler.params_of(record)
         models.append(
             {
                 "name": record.name,
@@ -61,7 +59,7 @@ async def ps(request: Request) -> Response:
                     else FOREVER
                 ).isoformat(),
                 "size_vram": status.memory.estimate_parts["vram"],
-                "context_length": descriptor.context_length(record, params),
+                "context_length": _context_length(services, record),
             }
         )
     return json_response({"models": models})

@@ -25,7 +25,6 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from corral.engines.descriptor import (
-    ENV_PREFIX,
     EngineDescriptor,
     EngineParams,
     LaunchContext,
@@ -34,6 +33,7 @@ from corral.engines.descriptor import (
 )
 from corral.errors import InvalidRequest, UnsupportedCapability
 from corral.registry.records import Capability, ModelRecord, capability_names
+from corral.settings import env_name
 
 BUILTIN: tuple[str, ...] = ("corral.engines.llamacpp.descriptor:descriptor",)
 ENTRY_POINT_GROUP = "corral.engines"
@@ -216,7 +216,7 @@ def load_catalog(
     for descriptor in descriptors:
         values: dict[str, Any] = {}
         for name in descriptor.params_model.model_fields:
-            raw = environ.get(ENV_PREFIX + name.upper())
+            raw = environ.get(env_name(name))
             source: Source = "default"
             if raw:
                 values[name], source = raw, "env"
@@ -231,9 +231,14 @@ def load_catalog(
     return Catalog(descriptors, defaults, sources)
 
 
-def _load(path: str) -> EngineDescriptor:
+def load_object(path: str, default: str = "descriptor") -> Any:
+    """The object ``module:attribute`` names (``default`` when no attribute is given)."""
     module, _, attribute = path.partition(":")
-    descriptor = getattr(importlib.import_module(module), attribute or "descriptor")
+    return getattr(importlib.import_module(module), attribute or default)
+
+
+def _load(path: str) -> EngineDescriptor:
+    descriptor = load_object(path)
     if not isinstance(descriptor, EngineDescriptor):
         raise TypeError(f"{path} is not an EngineDescriptor")
     return descriptor
@@ -242,5 +247,5 @@ def _load(path: str) -> EngineDescriptor:
 def _describe(err: Any, sources: Mapping[tuple[str, str], Source], engine: str) -> str:
     field = str(err["loc"][0]) if err["loc"] else "?"
     flag = f"--{field.replace('_', '-')}"
-    origin = ENV_PREFIX + field.upper() if sources.get((engine, field)) == "env" else flag
+    origin = env_name(field) if sources.get((engine, field)) == "env" else flag
     return f"{origin}: {err['msg']}"

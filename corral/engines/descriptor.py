@@ -32,8 +32,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from corral.registry.records import Capability, ModelRecord
 
-ENV_PREFIX = "CORRAL_"
-
 
 class EngineParams(BaseModel):
     """Worker parameters every engine has; an engine's own model adds its fields.

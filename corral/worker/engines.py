@@ -6,15 +6,14 @@ The descriptor names the engine's implementation (``worker_engine``, a
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from corral.engines.base import Engine
-from corral.engines.catalog import load_catalog
-from corral.settings import ENV_PREFIX
+from corral.engines.catalog import load_catalog, load_object
+from corral.settings import Settings, env_name
 
 
 class EngineStartError(Exception):
@@ -23,16 +22,16 @@ class EngineStartError(Exception):
 
 
 def start_engine(name: str, model_path: Path, params_json: str) -> Engine:
-    extra = [p for p in os.environ.get(ENV_PREFIX + "ENGINES", "").split(",") if p.strip()]
-    catalog = load_catalog(extra, environ={})  # parameters come from --params, not the env
-    descriptor = next((d for d in catalog.descriptors if d.name == name), None)
-    if descriptor is None or descriptor.worker_engine is None:
-        raise EngineStartError(f"no engine called {name!r} runs in Corral's worker")
+    # The gateway's extra engines, read by the same setting (its other settings, which
+    # its flags may override, are not the worker's to read); parameters: --params.
+    engines = Settings.model_validate({"engines": os.environ.get(env_name("engines"), "")})
+    catalog = load_catalog(engines.engines, environ={})
+    descriptor = catalog.get(name)
+    if descriptor.worker_engine is None:
+        raise EngineStartError(f"the {name} engine does not run in Corral's worker")
     try:
         params = descriptor.params_model.model_validate_json(params_json)
     except ValidationError as exc:
         raise EngineStartError(f"invalid --params for {name}: {exc}") from None
-    module, _, attribute = descriptor.worker_engine.partition(":")
-    factory = getattr(importlib.import_module(module), attribute)
-    engine: Engine = factory(model_path, params)
+    engine: Engine = load_object(descriptor.worker_engine)(model_path, params)
     return engine
