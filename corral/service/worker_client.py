@@ -102,7 +102,7 @@ class WorkerReply:
         self.worker = worker
         self.status = response.status
         self.content_type = response.headers.get("Content-Type", "application/json")
-        self.usage: TokenUsage | None = None  # when the answer said (streams: include_usage)
+        self._usage_text = b""  # the body, or the last event, that carries ``usage``
         self.complete = False  # read to its end, not cut short
         self._response = response
         self._on_close = on_close
@@ -115,7 +115,7 @@ class WorkerReply:
             content = await self._response.read()
             self.complete = True
             if self.status == 200:
-                self._note_usage(content)
+                self._usage_text = content
             return content
         except aiohttp.ClientError as exc:
             raise await failure(self.worker, exc) from None
@@ -139,8 +139,7 @@ class WorkerReply:
         try:
             async for chunk in self._response.content.iter_any():
                 if b'"usage"' in chunk:
-                    for event in chunk.split(b"\n\n"):
-                        self._note_usage(event.removeprefix(b"data: "))
+                    self._usage_text = chunk
                 yield chunk
             self.complete = True
         except aiohttp.ClientError as exc:
@@ -169,18 +168,24 @@ class WorkerReply:
         if self._on_close is not None:
             self._on_close(self)
 
-    def _note_usage(self, content: bytes) -> None:
-        """Token counts from an OpenAI-shaped body or event that carries ``usage``."""
-        if b'"usage"' not in content:
-            return
-        try:
-            usage = json.loads(content).get("usage")
-            if isinstance(usage, dict):
-                self.usage = TokenUsage(
-                    int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-                )
-        except (ValueError, AttributeError, TypeError):
-            pass  # not JSON after all (a split event): the count stays unknown
+    @property
+    def usage(self) -> TokenUsage | None:
+        """Token counts, when the answer gave them (streams: with include_usage).
+        Parsed only when asked: most replies are relayed without anyone counting."""
+        for event in reversed(self._usage_text.split(b"\n\n")):
+            event = event.removeprefix(b"data: ")
+            if b'"usage"' not in event:
+                continue
+            try:
+                usage = json.loads(event).get("usage")
+                if isinstance(usage, dict):
+                    return TokenUsage(
+                        int(usage.get("prompt_tokens") or 0),
+                        int(usage.get("completion_tokens") or 0),
+                    )
+            except (ValueError, AttributeError, TypeError):
+                pass  # not JSON after all (an event split across chunks)
+        return None
 
 
 @dataclass(frozen=True)
