@@ -145,19 +145,22 @@ def make_prompts(n: int, seed: int, model: Path) -> list[str]:
 
 
 async def one_request(
-    client: httpx.AsyncClient, url: str, model: str, prompt: str
-) -> tuple[float, float, str]:
-    """Stream one completion; return (TTFT, total seconds, finish reason)."""
+    client: httpx.AsyncClient, url: str, model: str, prompt: str, stream: bool = True
+) -> tuple[float, float, str, str]:
+    """One completion; (TTFT, total seconds, finish reason, text). Not streamed, the
+    TTFT is the whole reply's time: nothing reaches the client before it."""
     body = {
         "model": model,
         "prompt": prompt,
         "max_tokens": NEW_TOKENS,
         "temperature": 0,
-        "stream": True,
+        "stream": stream,
     }
     for attempt in (1, 2):
         try:
-            return await _stream_completion(client, url, body)
+            if stream:
+                return await _stream_completion(client, url, body)
+            return await _whole_completion(client, url, body)
         except httpx.RemoteProtocolError:
             # llama-server now and then closes a connection before answering (twice
             # in the runs of 2026-12-01); such a request never ran: send it again.
@@ -172,10 +175,11 @@ RESENT: list[str] = []  # requests sent again after a connection closed unanswer
 
 async def _stream_completion(
     client: httpx.AsyncClient, url: str, body: dict[str, object]
-) -> tuple[float, float, str]:
+) -> tuple[float, float, str, str]:
     start = time.perf_counter()
     ttft = None
     finish = ""
+    text: list[str] = []
     async with client.stream("POST", url + "/v1/completions", json=body) as response:
         if response.status_code != 200:
             raise RuntimeError(f"{url}: {response.status_code} {await response.aread()!r}")
@@ -184,31 +188,55 @@ async def _stream_completion(
                 continue
             chunk = json.loads(line[6:])
             for choice in chunk.get("choices", []):
-                if choice.get("text") and ttft is None:
-                    ttft = time.perf_counter() - start
+                if choice.get("text"):
+                    text.append(choice["text"])
+                    if ttft is None:
+                        ttft = time.perf_counter() - start
                 finish = choice.get("finish_reason") or finish
-    return (ttft or 0.0), time.perf_counter() - start, finish
+    return (ttft or 0.0), time.perf_counter() - start, finish, "".join(text)
+
+
+async def _whole_completion(
+    client: httpx.AsyncClient, url: str, body: dict[str, object]
+) -> tuple[float, float, str, str]:
+    start = time.perf_counter()
+    response = await client.post(url + "/v1/completions", json=body)
+    if response.status_code != 200:
+        raise RuntimeError(f"{url}: {response.status_code} {response.text!r}")
+    choice = response.json()["choices"][0]
+    total = time.perf_counter() - start
+    return total, total, choice.get("finish_reason") or "", choice.get("text") or ""
+
+
+@dataclass
+class Round:
+    wall: float  # seconds for all the prompts
+    ttfts: list[float]  # in the order the requests finished
+    texts: list[str]  # completions, in the order of the prompts
 
 
 async def run_clients(
-    url: str, model: str, prompts: list[str], clients: int
-) -> tuple[float, list[float]]:
-    """``clients`` concurrent streams working through ``prompts``; (wall time, TTFTs)."""
-    queue = list(prompts)
+    url: str, model: str, prompts: list[str], clients: int, stream: bool = True
+) -> Round:
+    """``clients`` concurrent requests working through ``prompts``."""
+    queue = list(enumerate(prompts))
     ttfts: list[float] = []
+    texts = [""] * len(prompts)
     limits = httpx.Limits(max_connections=clients + 2)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
 
         async def worker() -> None:
             while queue:
-                ttft, _, finish = await one_request(client, url, model, queue.pop(0))
+                index, prompt = queue.pop(0)
+                ttft, _, finish, text = await one_request(client, url, model, prompt, stream)
                 if finish != "length":
                     raise RuntimeError(f"{url} stopped early ({finish!r}): not {NEW_TOKENS} tokens")
                 ttfts.append(ttft)
+                texts[index] = text
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
-        return time.perf_counter() - start, ttfts
+        return Round(time.perf_counter() - start, ttfts, texts)
 
 
 def summarize(system: str, quant: str, clients: int, wall: float, ttfts: list[float]) -> RunResult:
@@ -411,8 +439,8 @@ def measure_server(
     asyncio.run(run_clients(url, "bench", warm, 1))
     results = []
     for clients, prompts in ((1, single), (8, multi)):
-        wall, ttfts = asyncio.run(run_clients(url, "bench", prompts, clients))
-        results.append(summarize(system, quant, clients, wall, ttfts))
+        done = asyncio.run(run_clients(url, "bench", prompts, clients))
+        results.append(summarize(system, quant, clients, done.wall, done.ttfts))
         print(results[-1], flush=True)
     return results
 

@@ -62,10 +62,11 @@ class MemoryEstimate:
     buffers: int
     process: int
     vram: int = 0
+    prompt_cache: int = 0  # RAM an engine may fill with saved prompt state
 
     @property
     def total(self) -> int:
-        return self.weights + self.kv_cache + self.buffers + self.process
+        return self.weights + self.kv_cache + self.buffers + self.process + self.prompt_cache
 
 
 @dataclass(frozen=True)

@@ -215,6 +215,7 @@ class Scheduler:
                             "kv_cache": st.estimate.kv_cache,
                             "buffers": st.estimate.buffers,
                             "process": st.estimate.process,
+                            "prompt_cache": st.estimate.prompt_cache,
                             "vram": st.estimate.vram,
                         },
                     ),

@@ -309,3 +309,80 @@ async def test_grammar_requests_batch_with_free_ones(engine: LlamaCppEngine) -> 
 
 def test_capabilities_declare_structured_output(engine: LlamaCppEngine) -> None:
     assert engine.capabilities.structured_output
+
+
+@pytest.fixture
+def two_slots(chat_model_path: Path) -> Iterator[LlamaCppEngine]:
+    eng = LlamaCppEngine(chat_model_path, LlamaCppParams(threads=1, slots=2, context_length=512))
+    yield eng
+    eng.close()
+
+
+async def fill_slots(engine: LlamaCppEngine, label: str) -> None:
+    """Run one unrelated request in every slot (of two), overwriting what they held."""
+    await asyncio.gather(
+        *(
+            collect(engine, GenerationRequest(prompt(engine, f"{label} {i} " * 5), 4, GREEDY))
+            for i in range(2)
+        )
+    )
+
+
+async def test_a_prompt_pushed_out_of_every_slot_comes_back_from_the_prompt_cache(
+    two_slots: LlamaCppEngine,
+) -> None:
+    """More conversations than slots: a history overwritten in its slot is restored
+    from RAM, and greedy output is what evaluating it afresh gives."""
+    history = prompt(two_slots, "Corral keeps many models in one place " * 6)
+    first, _ = await collect(two_slots, GenerationRequest(history, 16, GREEDY, ignore_eos=True))
+    await fill_slots(two_slots, "other prompt number")
+    await fill_slots(two_slots, "and yet another")
+    assert two_slots.stats()["prompt_cache_entries"] >= 1
+    again, finished = await collect(
+        two_slots, GenerationRequest(history, 16, GREEDY, ignore_eos=True)
+    )
+    assert again == first
+    assert finished.prompt_tokens_cached == len(history) - 1
+    assert two_slots.stats()["prompt_cache_restored"] == 1
+
+
+async def test_a_new_request_copies_the_prefix_a_running_one_holds(
+    two_slots: LlamaCppEngine, chat_model_path: Path
+) -> None:
+    system = "A shared system prompt that many requests begin with " * 4
+    second = prompt(two_slots, system + "and then the second user turn")
+    fresh = LlamaCppEngine(chat_model_path, LlamaCppParams(threads=1, slots=1, context_length=512))
+    try:
+        expected, _ = await collect(fresh, GenerationRequest(second, 10, GREEDY, ignore_eos=True))
+    finally:
+        fresh.close()
+    started = asyncio.Event()
+
+    def sink(event: Event) -> None:
+        if isinstance(event, TextDelta):
+            started.set()
+
+    first = prompt(two_slots, system + "first")
+    running = two_slots.submit(GenerationRequest(first, 200, GREEDY, ignore_eos=True), sink)
+    await asyncio.wait_for(started.wait(), 30)
+    text, finished = await collect(
+        two_slots, GenerationRequest(second, 10, GREEDY, ignore_eos=True)
+    )
+    running.cancel()
+    shared = len(prompt(two_slots, system))
+    assert finished.prompt_tokens_cached >= shared - 2  # a word boundary may tokenize apart
+    assert text == expected
+
+
+async def test_prompt_cache_off_keeps_nothing(chat_model_path: Path) -> None:
+    params = LlamaCppParams(threads=1, slots=2, context_length=512, prompt_cache_mib=0)
+    engine = LlamaCppEngine(chat_model_path, params)
+    try:
+        history = prompt(engine, "Corral keeps many models in one place " * 6)
+        await collect(engine, GenerationRequest(history, 4, GREEDY))
+        await fill_slots(engine, "other prompt number")
+        _, finished = await collect(engine, GenerationRequest(history, 4, GREEDY))
+        assert finished.prompt_tokens_cached <= 1  # the BOS token, in any slot
+        assert engine.stats()["prompt_cache_saved"] == 0
+    finally:
+        engine.close()

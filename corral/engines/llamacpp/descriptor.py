@@ -30,6 +30,8 @@ MiB = 1 << 20
 WORKER_BASE_BYTES = 80 * MiB
 KV_BYTES_PER_VALUE = 2  # f16 K and V caches (llama.cpp's default)
 CTX_PAD = 256  # llama.cpp rounds each KV stream up to a multiple of this
+# The default prompt cache holds what the slots hold, but never more than this.
+PROMPT_CACHE_AUTO_CAP = 1024 * MiB
 TEXT = frozenset({Capability.CHAT, Capability.COMPLETION})
 EMBEDDINGS = frozenset({Capability.EMBEDDINGS})
 
@@ -58,6 +60,24 @@ class LlamaCppParams(EngineParams):
         description="llama.cpp flash attention; auto = wherever the backend supports it "
         "(+20-25% decode throughput on CPU, bench/RESULTS.md).",
     )
+    prompt_cache_mib: int | None = Field(
+        None,
+        ge=0,
+        description="RAM for the KV state of prompts that left their slot, reused by later "
+        "requests that share their prefix (0 = off; default: as many tokens as the slots "
+        f"hold, at most {PROMPT_CACHE_AUTO_CAP // MiB} MiB).",
+    )
+
+
+def prompt_cache_limits(
+    params: LlamaCppParams, n_ctx_slot: int, embedding: bool
+) -> tuple[int, int | None]:
+    """The prompt cache's (bytes, tokens) limits for a worker with these settings."""
+    if embedding:
+        return 0, 0
+    if params.prompt_cache_mib is not None:
+        return params.prompt_cache_mib * MiB, None
+    return PROMPT_CACHE_AUTO_CAP, n_ctx_slot * params.slots
 
 
 class LlamaCppDescriptor(EngineDescriptor):
@@ -83,8 +103,18 @@ class LlamaCppDescriptor(EngineDescriptor):
             kv = info.block_count * cells * slots * kv_width * KV_BYTES_PER_VALUE
         ubatch = max(params.batch_size, params.slots)
         buffers = ubatch * 4 * (info.vocab_size + 6 * info.embedding_length)
+        if info.embedding:
+            prompt_cache = 0
+        elif params.prompt_cache_mib is not None:
+            prompt_cache = params.prompt_cache_mib * MiB
+        else:
+            prompt_cache = min(kv, PROMPT_CACHE_AUTO_CAP)
         return MemoryEstimate(
-            weights=record.size, kv_cache=kv, buffers=buffers, process=WORKER_BASE_BYTES
+            weights=record.size,
+            kv_cache=kv,
+            buffers=buffers,
+            process=WORKER_BASE_BYTES,
+            prompt_cache=prompt_cache,
         )
 
     def precheck(

@@ -45,7 +45,9 @@ from corral.engines.base import (
     TextDelta,
 )
 from corral.engines.llamacpp import grammar
-from corral.engines.llamacpp.descriptor import LlamaCppParams
+from corral.engines.llamacpp.descriptor import LlamaCppParams, prompt_cache_limits
+from corral.engines.llamacpp.prompt_cache import CachedPrompt, PromptCache
+from corral.engines.llamacpp.prompt_cache import common_prefix as _common_prefix
 from corral.engines.llamacpp.sampling import GrammarError, SlotSampler, compile_grammar, ignores_eos
 from corral.engines.text import TextAssembler
 from corral.errors import (
@@ -66,6 +68,8 @@ _FLASH_ATTENTION = {
     "on": lc.LLAMA_FLASH_ATTN_TYPE_ENABLED,
     "off": lc.LLAMA_FLASH_ATTN_TYPE_DISABLED,
 }
+# Fewer shared tokens than this are evaluated again rather than copied from elsewhere.
+MIN_REUSE = 16
 _backend_lock = threading.Lock()
 _backend_ready = False
 
@@ -148,6 +152,9 @@ class LlamaCppEngine(Engine):
             structured_output=not self.embedding_model and bool(self._eog),
         )
         self._slots = [_Slot(seq_id=i) for i in range(params.slots)]
+        self._prompt_cache = PromptCache(
+            *prompt_cache_limits(params, self.n_ctx_slot, self.embedding_model)
+        )
         self._inbox: deque[_Job] = deque()
         self._embed_inbox: deque[_EmbedJob] = deque()
         self._cv = threading.Condition()
@@ -271,6 +278,10 @@ class LlamaCppEngine(Engine):
             "queued": len(self._inbox),
             "prompt_tokens_cached": self._prompt_cached,
             "prompt_tokens_evaluated": self._prompt_evaluated,
+            "prompt_cache_entries": len(self._prompt_cache),
+            "prompt_cache_bytes": self._prompt_cache.bytes,
+            "prompt_cache_saved": self._prompt_cache.saved,
+            "prompt_cache_restored": self._prompt_cache.restored,
         }
 
     def close(self) -> None:
@@ -337,6 +348,7 @@ class LlamaCppEngine(Engine):
 
     def _start(self, slot: _Slot, job: _Job) -> None:
         prompt = job.request.prompt_tokens
+        self._reuse_prefix(slot, prompt)
         keep = min(_common_prefix(slot.cache, prompt), len(prompt) - 1)
         if keep < len(slot.cache) and not lc.llama_memory_seq_rm(
             self._memory, slot.seq_id, keep, -1
@@ -360,6 +372,80 @@ class LlamaCppEngine(Engine):
         slot.completion_tokens = 0
         self._admissions += 1
         slot.admitted = self._admissions
+
+    # --- prompt reuse across slots -------------------------------------------------
+
+    def _reuse_prefix(self, slot: _Slot, prompt: Sequence[int]) -> None:
+        """Give ``slot`` the longest cached prefix of ``prompt`` there is anywhere.
+
+        The slot's own cells are the cheapest source. Another slot's sequence (running or
+        idle) or a prompt cache entry is copied in when it shares at least
+        ``MIN_REUSE`` more tokens and the copy is not mostly waste (llama.cpp copies a
+        sequence whole; the tail beyond the shared prefix is dropped after). Whatever
+        the slot held is saved to the prompt cache first if most of it would be lost.
+        """
+        own = _common_prefix(slot.cache, prompt)
+        source: _Slot | CachedPrompt | None = None
+        shared = own
+        for other in self._slots:
+            n = _common_prefix(other.cache, prompt)
+            if other is not slot and n > shared and _worth_copying(n, own, len(other.cache)):
+                source, shared = other, n
+        entry, n = self._prompt_cache.longest(prompt)
+        if entry is not None and n > shared and _worth_copying(n, own, len(entry.tokens)):
+            source, shared = entry, n
+        if source is None:
+            if 2 * own < len(slot.cache):
+                self._save_prompt(slot)
+            return
+        self._save_prompt(slot)
+        if isinstance(source, _Slot):
+            state = self._read_state(source.seq_id)
+            tokens = list(source.cache)
+        else:
+            self._prompt_cache.take(source)
+            state, tokens = source.state, source.tokens
+        if state is not None and self._write_state(slot.seq_id, state):
+            slot.cache = tokens
+        else:
+            lc.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            slot.cache = []
+
+    def _save_prompt(self, slot: _Slot) -> None:
+        """Copy the slot's sequence into the prompt cache, unless it is kept elsewhere."""
+        tokens = slot.cache
+        if len(tokens) < MIN_REUSE or self._prompt_cache.holds(tokens):
+            return
+        if any(
+            other is not slot and _common_prefix(other.cache, tokens) == len(tokens)
+            for other in self._slots
+        ):
+            return
+        size = lc.llama_state_seq_get_size_ext(self._ctx, slot.seq_id, 0)
+        if not self._prompt_cache.fits(len(tokens), size):
+            return
+        state = self._read_state(slot.seq_id, size)
+        if state is not None:
+            self._prompt_cache.add(tokens, state)
+
+    def _read_state(self, seq_id: int, size: int | None = None) -> bytearray | None:
+        if size is None:
+            size = lc.llama_state_seq_get_size_ext(self._ctx, seq_id, 0)
+        state = bytearray(size)
+        buffer = (ctypes.c_uint8 * size).from_buffer(state)
+        written = lc.llama_state_seq_get_data_ext(self._ctx, buffer, size, seq_id, 0)
+        if written != size:
+            log.warning("could not copy sequence %d out (%d of %d bytes)", seq_id, written, size)
+            return None
+        return state
+
+    def _write_state(self, seq_id: int, state: bytearray) -> bool:
+        buffer = (ctypes.c_uint8 * len(state)).from_buffer(state)
+        read = lc.llama_state_seq_set_data_ext(self._ctx, buffer, len(state), seq_id, 0)
+        if read != len(state):
+            log.warning("could not restore a cached prompt into sequence %d", seq_id)
+            return False
+        return True
 
     def _step(self) -> None:
         busy = sorted((s for s in self._slots if s.job is not None), key=lambda s: s.admitted)
@@ -574,12 +660,10 @@ def _resolve(future: asyncio.Future[Any], result: Any) -> None:
         future.set_result(result)
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+def _worth_copying(shared: int, own: int, source_length: int) -> bool:
+    """A copy that saves ``MIN_REUSE`` tokens of evaluation, and at least a quarter
+    of whose tokens are used (llama-server's rule for its prompt cache)."""
+    return shared - own >= MIN_REUSE and 4 * shared >= source_length
 
 
 def _init_backend() -> None:
