@@ -62,6 +62,27 @@ class CorralError(Exception):
         """The body Ollama's API returns for this error (a plain message)."""
         return {"error": self.message}
 
+    def to_anthropic(self) -> dict[str, Any]:
+        """The body Anthropic's API returns for this error: a type chosen by status."""
+        kind = _ANTHROPIC_TYPES.get(self.status, "api_error" if self.status >= 500 else None)
+        return {
+            "type": "error",
+            "error": {"type": kind or "invalid_request_error", "message": self.message},
+        }
+
+
+# Anthropic's error types by status code (its API reference, "Errors").
+_ANTHROPIC_TYPES = {
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
 
 # --- requests -------------------------------------------------------------------------
 

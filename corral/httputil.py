@@ -114,6 +114,11 @@ def openai_error_response(error: CorralError) -> Response:
     return json_response(error.to_openai(), status=error.status, headers=error.headers)
 
 
+def named_event(name: str, data: object) -> bytes:
+    """One server-sent event with an ``event:`` name (Anthropic's and the Responses API's)."""
+    return b"event: " + name.encode() + b"\ndata: " + json_dumps(data).encode() + b"\n\n"
+
+
 def event_stream(
     body: AsyncIterator[bytes], on_close: Callable[[], None] | None = None
 ) -> StreamingResponse:

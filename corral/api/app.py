@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from corral.api import admin, batches, files, health, ollama, openai, registry
+from corral.api import admin, anthropic, batches, files, health, ollama, openai, registry
 from corral.api.guard import Guard
 from corral.api.services import Services
 from corral.engines.catalog import Catalog
@@ -39,6 +39,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> Starlette:
             *health.routes,
             *openai.routes,
             *ollama.routes,
+            *anthropic.routes,
             *admin.routes,
             *registry.routes,
             *files.routes,

@@ -7,6 +7,7 @@ without loading a model, and then forwards the original bytes to the worker.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -16,7 +17,15 @@ from corral.api.relay import openai_response
 from corral.api.requests import caller_of, keep_alive_of
 from corral.api.services import services_of
 from corral.engines.catalog import Catalog
-from corral.httputil import run_until_disconnect
+from corral.errors import CorralError
+from corral.httputil import (
+    event_stream,
+    json_dumps,
+    json_response,
+    named_event,
+    run_until_disconnect,
+)
+from corral.protocol import responses_openai
 from corral.protocol.openai import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -25,7 +34,9 @@ from corral.protocol.openai import (
     ModelList,
 )
 from corral.protocol.parse import parse_json_object, validate
+from corral.protocol.responses import ResponsesRequest
 from corral.registry.records import Capability, ModelRecord, capability_names
+from corral.service.worker_client import WorkerReply
 
 
 async def chat_completions(request: Request) -> Response:
@@ -38,6 +49,49 @@ async def completions(request: Request) -> Response:
 
 async def embeddings(request: Request) -> Response:
     return await _relay(request, EmbeddingRequest, "/v1/embeddings", Capability.EMBEDDINGS)
+
+
+async def responses(request: Request) -> Response:
+    """OpenAI's Responses API, stateless: one chat completion on the worker, translated."""
+    services = services_of(request)
+    req = validate(parse_json_object(await request.body()), ResponsesRequest)
+    payload = responses_openai.chat_request(req)
+    record = services.inference.resolve(req.model, Capability.CHAT, payload)
+    caller = caller_of(request, services.settings.batch_keys)
+    body = json_dumps(payload).encode()
+    path = responses_openai.CHAT_PATH
+    exchange = await run_until_disconnect(
+        request, services.inference.send(record, path, body, caller, keep_alive_of(req))
+    )
+    reply = exchange.reply
+    if req.stream:
+        try:
+            await run_until_disconnect(request, reply.raise_for_status())
+        except BaseException:
+            reply.close()
+            raise
+        translator = responses_openai.StreamTranslator(responses_openai.Shell(req))
+        return event_stream(_response_events(reply, translator), on_close=reply.close)
+    try:
+        answer = await run_until_disconnect(request, reply.json())
+    finally:
+        reply.close()
+    return json_response(responses_openai.response(answer, req))
+
+
+async def _response_events(
+    reply: WorkerReply, translator: responses_openai.StreamTranslator
+) -> AsyncIterator[bytes]:
+    try:
+        for name, data in translator.start():
+            yield named_event(name, data)
+        async for chunk in reply.events():
+            for name, data in translator.feed(chunk):
+                yield named_event(name, data)
+        for name, data in translator.finish():
+            yield named_event(name, data)
+    except CorralError as exc:  # the status is sent: the error is the last event
+        yield named_event("error", {"type": "error", **exc.to_openai()["error"]})
 
 
 async def list_models(request: Request) -> Response:
@@ -57,6 +111,7 @@ routes = [
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/completions", completions, methods=["POST"]),
     Route("/v1/embeddings", embeddings, methods=["POST"]),
+    Route("/v1/responses", responses, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{name:path}", get_model, methods=["GET"]),
 ]

@@ -46,7 +46,7 @@ def bearer_token(request: Request) -> str:
 
 def client_key(request: Request) -> str:
     """A stable, non-secret name for the caller's API key (a hash, never the key)."""
-    token = bearer_token(request)
+    token = bearer_token(request) or request.headers.get("x-api-key", "")  # Anthropic's
     if not token:
         return "anonymous"
     return "key-" + hashlib.sha256(token.encode()).hexdigest()[:12]

@@ -12,7 +12,7 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from corral.errors import CorralError, EngineError, UnsupportedCapability
 from corral.registry.records import Capability
@@ -53,8 +53,8 @@ class GenerationRequest:
     sampling: SamplingParams = SamplingParams()
     stop: Sequence[str] = ()
     ignore_eos: bool = False  # not with a grammar: its end is the end of the output
-    # Engine-specific grammar (GBNF for llama.cpp) from ``Engine.json_grammar``; the
-    # output is constrained to it and ends when it is complete.
+    # An llguidance grammar (``corral.engines.guidance``) that ``Engine.check_grammar``
+    # accepted; the output is constrained to it and ends when it is complete.
     grammar: str | None = None
 
 
@@ -77,6 +77,8 @@ class Finished:
     generation_ns: int = field(default=0, compare=False)
     # Of prompt_tokens, those reused from the prefix cache.
     prompt_tokens_cached: int = field(default=0, compare=False)
+    # The stop string that ended the output (reason "stop"), if one did.
+    stop_sequence: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ class Capabilities:
     context_length: int  # tokens one request may use (prompt + completion)
     slots: int  # requests decoded together
     embedding_length: int = 0
-    structured_output: bool = False  # ``json_grammar`` works: output can be held to a schema
+    structured_output: bool = False  # ``check_grammar`` works: output can be held to a grammar
 
 
 class RequestHandle(ABC):
@@ -117,14 +119,16 @@ class Engine(ABC):
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         """Text to token ids, as the model's own tokenizer does it."""
 
-    def json_grammar(self, schema: dict[str, Any] | None, *, param: str) -> str:
-        """A grammar for ``GenerationRequest.grammar`` admitting only JSON valid under ``schema``.
+    def check_grammar(self, grammar: str, *, param: str) -> None:
+        """Refuse (a 400 naming ``param``) a grammar this model cannot run.
 
-        ``None`` means any JSON object. A schema that cannot be enforced exactly is an
-        InvalidRequest naming ``param``, never a grammar that admits more than it says.
+        ``grammar`` is llguidance's; an engine that offers structured output compiles it
+        with its own tokenizer here, on the request's thread, so the engine thread only
+        ever sees grammars that compiled.
         """
         raise UnsupportedCapability(
-            "This model's engine cannot constrain output to a JSON schema.", param=param
+            "This model's engine cannot constrain its output to a grammar or schema.",
+            param=param,
         )
 
     @abstractmethod

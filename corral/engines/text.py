@@ -21,6 +21,7 @@ class TextAssembler:
         self._stop = tuple(s for s in stop if s)
         self._held = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text
 
     def feed(self, piece: bytes) -> str:
         """Add one token's bytes; return the text that can be sent now."""
@@ -51,8 +52,11 @@ class TextAssembler:
         return text[: len(text) - keep]
 
     def _first_stop(self, text: str) -> int | None:
-        hits = [i for i in (text.find(s) for s in self._stop) if i >= 0]
-        return min(hits) if hits else None
+        hits = [(i, stop) for stop in self._stop if (i := text.find(stop)) >= 0]
+        if not hits:
+            return None
+        cut, self.matched = min(hits, key=lambda hit: hit[0])
+        return cut
 
     def _partial_stop_suffix(self, text: str) -> int:
         """Length of the longest end of ``text`` that begins some stop string."""

@@ -141,11 +141,11 @@ def generate_request(req: GenerateRequest) -> tuple[str, dict[str, Any]]:
         raise InvalidRequest("raw mode does not support template, system, or context", param="raw")
     common = _common(req)
     if req.raw or req.template:
-        if "response_format" in common:
-            raise InvalidRequest(
-                "format is supported with the model's own template only, not with raw or "
-                "template: the completions the worker runs for those take no format.",
-                param="format",
+        # Completions take no response_format; the same constraint goes as json_schema.
+        fmt = common.pop("response_format", None)
+        if fmt is not None:
+            common["json_schema"] = (
+                fmt["json_schema"]["schema"] if fmt["type"] == "json_schema" else {"type": "object"}
             )
         prompt = req.prompt
         if req.template:

@@ -96,7 +96,9 @@ class JsonSchemaFormat(_Request):
     name: str = Field(max_length=64)
     description: str | None = None
     schema_: dict[str, Any] | None = Field(None, alias="schema")
-    strict: bool | None = None  # the schema is always enforced, strict or not
+    # Enforced either way; an explicit false lets keywords constrained decoding cannot
+    # hold be left out instead of refused (``corral.engines.guidance``).
+    strict: bool | None = None
 
 
 class ResponseFormat(_Request):
@@ -118,6 +120,15 @@ class NamedToolChoice(_Request):
 Stop = str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None
 
 
+class StructuredOutputs(_Request):
+    """vLLM's ``structured_outputs``: the reply is held to one of these."""
+
+    json_: dict[str, Any] | str | None = Field(None, alias="json")
+    regex: str | None = None
+    choice: Annotated[list[str], Field(min_length=1)] | None = None
+    grammar: str | None = None
+
+
 class SamplingFields(_Request):
     """Sampling fields common to chat completions and completions."""
 
@@ -137,6 +148,11 @@ class SamplingFields(_Request):
     repeat_penalty: float | None = Field(None, gt=0.0)
     repeat_last_n: int | None = Field(None, ge=-1)
     ignore_eos: bool = False
+    # Structured output beyond response_format: llama-server's grammar (GBNF or Lark)
+    # and json_schema, vLLM's structured_outputs.
+    grammar: str | None = None
+    json_schema: dict[str, Any] | None = None
+    structured_outputs: StructuredOutputs | None = None
     # Corral's: add engine timings to the usage (what Ollama's API reports).
     timings: bool = False
 
@@ -220,6 +236,8 @@ class ChatChoice(_Wire):
     message: ChoiceMessage
     logprobs: None = None
     finish_reason: FinishReason
+    # vLLM's: the stop string that ended the reply, when one did.
+    stop_reason: str | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class Timings(_Wire):
@@ -257,6 +275,8 @@ class ChatChunkChoice(_Wire):
     delta: ChatDelta
     logprobs: None = None
     finish_reason: FinishReason | None = None
+    # vLLM's: the stop string that ended the reply, when one did.
+    stop_reason: str | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class ChatCompletionChunk(_Wire):
@@ -297,6 +317,8 @@ class CompletionChoice(_Wire):
     index: int
     logprobs: None = None
     finish_reason: FinishReason | None
+    # vLLM's: the stop string that ended the reply, when one did.
+    stop_reason: str | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class Completion(_Wire):

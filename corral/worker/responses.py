@@ -103,7 +103,10 @@ class ChatStreamWriter:
 
     def finish(self, finished: Finished, called_tools: bool = False) -> bytes:
         reason = finish_reason(finished, called_tools)
-        out = self._chunk([ChatChunkChoice(index=0, delta=ChatDelta(), finish_reason=reason)])
+        choice = ChatChunkChoice(
+            index=0, delta=ChatDelta(), finish_reason=reason, stop_reason=finished.stop_sequence
+        )
+        out = self._chunk([choice])
         if self.include_usage:
             out += self._chunk([], usage_of(finished, self.timings))
         return out
@@ -128,7 +131,10 @@ class CompletionStreamWriter:
         return self._chunk([CompletionChoice(text=text, index=0, finish_reason=None)])
 
     def finish(self, finished: Finished) -> bytes:
-        out = self._chunk([CompletionChoice(text="", index=0, finish_reason=finished.reason)])
+        choice = CompletionChoice(
+            text="", index=0, finish_reason=finished.reason, stop_reason=finished.stop_sequence
+        )
+        out = self._chunk([choice])
         if self.include_usage:
             out += self._chunk([], usage_of(finished, self.timings))
         return out
@@ -155,6 +161,7 @@ def chat_completion(
                 index=0,
                 message=ChoiceMessage(content=text, tool_calls=tool_calls or None),
                 finish_reason=finish_reason(finished, bool(tool_calls)),
+                stop_reason=finished.stop_sequence,
             )
         ],
         usage=usage_of(finished, timings),
@@ -166,6 +173,13 @@ def completion(model: str, text: str, finished: Finished, timings: bool = False)
         id=new_id("cmpl"),
         created=int(time.time()),
         model=model,
-        choices=[CompletionChoice(text=text, index=0, finish_reason=finished.reason)],
+        choices=[
+            CompletionChoice(
+                text=text,
+                index=0,
+                finish_reason=finished.reason,
+                stop_reason=finished.stop_sequence,
+            )
+        ],
         usage=usage_of(finished, timings),
     )

@@ -43,6 +43,7 @@ class WorkerService:
         self.template = ChatTemplate(
             engine.chat_template, bos_token=engine.bos_text, eos_token=engine.eos_text
         )
+        self.call_format = translate.call_format(self.template)
 
     # --- tokenization rules -------------------------------------------------------
 
@@ -76,9 +77,9 @@ class WorkerService:
         self._require_completion()
         context = self.engine.capabilities.context_length
         gen = translate.chat_request(
-            req, self.template, self.tokenize_chat, context, self.engine.json_grammar
+            req, self.template, self.tokenize_chat, context, self.engine.check_grammar
         )
-        reply = translate.reply_parser(req)
+        reply = translate.reply_parser(req, self.call_format)
         if req.stream:
             writer = ChatStreamWriter(self.model_name, req.include_usage(), req.timings)
             return event_stream(self._chat_stream(gen, writer, reply))
@@ -108,7 +109,9 @@ class WorkerService:
         req = parse_body(await request.body(), CompletionRequest)
         self._require_completion()
         context = self.engine.capabilities.context_length
-        gen = translate.completion_request(req, self.tokenize_prompt, context)
+        gen = translate.completion_request(
+            req, self.tokenize_prompt, context, self.engine.check_grammar
+        )
         echo = req.prompt if req.echo and isinstance(req.prompt, str) else ""
         if req.stream:
             writer = CompletionStreamWriter(self.model_name, req.include_usage(), req.timings)

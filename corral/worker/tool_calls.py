@@ -6,10 +6,19 @@ A reply carries tool calls in one of two ways:
   ``tool_call_schema`` holds the whole output to one JSON object, ``{"name": ...,
   "arguments": {...}}`` with the name first, so ``ForcedCall`` can announce the call
   as soon as its name is complete and stream the arguments as they are generated;
-- free (``tool_choice`` "auto"): the model may write calls in the Hermes/Qwen
-  convention, ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, among its
-  text. ``TaggedCalls`` parses a block when it closes; a block that is not a valid call
-  of a known tool stays text, so nothing the model wrote is lost.
+- free (``tool_choice`` "auto"): the model writes calls in its family's convention,
+  which its chat template shows (``call_format``):
+
+  - Hermes/Qwen: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` among
+    its text; ``TaggedCalls`` parses a block when it closes;
+  - Llama 3.x: the whole reply is ``{"name": ..., "parameters": {...}}`` (after an
+    optional ``<|python_tag|>``), several separated by ``;``;
+  - Mistral: the whole reply is ``[TOOL_CALLS]`` and then a JSON list of calls, or
+    (newer templates) ``name[ARGS]{...}`` per call.
+
+  ``LeadingCalls`` holds a reply of the last two kinds back while it can still be a
+  call and parses it at the end. A call that does not parse, or names an unknown
+  tool, stays text, so nothing the model wrote is lost.
 
 Parsers turn text, piece by piece, into events (``Content``, ``CallStart``,
 ``CallArguments``) that map one to one onto OpenAI's streamed deltas; ``collect``
@@ -24,6 +33,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from corral.protocol.openai import ToolCall, ToolCallFunction
 
@@ -184,12 +194,131 @@ class TaggedCalls(ReplyParser):
         return [self._start(name), CallArguments(self.calls - 1, arguments)]
 
 
+CallFormat = Literal["hermes", "llama3", "mistral"]
+PYTHON_TAG = "<|python_tag|>"
+MISTRAL_CALLS = "[TOOL_CALLS]"
+MISTRAL_ARGS = "[ARGS]"
+
+
+def call_format(template_source: str) -> CallFormat:
+    """The convention a chat template teaches its model for tool calls."""
+    if MISTRAL_CALLS in template_source:
+        return "mistral"
+    if PYTHON_TAG in template_source or (
+        "<|start_header_id|>" in template_source and "ipython" in template_source
+    ):
+        return "llama3"
+    return "hermes"
+
+
+def auto_parser(fmt: CallFormat, names: Iterable[str]) -> ReplyParser:
+    """The parser for replies that may call ``names`` (``tool_choice`` "auto")."""
+    if fmt == "hermes":
+        return TaggedCalls(names)
+    return LeadingCalls(names, fmt)
+
+
+class LeadingCalls(ReplyParser):
+    """Replies that are text, or from their start nothing but calls (Llama 3.x, Mistral).
+
+    Text streams as soon as the reply cannot be a call any more; a reply that begins
+    like one is held and parsed when it ends, and stays text if it is not a valid call
+    of known tools.
+    """
+
+    def __init__(self, names: Iterable[str], fmt: CallFormat) -> None:
+        super().__init__()
+        self._names = set(names)
+        self._fmt = fmt
+        self._held = ""
+        self._text = False  # decided: the reply is text
+
+    def feed(self, text: str) -> list[ReplyEvent]:
+        if self._text:
+            return [Content(text)] if text else []
+        self._held += text
+        head = self._held.lstrip()
+        if not head or any(m.startswith(head) or head.startswith(m) for m in self._markers()):
+            return []
+        self._text = True
+        held, self._held = self._held, ""
+        return [Content(held)]
+
+    def finish(self) -> list[ReplyEvent]:
+        held, self._held = self._held, ""
+        if self._text or not held:
+            return []
+        calls = self._parse(held.strip())
+        if not calls or any(name not in self._names for name, _ in calls):
+            return [Content(held)]
+        events: list[ReplyEvent] = []
+        for name, arguments in calls:
+            events += [self._start(name), CallArguments(self.calls - 1, arguments)]
+        return events
+
+    def _markers(self) -> tuple[str, ...]:
+        return (MISTRAL_CALLS,) if self._fmt == "mistral" else (PYTHON_TAG, "{")
+
+    def _parse(self, text: str) -> list[tuple[str, str]] | None:
+        if self._fmt == "mistral":
+            return _mistral_calls(text)
+        return _json_calls(text.removeprefix(PYTHON_TAG), separators=";")
+
+
+def _json_calls(text: str, separators: str = "") -> list[tuple[str, str]] | None:
+    """Calls written as JSON: one object, objects one after another, or a list of them."""
+    decoder = json.JSONDecoder()
+    values: list[Any] = []
+    rest = text.strip()
+    while rest:
+        try:
+            value, end = decoder.raw_decode(rest)
+        except json.JSONDecodeError:
+            return None
+        values += value if isinstance(value, list) else [value]
+        rest = rest[end:].lstrip().lstrip(separators).lstrip()
+    calls = [_call_of(value) for value in values]
+    return None if not calls or any(c is None for c in calls) else calls  # type: ignore[return-value]
+
+
+def _mistral_calls(text: str) -> list[tuple[str, str]] | None:
+    if not text.startswith(MISTRAL_CALLS):
+        return None
+    calls: list[tuple[str, str]] = []
+    for part in text.split(MISTRAL_CALLS)[1:]:
+        part = part.strip()
+        if MISTRAL_ARGS in part:  # name[ARGS]{...}
+            name, _, arguments = part.partition(MISTRAL_ARGS)
+            call = _call_of({"name": name.strip(), "arguments": _loads(arguments)})
+            if call is None:
+                return None
+            calls.append(call)
+        else:
+            found = _json_calls(part)
+            if found is None:
+                return None
+            calls += found
+    return calls or None
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
 def _parse_call(block: str) -> tuple[str, str] | None:
     """``(name, arguments as JSON text)`` from a block's JSON, or None if it is not a call."""
     try:
         value = json.loads(block)
     except json.JSONDecodeError:
         return None
+    return _call_of(value)
+
+
+def _call_of(value: Any) -> tuple[str, str] | None:
+    """``(name, arguments as JSON text)`` from a decoded call, or None if it is not one."""
     if not isinstance(value, dict) or not isinstance(value.get("name"), str):
         return None
     arguments = value.get("arguments", value.get("parameters", {}))

@@ -10,11 +10,11 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from corral.engines.base import GenerationRequest, SamplingParams
 from corral.engines.chat_template import ChatTemplate
-from corral.engines.structured import JsonGrammar, output_grammar, tool_choice
+from corral.engines.structured import output_constraint, tool_choice
 from corral.errors import ContextLengthExceeded, InvalidRequest, UnsupportedCapability
 from corral.protocol.openai import (
     ChatCompletionRequest,
@@ -98,10 +98,10 @@ def chat_request(
     template: ChatTemplate,
     tokenize_chat: Tokenize,
     context_length: int,
-    json_grammar: JsonGrammar | None = None,
+    check_grammar: GrammarCheck | None = None,
 ) -> GenerationRequest:
     refuse_unsupported(req)
-    grammar = output_grammar(req, json_grammar or _no_grammar)
+    grammar = constrained(req, check_grammar)
     tokens = tokenize_chat(chat_prompt(req, template))
     max_tokens = req.token_limit()
     check_context(len(tokens), max_tokens, context_length, what="messages")
@@ -118,24 +118,54 @@ def chat_request(
 # --- structured outputs and tool calls ------------------------------------------------
 
 
-def reply_parser(req: ChatCompletionRequest) -> tool_calls.ReplyParser:
-    """How to read the reply back: plain text, Hermes ``<tool_call>`` blocks, or one call."""
+def reply_parser(
+    req: ChatCompletionRequest, fmt: tool_calls.CallFormat = "hermes"
+) -> tool_calls.ReplyParser:
+    """How to read the reply back: plain text, calls in the model's format, or one call."""
     mode, tools = tool_choice(req)
     if mode == "forced":
         return tool_calls.ForcedCall()
     if mode == "auto":
-        return tool_calls.TaggedCalls(t.function.name for t in tools)
+        return tool_calls.auto_parser(fmt, (t.function.name for t in tools))
     return tool_calls.PlainReply()
 
 
-def _no_grammar(schema: dict[str, Any] | None, *, param: str) -> str:
-    raise UnsupportedCapability("This model cannot constrain its output.", param=param)
+def call_format(template: ChatTemplate) -> tool_calls.CallFormat:
+    """The model's own tool-call format when its template renders tools; Hermes when
+    Corral writes the tools into the prompt itself (``tool_prompt``)."""
+    return tool_calls.call_format(template.source) if template.renders_tools else "hermes"
+
+
+class GrammarCheck(Protocol):
+    """``Engine.check_grammar``."""
+
+    def __call__(self, grammar: str, *, param: str) -> None: ...
+
+
+def constrained(
+    req: ChatCompletionRequest | CompletionRequest, check_grammar: GrammarCheck | None
+) -> str | None:
+    """The request's output grammar, checked by the engine that will run it."""
+    constraint = output_constraint(req)
+    if constraint is None:
+        return None
+    if check_grammar is None:
+        raise UnsupportedCapability(
+            "This model cannot constrain its output to a grammar or schema.",
+            param=constraint.param,
+        )
+    check_grammar(constraint.grammar, param=constraint.param)
+    return constraint.grammar
 
 
 def completion_request(
-    req: CompletionRequest, tokenize_prompt: Tokenize, context_length: int
+    req: CompletionRequest,
+    tokenize_prompt: Tokenize,
+    context_length: int,
+    check_grammar: GrammarCheck | None = None,
 ) -> GenerationRequest:
     refuse_unsupported(req)
+    grammar = constrained(req, check_grammar)
     tokens = tokenize_prompt(req.prompt) if isinstance(req.prompt, str) else list(req.prompt)
     if not tokens:
         raise InvalidRequest("The prompt is empty.", param="prompt")
@@ -146,6 +176,7 @@ def completion_request(
         sampling=sampling_from(req),
         stop=req.stop_list(),
         ignore_eos=req.ignore_eos,
+        grammar=grammar,
     )
 
 

@@ -192,7 +192,11 @@ def test_format_schema_constrains_the_reply(client: ollama.Client) -> None:
         parts = client.generate(
             model="test-chat", prompt="Say hi", format=schema, options=options, stream=True
         )
-        for text in (whole.message.content or "", "".join(p.response or "" for p in parts)):
+        raw = client.generate(
+            model="test-chat", prompt="{", raw=True, format=schema, options=options
+        )
+        texts = (whole.message.content or "", "".join(p.response or "" for p in parts))
+        for text in (*texts, raw.response):
             reply = json.loads(text)
             assert set(reply) == {"age", "ok"} and isinstance(reply["ok"], bool), text
 

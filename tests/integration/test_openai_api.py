@@ -141,6 +141,8 @@ def test_stop_sequences(client: openai.OpenAI) -> None:
     )
     assert cut.choices[0].finish_reason == "stop"
     assert cut.choices[0].text == text[: text.index(stop)]
+    assert cut.choices[0].model_extra["stop_reason"] == stop  # vLLM's field
+    assert "stop_reason" not in (free.choices[0].model_extra or {})  # absent when none hit
 
 
 def test_seed_reproducible(client: openai.OpenAI) -> None:

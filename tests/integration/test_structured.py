@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -91,6 +92,43 @@ TREE = {
     "required": ["root", "kind"],
 }
 
+# The shapes issue 13 lists beyond the three above: numeric bounds, oneOf, pattern
+# and format, additionalProperties with a schema, nested arrays, recursion.
+WIDE = {
+    "$defs": {
+        "Item": {
+            "type": "object",
+            "properties": {
+                "n": {"type": "integer", "minimum": -5, "maximum": 40},
+                "more": {"type": "array", "items": {"$ref": "#/$defs/Item"}, "maxItems": 1},
+            },
+            "required": ["n"],
+            "additionalProperties": False,
+        }
+    },
+    "type": "object",
+    "properties": {
+        "score": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "id": {"oneOf": [{"type": "integer", "multipleOf": 7}, {"type": "null"}]},
+        "code": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{2,4}$"},
+        "day": {"type": "string", "format": "date"},
+        "grid": {
+            "type": "array",
+            "items": {"type": "array", "items": {"enum": [0, 1]}, "minItems": 1, "maxItems": 2},
+            "maxItems": 2,
+        },
+        "tree": {"$ref": "#/$defs/Item"},
+        "extra": {
+            "type": "object",
+            "patternProperties": {"^[a-z]{1,4}$": {"type": "boolean"}},
+            "additionalProperties": False,
+            "maxProperties": 2,
+        },
+    },
+    "required": ["score", "id", "code", "day", "grid", "tree"],
+    "additionalProperties": False,
+}
+
 
 @pytest.fixture
 def client(server: CorralServer) -> Iterator[openai.OpenAI]:
@@ -126,7 +164,9 @@ def json_schema_format(schema: dict[str, Any]) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": "s", "schema": schema, "strict": True}}
 
 
-@pytest.mark.parametrize("schema", [PROFILE, POINTS, TREE], ids=["profile", "points", "tree"])
+@pytest.mark.parametrize(
+    "schema", [PROFILE, POINTS, TREE, WIDE], ids=["profile", "points", "tree", "wide"]
+)
 async def test_every_reply_validates_against_the_schema(
     aclient: openai.AsyncOpenAI, schema: dict[str, Any]
 ) -> None:
@@ -352,11 +392,11 @@ def chat_status(server: CorralServer, **body: Any) -> httpx.Response:
         (
             {
                 "response_format": json_schema_format(
-                    {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}
+                    {"type": "object", "properties": {"n": {"not": {"type": "integer"}}}}
                 )
             },
             "response_format",
-            "'minimum' at $.properties.n",
+            "'not' at $.properties.n",
         ),
         (
             {"response_format": {"type": "json_schema", "json_schema": {"name": "s"}}},
@@ -389,27 +429,25 @@ def chat_status(server: CorralServer, **body: Any) -> httpx.Response:
             "'uniqueItems' at $.properties.s",
         ),
         (
-            # Issue 13's reproduction: this schema used to kill the worker (SIGSEGV).
-            {
-                "response_format": json_schema_format(
-                    {
-                        "type": "object",
-                        "properties": {"notes": {"type": "string", "maxLength": 32767}},
-                    }
-                )
-            },
-            "response_format",
-            "maxLength 32767 (32767 optional repetitions",
+            {"grammar": 'root ::= "unclosed'},
+            "grammar",
+            "does not parse",
+        ),
+        (
+            {"response_format": {"type": "json_object"}, "grammar": 'root ::= "a"'},
+            "grammar",
+            "constrains its output twice",
         ),
     ],
     ids=[
         "invalid-schema",
-        "minimum",
+        "not",
         "no-schema",
         "required-no-tools",
         "unknown-tool",
         "tool-schema",
-        "huge-maxLength",
+        "bad-grammar",
+        "two-constraints",
     ],
 )
 def test_bad_requests_are_400_and_the_server_keeps_working(
@@ -426,20 +464,73 @@ def test_bad_requests_are_400_and_the_server_keeps_working(
     )
 
 
-def test_the_largest_accepted_repetition_compiles_and_holds(server: CorralServer) -> None:
-    """At the bound schema_support allows, the worker's grammar still compiles (1,500
-    optional repetitions no longer do) and the reply follows the schema."""
+def test_strict_false_serves_a_schema_strict_refuses(server: CorralServer) -> None:
     schema = {
         "type": "object",
-        "properties": {"notes": {"type": "string", "maxLength": 1000}},
-        "required": ["notes"],
-        "additionalProperties": False,
+        "properties": {
+            "tags": {
+                "type": "array",
+                "items": {"enum": ["a", "b"]},
+                "maxItems": 3,
+                "uniqueItems": True,
+            }
+        },
+        "required": ["tags"],
     }
-    reply = chat_status(server, max_tokens=2000, response_format=json_schema_format(schema))
+    refused = chat_status(server, response_format=json_schema_format(schema))
+    assert refused.status_code == 400 and "uniqueItems" in refused.text
+    loose = {"type": "json_schema", "json_schema": {"name": "s", "schema": schema, "strict": False}}
+    reply = chat_status(server, max_tokens=400, response_format=loose)
     assert reply.status_code == 200, reply.text
-    choice = reply.json()["choices"][0]
-    if choice["finish_reason"] == "stop":
-        jsonschema.validate(json.loads(choice["message"]["content"]), schema)
+    assert reply.json()["choices"][0]["finish_reason"] == "stop", reply.text
+    content = json.loads(reply.json()["choices"][0]["message"]["content"])
+    assert set(content) == {"tags"} and set(content["tags"]) <= {"a", "b"}  # the rest holds
+
+
+def test_the_schema_that_killed_a_worker_is_served(server: CorralServer) -> None:
+    """Issue 13's reproduction: ``"maxLength": 32767`` crashed the worker (SIGSEGV) and
+    failed everything in flight on it. Now it is an ordinary schema."""
+    schema = {
+        "type": "object",
+        "properties": {"notes": {"type": "string", "maxLength": 32767}},
+    }
+    for _ in range(2):
+        reply = chat_status(server, max_tokens=64, response_format=json_schema_format(schema))
+        assert reply.status_code == 200, reply.text
+        choice = reply.json()["choices"][0]
+        assert choice["message"]["content"].startswith("{")
+        if choice["finish_reason"] == "stop":
+            jsonschema.validate(json.loads(choice["message"]["content"]), schema)
+
+
+def test_grammar_regex_and_choice_extensions(client: openai.OpenAI) -> None:
+    """llama-server's ``grammar`` and vLLM's ``structured_outputs``, on chat and completions."""
+    yes_no = client.chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=10,
+        temperature=1.0,
+        extra_body={"grammar": 'root ::= ("yes" | "no") "!"'},
+    )
+    assert yes_no.choices[0].message.content in ("yes!", "no!")
+    for seed in range(3):
+        code = client.completions.create(
+            model=MODEL,
+            prompt="The code is",
+            max_tokens=20,
+            temperature=1.0,
+            seed=seed,
+            extra_body={"structured_outputs": {"regex": "[A-Z]{3}-[0-9]{2}"}},
+        )
+        assert re.fullmatch("[A-Z]{3}-[0-9]{2}", code.choices[0].text)
+        assert code.choices[0].finish_reason == "stop"
+    pick = client.completions.create(
+        model=MODEL,
+        prompt="Pick one:",
+        max_tokens=20,
+        extra_body={"structured_outputs": {"choice": ["left", "right", "centre"]}},
+    )
+    assert pick.choices[0].text in ("left", "right", "centre")
 
 
 def test_a_schema_that_would_be_refused_is_refused_before_the_model_loads(
@@ -457,13 +548,13 @@ def test_a_schema_that_would_be_refused_is_refused_before_the_model_loads(
         timeout=60,
     )
     assert imported.status_code == 201, imported.text
-    unenforceable = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}
+    unenforceable = {"type": "object", "properties": {"n": {"not": {"type": "integer"}}}}
     try:
         bad = chat_status(
             server, model="broken-weights", response_format=json_schema_format(unenforceable)
         )
         assert bad.status_code == 400, bad.text
-        assert "'minimum' at $.properties.n" in bad.json()["error"]["message"]
+        assert "'not' at $.properties.n" in bad.json()["error"]["message"]
         bad_tool = chat_status(
             server,
             model="broken-weights",
@@ -488,7 +579,7 @@ def test_a_schema_that_would_be_refused_is_refused_before_the_model_loads(
             timeout=60,
         )
         assert ollama_bad.status_code == 400, ollama_bad.text
-        assert "'minimum'" in ollama_bad.json()["error"]
+        assert "'not'" in ollama_bad.json()["error"]
         loads = chat_status(server, model="broken-weights", response_format={"type": "json_object"})
         assert loads.status_code >= 500, loads.text  # what a request that reaches the model meets
     finally:

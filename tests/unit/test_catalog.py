@@ -79,12 +79,18 @@ def test_llamacpp_precheck_refuses_what_its_grammar_cannot_enforce(catalog: Cata
         "messages": [{"role": "user", "content": "hi"}],
         "response_format": {
             "type": "json_schema",
-            "json_schema": {"name": "x", "schema": {"type": "integer", "minimum": 3}},
+            "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": True}},
         },
     }
-    with pytest.raises(UnsupportedSchema, match="minimum"):
+    with pytest.raises(UnsupportedSchema, match="uniqueItems"):
         catalog.precheck(model(), Capability.CHAT, body)
     catalog.precheck(model(), Capability.COMPLETION, {"model": "m", "prompt": "hi"})
+    with pytest.raises(UnsupportedSchema, match="look-around"):
+        catalog.precheck(
+            model(),
+            Capability.COMPLETION,
+            {"model": "m", "prompt": "hi", "json_schema": {"type": "string", "pattern": "(?=a)"}},
+        )
     catalog.precheck(model(engine="fake"), Capability.CHAT, body)  # the fake checks nothing
 
 

@@ -302,12 +302,18 @@ def test_generate_refusals() -> None:
         t.generate_request(generate(suffix="    return x"))
     assert '"m" does not support insert' in err.value.message
     t.generate_request(generate(suffix=""))  # the Python client's default
-    with pytest.raises(InvalidRequest) as err:
-        t.generate_request(generate(raw=True, format="json"))
-    assert err.value.param == "format"
     assert t.generate_request(generate(format="json"))[1]["response_format"] == {
         "type": "json_object"
     }
+
+
+def test_raw_generate_takes_format_as_a_completion_json_schema() -> None:
+    path, body = t.generate_request(generate(raw=True, format="json"))
+    assert path == t.COMPLETION_PATH and body["json_schema"] == {"type": "object"}
+    assert "response_format" not in body
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    _, body = t.generate_request(generate(template="{{ .Prompt }}", format=schema))
+    assert body["json_schema"] == schema
 
 
 def test_embed_inputs_and_body() -> None:

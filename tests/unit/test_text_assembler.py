@@ -64,7 +64,9 @@ def test_held_partial_match_is_released_at_finish() -> None:
 
 def test_earliest_of_several_stops_wins() -> None:
     a = TextAssembler(stop=["b", "xyz", "a"])
+    assert a.matched is None
     assert a.feed(b"123a45b") == "123"
+    assert a.matched == "a"  # which one, for vLLM's stop_reason and Anthropic's stop_sequence
 
 
 def test_multibyte_stop_string_across_broken_bytes() -> None:

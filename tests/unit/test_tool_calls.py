@@ -5,6 +5,7 @@ import pytest
 
 from corral.engines.structured import tool_call_schema
 from corral.protocol.openai import Tool
+from corral.worker import tool_calls
 from corral.worker.tool_calls import (
     CallArguments,
     CallStart,
@@ -147,3 +148,71 @@ def test_tool_call_schema_accepts_exactly_calls_of_the_tools() -> None:
     assert not validator.is_valid({"name": "jump", "arguments": {}})
     # Definitions are renamed per tool so that two tools' "Point"s cannot collide.
     assert "t0-Point" in schema["$defs"]["call-0"]["properties"]["arguments"]["$defs"]
+
+
+# --- the Llama 3.x and Mistral conventions ---------------------------------------------
+
+
+def run(parser: tool_calls.ReplyParser, pieces: list[str]) -> list[tool_calls.ReplyEvent]:
+    events = [e for piece in pieces for e in parser.feed(piece)]
+    return events + parser.finish()
+
+
+def calls_of(events: list[tool_calls.ReplyEvent]) -> list[tuple[str, object]]:
+    out: list[tuple[str, object]] = []
+    for event in events:
+        if isinstance(event, tool_calls.CallStart):
+            out.append((event.name, ""))
+        elif isinstance(event, tool_calls.CallArguments):
+            name, text = out[event.index]
+            out[event.index] = (name, str(text) + event.text)
+    return [(name, json.loads(str(args))) for name, args in out]
+
+
+def test_call_format_follows_the_template() -> None:
+    assert tool_calls.call_format("{{ '[TOOL_CALLS]' }}") == "mistral"
+    assert tool_calls.call_format("<|start_header_id|>ipython<|end_header_id|>") == "llama3"
+    assert tool_calls.call_format("{{ '<|python_tag|>' }}") == "llama3"
+    assert tool_calls.call_format("<tool_call>") == "hermes"
+
+
+def test_llama3_json_calls_in_pieces() -> None:
+    parser = tool_calls.auto_parser("llama3", ["get_weather", "time"])
+    events = run(parser, ['{"name": "get', '_weather", "parameters": {"city": "Paris"}}'])
+    assert calls_of(events) == [("get_weather", {"city": "Paris"})]
+    parser = tool_calls.auto_parser("llama3", ["get_weather", "time"])
+    two = (
+        '<|python_tag|>{"name": "time", "parameters": {}}; '
+        '{"name": "get_weather", "parameters": {"city": "Oslo"}}'
+    )
+    assert calls_of(run(parser, [two])) == [("time", {}), ("get_weather", {"city": "Oslo"})]
+
+
+def test_llama3_text_streams_at_once_and_a_bad_call_stays_text() -> None:
+    parser = tool_calls.auto_parser("llama3", ["get_weather"])
+    assert parser.feed("  Hel") == [tool_calls.Content("  Hel")]
+    assert parser.feed("lo") == [tool_calls.Content("lo")]
+    parser = tool_calls.auto_parser("llama3", ["get_weather"])
+    events = run(parser, ['{"name": "unknown", "parameters": {}}'])
+    assert events == [tool_calls.Content('{"name": "unknown", "parameters": {}}')]
+    parser = tool_calls.auto_parser("llama3", ["get_weather"])
+    assert run(parser, ['{"a": 1']) == [tool_calls.Content('{"a": 1')]
+
+
+def test_mistral_calls_both_forms() -> None:
+    parser = tool_calls.auto_parser("mistral", ["get_weather", "time"])
+    listed = (
+        '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Rome"}}, '
+        '{"name": "time", "arguments": {}}]'
+    )
+    assert calls_of(run(parser, [listed[:7], listed[7:]])) == [
+        ("get_weather", {"city": "Rome"}),
+        ("time", {}),
+    ]
+    parser = tool_calls.auto_parser("mistral", ["get_weather", "time"])
+    newer = '[TOOL_CALLS]get_weather[ARGS]{"city": "Rome"}[TOOL_CALLS]time[ARGS]{}'
+    assert calls_of(run(parser, [newer])) == [("get_weather", {"city": "Rome"}), ("time", {})]
+    parser = tool_calls.auto_parser("mistral", ["get_weather"])
+    assert run(parser, ["[TOOL", "S] is not a call"]) == [
+        tool_calls.Content("[TOOLS] is not a call")
+    ]

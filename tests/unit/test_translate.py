@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from corral.engines.chat_template import ChatTemplate
@@ -117,21 +119,28 @@ WEATHER = {
 TIME = {"type": "function", "function": {"name": "time"}}
 
 
-class FakeGrammar:
-    """Stands in for ``Engine.json_grammar``: records what it was asked for."""
+class FakeCheck:
+    """Stands in for ``Engine.check_grammar``: records what it was asked to accept."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[object, str]] = []
+        self.calls: list[tuple[str, str]] = []
 
-    def __call__(self, schema: dict[str, object] | None, *, param: str) -> str:
-        self.calls.append((schema, param))
-        return f"grammar for {param}"
+    def __call__(self, grammar: str, *, param: str) -> None:
+        self.calls.append((grammar, param))
 
 
-def grammar_of(**fields: object) -> tuple[str | None, FakeGrammar]:
-    fake = FakeGrammar()
+def grammar_of(**fields: object) -> tuple[str | None, FakeCheck]:
+    fake = FakeCheck()
     gen = translate.chat_request(chat(**fields), ChatTemplate(None), fake_tokenize, 10_000, fake)
     return gen.grammar, fake
+
+
+def schema_of(grammar: str | None) -> object:
+    """The JSON Schema inside an llguidance grammar (``guidance`` adds its options)."""
+    assert grammar is not None
+    schema = dict(json.loads(grammar)["grammars"][0]["json_schema"])
+    schema.pop("x-guidance")
+    return schema
 
 
 def test_response_format_selects_the_grammar() -> None:
@@ -139,11 +148,44 @@ def test_response_format_selects_the_grammar() -> None:
     assert grammar is None and fake.calls == []
     assert grammar_of(response_format={"type": "text"})[0] is None
     grammar, fake = grammar_of(response_format={"type": "json_object"})
-    assert grammar == "grammar for response_format" and fake.calls == [(None, "response_format")]
+    assert schema_of(grammar) == {"type": "object"}
+    assert fake.calls == [(grammar, "response_format")]
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
     fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": True}}
-    _, fake = grammar_of(response_format=fmt)
-    assert fake.calls == [(schema, "response_format")]
+    grammar, fake = grammar_of(response_format=fmt)
+    assert schema_of(grammar) == {**schema, "additionalProperties": False}
+    assert fake.calls == [(grammar, "response_format")]
+
+
+def test_extensions_select_the_grammar() -> None:
+    grammar, fake = grammar_of(grammar='root ::= "yes" | "no"')
+    assert grammar is not None and '"yes"' in grammar and "start:" in grammar  # GBNF -> Lark
+    assert fake.calls == [(grammar, "grammar")]
+    grammar, fake = grammar_of(json_schema={"type": "integer"})
+    assert schema_of(grammar) == {"type": "integer"} and fake.calls[0][1] == "json_schema"
+    grammar, fake = grammar_of(structured_outputs={"regex": "[0-9]+"})
+    assert grammar is not None and fake.calls[0][1] == "structured_outputs.regex"
+    grammar, fake = grammar_of(structured_outputs={"choice": ["left", "right"]})
+    assert grammar is not None and '"left" | "right"' in grammar
+    grammar, _ = grammar_of(structured_outputs={"json": '{"type": "boolean"}'})
+    assert schema_of(grammar) == {"type": "boolean"}
+
+
+def test_two_constraints_on_one_reply_are_refused() -> None:
+    with pytest.raises(InvalidRequest, match="twice") as info:
+        grammar_of(response_format={"type": "json_object"}, grammar='root ::= "a"')
+    assert info.value.param == "grammar"
+    with pytest.raises(InvalidRequest, match="twice"):
+        grammar_of(structured_outputs={"regex": "a", "choice": ["a"]})
+
+
+def test_a_completion_takes_the_extensions_too() -> None:
+    req = CompletionRequest(model="m", prompt="x", structured_outputs={"choice": ["a", "b"]})
+    fake = FakeCheck()
+    gen = translate.completion_request(req, fake_tokenize, 100, fake)
+    assert gen.grammar is not None and fake.calls == [(gen.grammar, "structured_outputs.choice")]
+    with pytest.raises(UnsupportedCapability):
+        translate.completion_request(req, fake_tokenize, 100)  # an engine without grammars
 
 
 def test_json_schema_without_schema_is_refused() -> None:
@@ -177,14 +219,21 @@ def test_bad_tool_choices_are_refused() -> None:
     assert info.value.param == "tool_choice"
 
 
-def test_forced_call_checks_each_tool_schema_then_builds_one_grammar() -> None:
+def test_forced_call_builds_one_grammar_for_every_allowed_tool() -> None:
     grammar, fake = grammar_of(tools=[WEATHER, TIME], tool_choice="required")
-    assert grammar == "grammar for tools"
-    params = WEATHER["function"]["parameters"]  # type: ignore[index]
-    assert fake.calls[0] == (params, "tools[0].function.parameters")
-    combined, param = fake.calls[1]
-    assert param == "tools" and len(fake.calls) == 2  # "time" has no parameters to check
+    assert fake.calls == [(grammar, "tools")]
+    combined = schema_of(grammar)
     assert [alt["$ref"] for alt in combined["anyOf"]] == ["#/$defs/call-0", "#/$defs/call-1"]  # type: ignore[index]
+
+
+def test_forced_call_names_the_tool_whose_schema_is_refused() -> None:
+    bad = {
+        "type": "function",
+        "function": {"name": "f", "parameters": {"type": "array", "uniqueItems": True}},
+    }
+    with pytest.raises(InvalidRequest, match="'uniqueItems' at \\$") as info:
+        grammar_of(tools=[WEATHER, bad], tool_choice="required")
+    assert info.value.param == "tools[1].function.parameters"
 
 
 def test_forced_call_wins_over_response_format_and_auto_has_no_grammar() -> None:
@@ -193,7 +242,7 @@ def test_forced_call_wins_over_response_format_and_auto_has_no_grammar() -> None
         tool_choice={"type": "function", "function": {"name": "weather"}},
         response_format={"type": "json_object"},
     )
-    assert grammar == "grammar for tools"
+    assert schema_of(grammar)["anyOf"] == [{"$ref": "#/$defs/call-0"}]  # type: ignore[index]
     assert grammar_of(tools=[WEATHER])[0] is None
 
 

@@ -1,8 +1,8 @@
 """The gateway's side of the llama.cpp engine: GGUF models, their parameters, their memory.
 
 Imports no engine library: the gateway uses it to route, size and start workers, and
-to refuse a structured-output schema that llama.cpp's grammar converter would not
-enforce before a model is loaded for it.
+to refuse an output constraint that llguidance would not enforce before a model is
+loaded for it.
 
 The memory estimate is read from the GGUF header facts recorded at import: weights
 (the file, which llama.cpp maps and touches entirely), the KV cache for every slot's
@@ -20,9 +20,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from corral.engines.descriptor import EngineDescriptor, EngineParams, MemoryEstimate
-from corral.engines.schema_support import prepare
-from corral.engines.structured import output_grammar
-from corral.protocol.openai import ChatCompletionRequest
+from corral.engines.structured import output_constraint
+from corral.protocol.openai import ChatCompletionRequest, CompletionRequest
 from corral.registry.records import Capability, ModelRecord
 
 MiB = 1 << 20
@@ -120,18 +119,17 @@ class LlamaCppDescriptor(EngineDescriptor):
     def precheck(
         self, record: ModelRecord, capability: Capability, body: Mapping[str, Any]
     ) -> None:
-        """Refuse a schema llama.cpp's grammar converter would not enforce exactly."""
-        if capability != Capability.CHAT:
+        """Refuse an output constraint llguidance would not enforce, before any load."""
+        if not any(body.get(key) for key in _CONSTRAINING):
             return
-        if not (body.get("response_format") or body.get("tools")):
-            return
-        output_grammar(ChatCompletionRequest.model_validate(body), _check_schema)
+        if capability == Capability.CHAT:
+            output_constraint(ChatCompletionRequest.model_validate(body))
+        elif capability == Capability.COMPLETION:
+            output_constraint(CompletionRequest.model_validate(body))
 
 
-def _check_schema(schema: dict[str, Any] | None, *, param: str) -> str:
-    if schema is not None:
-        prepare(schema, param=param)
-    return ""
+# Request fields that may constrain the output (``structured.output_constraint``).
+_CONSTRAINING = ("response_format", "tools", "grammar", "json_schema", "structured_outputs")
 
 
 def _pad(n: int) -> int:

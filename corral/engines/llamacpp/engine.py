@@ -26,12 +26,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import llama_cpp as lc
 import numpy as np
+from llguidance import LLMatcher
 
 from corral.engines.base import (
     Capabilities,
@@ -44,18 +46,17 @@ from corral.engines.base import (
     RequestHandle,
     TextDelta,
 )
-from corral.engines.llamacpp import grammar
 from corral.engines.llamacpp.descriptor import LlamaCppParams, prompt_cache_limits
+from corral.engines.llamacpp.guide import Guide
 from corral.engines.llamacpp.prompt_cache import CachedPrompt, PromptCache
 from corral.engines.llamacpp.prompt_cache import common_prefix as _common_prefix
-from corral.engines.llamacpp.sampling import GrammarError, SlotSampler, compile_grammar, ignores_eos
+from corral.engines.llamacpp.sampling import SlotSampler, ignores_eos
 from corral.engines.text import TextAssembler
 from corral.errors import (
     CorralError,
     EngineError,
     EngineLoadError,
     InternalError,
-    InvalidRequest,
     new_request_id,
 )
 from corral.registry.gguf_info import is_embedding_model
@@ -93,6 +94,7 @@ class _Slot:
     last_used: float = 0.0
     job: _Job | None = None
     sampler: SlotSampler | None = None
+    matcher: LLMatcher | None = None  # the request's grammar state, if it has one
     assembler: TextAssembler | None = None
     pending: int | None = None  # sampled, not yet decoded
     completion_tokens: int = 0
@@ -152,6 +154,11 @@ class LlamaCppEngine(Engine):
             structured_output=not self.embedding_model and bool(self._eog),
         )
         self._slots = [_Slot(seq_id=i) for i in range(params.slots)]
+        self._guide = (
+            Guide(self._vocab, self._n_vocab, self._eog, params.slots)
+            if self.capabilities.structured_output
+            else None
+        )
         self._prompt_cache = PromptCache(
             *prompt_cache_limits(params, self.n_ctx_slot, self.embedding_model)
         )
@@ -162,6 +169,9 @@ class LlamaCppEngine(Engine):
         self._admissions = 0
         self._prompt_cached = 0  # prompt tokens whose KV was reused from a slot's cache
         self._prompt_evaluated = 0  # prompt tokens run through the model
+        self._constrained_tokens = 0  # tokens sampled under a grammar's mask
+        self._mask_wait_ns = 0  # waiting for masks once llama_decode had returned
+        self._mask_apply_ns = 0  # writing masks over logits
         self._thread = threading.Thread(target=self._run, name="llama-engine", daemon=True)
         self._thread.start()
 
@@ -236,23 +246,11 @@ class LlamaCppEngine(Engine):
     def detokenize(self, tokens: Sequence[int]) -> bytes:
         return b"".join(self._piece(t) for t in tokens)
 
-    def json_grammar(self, schema: dict[str, Any] | None, *, param: str) -> str:
-        if not self.capabilities.structured_output:
-            return super().json_grammar(schema, param=param)
-        text = (
-            grammar.JSON_OBJECT_GRAMMAR
-            if schema is None
-            else grammar.schema_grammar(schema, param=param)
-        )
-        # Compile it here, on the request's thread, so a bad one is a 400 before streaming.
-        sampler = compile_grammar(self._vocab, text)
-        if sampler is None:
-            raise InvalidRequest(
-                f"The grammar made from {param} did not compile (the worker log says why).",
-                param=param,
-            )
-        lc.llama_sampler_free(sampler)
-        return text
+    def check_grammar(self, grammar: str, *, param: str) -> None:
+        if self._guide is None:
+            super().check_grammar(grammar, param=param)
+            return
+        self._guide.matcher(grammar, param=param)  # compiled now, kept for the slot
 
     def submit(self, request: GenerationRequest, sink: EventSink) -> RequestHandle:
         if not request.prompt_tokens:
@@ -282,6 +280,9 @@ class LlamaCppEngine(Engine):
             "prompt_cache_bytes": self._prompt_cache.bytes,
             "prompt_cache_saved": self._prompt_cache.saved,
             "prompt_cache_restored": self._prompt_cache.restored,
+            "constrained_tokens": self._constrained_tokens,
+            "mask_wait_ns": self._mask_wait_ns,
+            "mask_apply_ns": self._mask_apply_ns,
         }
 
     def close(self) -> None:
@@ -289,6 +290,8 @@ class LlamaCppEngine(Engine):
             self._closing = True
             self._cv.notify()
         self._thread.join(timeout=10)
+        if self._guide is not None:
+            self._guide.close()
         for slot in self._slots:
             self._free_sampler(slot)
         lc.llama_batch_free(self._batch)
@@ -361,12 +364,17 @@ class LlamaCppEngine(Engine):
         slot.started_ns = time.perf_counter_ns()
         slot.first_token_ns = 0
         slot.job = job
-        try:
-            slot.sampler = SlotSampler(job.request, self._vocab, self._eog, self.n_ctx_slot)
-        except GrammarError as exc:
-            job.sink(Failed(EngineError(str(exc))))
-            self._release(slot)
-            return
+        grammar = job.request.grammar
+        if grammar is not None:
+            try:
+                if self._guide is None:
+                    raise EngineError("this model cannot constrain its output")
+                slot.matcher = self._guide.matcher(grammar, param="grammar")
+            except CorralError as exc:
+                job.sink(Failed(exc))
+                self._release(slot)
+                return
+        slot.sampler = SlotSampler(job.request, self._vocab, self._eog, self.n_ctx_slot)
         slot.assembler = TextAssembler(job.request.stop)
         slot.pending = None
         slot.completion_tokens = 0
@@ -501,7 +509,12 @@ class LlamaCppEngine(Engine):
                 self._logits[n - 1] = 1
                 outputs.append((slot, n - 1))
         self._batch.n_tokens = n
+        masks = self._start_masks(outputs)
         status = lc.llama_decode(self._ctx, self._batch)
+        if masks is not None:
+            waited = time.perf_counter_ns()
+            masks.result()
+            self._mask_wait_ns += time.perf_counter_ns() - waited
         if status != 0:
             self._fail_slots(busy, EngineError(f"llama_decode failed with status {status}"))
             return
@@ -509,7 +522,29 @@ class LlamaCppEngine(Engine):
             if slot.job is None or slot.job.cancelled:
                 continue
             assert slot.sampler is not None
+            if slot.matcher is not None and not self._constrain(slot, index):
+                continue
             self._accept(slot, slot.sampler.sample(self._ctx, index))
+
+    def _start_masks(self, outputs: Sequence[tuple[_Slot, int]]) -> Future[None] | None:
+        """Have llguidance compute the masks of this step's constrained rows meanwhile."""
+        if self._guide is None:
+            return None
+        rows = [(s.matcher, s.seq_id) for s, _ in outputs if s.matcher is not None]
+        return self._guide.start_masks(rows)
+
+    def _constrain(self, slot: _Slot, index: int) -> bool:
+        """Hold the slot's next token to its grammar; fail the request if it cannot be."""
+        assert self._guide is not None and slot.matcher is not None
+        started = time.perf_counter_ns()
+        allowed = not slot.matcher.is_error() and self._guide.apply(self._ctx, index, slot.seq_id)
+        self._mask_apply_ns += time.perf_counter_ns() - started
+        self._constrained_tokens += 1
+        if not allowed:
+            error = slot.matcher.get_error() or "no token is allowed"
+            self._fail_slots([slot], EngineError(f"the output constraint failed: {error}"))
+            return False
+        return True
 
     def _accept(self, slot: _Slot, token: int) -> None:
         job, assembler = slot.job, slot.assembler
@@ -519,14 +554,18 @@ class LlamaCppEngine(Engine):
         if slot.completion_tokens == 1:
             slot.first_token_ns = time.perf_counter_ns()
         if token in self._eog and not ignores_eos(request):
-            # With a grammar this is also how a complete one ends: end-of-generation is
-            # then the only token it allows, whatever the model prefers.
+            # With a grammar, the mask allows end-of-generation only where the output is
+            # complete; once nothing else can follow, it is the only token allowed.
             self._finish(slot, "stop")
+            return
+        if slot.matcher is not None and not slot.matcher.consume_token(token):
+            error = EngineError(f"the output constraint failed: {slot.matcher.get_error()}")
+            self._fail_slots([slot], error)
             return
         text = assembler.feed(self._piece(token))
         if text:
             job.sink(TextDelta(text))
-        if assembler.stopped:
+        if assembler.stopped or (slot.matcher is not None and slot.matcher.is_stopped()):
             self._finish(slot, "stop")
         elif self._budget_spent(slot, request):
             self._finish(slot, "length")
@@ -554,6 +593,7 @@ class LlamaCppEngine(Engine):
             prompt_ns=first - slot.started_ns,
             generation_ns=now - first,
             prompt_tokens_cached=slot.cached,
+            stop_sequence=assembler.matched,
         )
         # Free the slot first: whoever sees the request finished must see its slot free.
         self._release(slot)
@@ -580,6 +620,7 @@ class LlamaCppEngine(Engine):
         self._fail_slots(self._slots, error)
 
     def _free_sampler(self, slot: _Slot) -> None:
+        slot.matcher = None
         if slot.sampler is not None:
             slot.sampler.free()
             slot.sampler = None

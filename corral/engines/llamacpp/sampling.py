@@ -1,38 +1,19 @@
-"""One request's sampling on llama.cpp: its sampler chain, and its grammar when it has one.
+"""One request's sampling on llama.cpp: its sampler chain.
 
 The chain is built in the order llama.cpp's server builds it (``common_sampler_init``):
-logit bias, penalties, top-k, top-p, min-p, temperature, then the draw.
-
-A grammar is kept beside the chain, not in it, and used the way the server uses it
-(``common_sampler_sample`` with ``grammar_first`` false): draw from the chain, and if
-the grammar rejects that one token, draw again from candidates the grammar has filtered
-first. Checking one token is cheap; filtering the whole vocabulary before every draw
-cost +9 ms per token at a 32k vocabulary and +67 ms at 152k (Qwen's) on this CPU,
-several times the decode itself. Either way the token taken is always one the grammar
-accepts, which matters twice over: llama.cpp aborts the process when a grammar is
-handed a token it rejects, and a complete grammar allows only end-of-generation, which
-is how constrained output ends even when the model would go on.
+logit bias, penalties, top-k, top-p, min-p, temperature, then the draw. A request with
+an output grammar has its logits masked before the chain runs (``guide``), so the
+chain draws among allowed tokens only.
 """
 
 from __future__ import annotations
 
-import ctypes
 import math
 from typing import Any
 
 import llama_cpp as lc
-import numpy as np
 
 from corral.engines.base import GenerationRequest
-
-_CANDIDATE = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
-assert _CANDIDATE.itemsize == ctypes.sizeof(lc.llama_token_data)
-
-
-def compile_grammar(vocab: Any, grammar: str) -> Any:
-    """llama.cpp's grammar sampler for ``grammar`` (GBNF, rule ``root``), or None if invalid."""
-    sampler = lc.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
-    return sampler if sampler else None
 
 
 def ignores_eos(request: GenerationRequest) -> bool:
@@ -41,65 +22,19 @@ def ignores_eos(request: GenerationRequest) -> bool:
     return request.ignore_eos and request.grammar is None
 
 
-class GrammarError(Exception):
-    """The request's grammar did not compile."""
-
-
 class SlotSampler:
     def __init__(
         self, request: GenerationRequest, vocab: Any, eog: set[int], n_ctx_slot: int
     ) -> None:
         self._n_vocab = int(lc.llama_vocab_n_tokens(vocab))
-        self._grammar = None
-        if request.grammar is not None:
-            self._grammar = compile_grammar(vocab, request.grammar)
-            if self._grammar is None:
-                raise GrammarError("the request's grammar did not compile")
-            self._candidates = np.zeros(self._n_vocab, dtype=_CANDIDATE)
-            self._ids = np.arange(self._n_vocab, dtype=np.int32)
         self._chain = self._make_chain(request, eog, n_ctx_slot)
 
     def sample(self, ctx: Any, index: int) -> int:
         """Draw the next token from the logits at ``index`` of the last batch, and accept it."""
-        if self._grammar is None:
-            return int(lc.llama_sampler_sample(self._chain, ctx, index))
-        token = self._draw(ctx, index, constrained=False)
-        if not self._allowed(token):
-            token = self._draw(ctx, index, constrained=True)
-        lc.llama_sampler_accept(self._grammar, token)
-        lc.llama_sampler_accept(self._chain, token)
-        return token
+        return int(lc.llama_sampler_sample(self._chain, ctx, index))
 
     def free(self) -> None:
         lc.llama_sampler_free(self._chain)
-        if self._grammar is not None:
-            lc.llama_sampler_free(self._grammar)
-            self._grammar = None
-
-    def _draw(self, ctx: Any, index: int, constrained: bool) -> int:
-        logits = lc.llama_get_logits_ith(ctx, index)
-        cands = self._candidates
-        cands["id"] = self._ids
-        cands["logit"] = np.ctypeslib.as_array(logits, shape=(self._n_vocab,))
-        cands["p"] = 0.0
-        array = lc.llama_token_data_array(
-            data=cands.ctypes.data_as(lc.llama_token_data_p),
-            size=self._n_vocab,
-            selected=-1,
-            sorted=False,
-        )
-        if constrained:
-            lc.llama_sampler_apply(self._grammar, ctypes.byref(array))
-        lc.llama_sampler_apply(self._chain, ctypes.byref(array))
-        return int(cands["id"][array.selected])
-
-    def _allowed(self, token: int) -> bool:
-        one = lc.llama_token_data(token, 1.0, 0.0)
-        array = lc.llama_token_data_array(
-            data=ctypes.pointer(one), size=1, selected=-1, sorted=False
-        )
-        lc.llama_sampler_apply(self._grammar, ctypes.byref(array))
-        return bool(one.logit != -math.inf)
 
     def _make_chain(self, request: GenerationRequest, eog: set[int], n_ctx_slot: int) -> Any:
         p = request.sampling
