@@ -31,6 +31,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import httpx
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -112,6 +114,15 @@ def serve_rounds(
     return results
 
 
+def worker_stats(url: str) -> dict[str, object]:
+    """The engine's counters (prompt tokens cached and evaluated, prompt cache) from its
+    worker's /health, found through the gateway's /admin/ps."""
+    models = httpx.get(url + "/admin/ps", timeout=30).json()["models"]
+    worker = next(m for m in models if m.get("url"))
+    health = httpx.get(worker["url"] + "/health", timeout=30).json()
+    return {k: v for k, v in health.items() if k.startswith(("prompt", "slots"))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quant", default="f16", choices=["f16", "q4_k_m"])
@@ -137,6 +148,8 @@ def main() -> None:
             runs["Corral"] = serve_rounds(
                 url, workload, args.rounds, args.clients, args.stream, "Corral"
             )
+            engine_stats = worker_stats(url)
+            print("Corral's engine:", engine_stats, flush=True)
         finally:
             stop(proc)
     binary = llama_server_binary()
@@ -153,7 +166,11 @@ def main() -> None:
 
     if RESENT:
         print(f"resent after an unanswered close: {len(RESENT)} requests ({set(RESENT)})")
-    report = {"settings": vars(args) | {"out": str(args.out)}, "rounds": runs}
+    report = {
+        "settings": vars(args) | {"out": str(args.out)},
+        "rounds": runs,
+        "corral_engine": engine_stats,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(markdown(runs))

@@ -56,14 +56,29 @@ class GenerationRequest:
     # An llguidance grammar (``corral.engines.guidance``) that ``Engine.check_grammar``
     # accepted; the output is constrained to it and ends when it is complete.
     grammar: str | None = None
+    # Log-probabilities of each generated token and this many alternatives (0-20);
+    # None: not asked for.
+    logprobs: int | None = None
 
 
 FinishReason = Literal["stop", "length"]
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability under the model (after any grammar mask,
+    before temperature and penalties), and the ``top`` most likely alternatives."""
+
+    piece: bytes
+    logprob: float
+    top: tuple[tuple[bytes, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class TextDelta:
     text: str
+    # The tokens whose text this delta completes (when the request asked for them).
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -170,6 +185,64 @@ async def stream_events(engine: Engine, request: GenerationRequest) -> AsyncIter
     finally:
         if not done:
             handle.cancel()
+
+
+async def stream_many(
+    engine: Engine, requests: Sequence[GenerationRequest]
+) -> AsyncIterator[tuple[int, Event]]:
+    """Run several generations at once (``n`` > 1) and yield ``(index, event)`` as the
+    events come; each ends with its Finished or Failed. Leaving early cancels the rest."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+
+    def sink_for(index: int) -> EventSink:
+        def sink(event: Event) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, (index, event))
+
+        return sink
+
+    handles = [engine.submit(request, sink_for(i)) for i, request in enumerate(requests)]
+    running = set(range(len(requests)))
+    try:
+        while running:
+            index, event = await queue.get()
+            if isinstance(event, Finished | Failed):
+                running.discard(index)
+            yield index, event
+    finally:
+        for index in running:
+            handles[index].cancel()
+
+
+@dataclass(frozen=True)
+class Collected:
+    """One whole generation: its text, how it ended, and its tokens' log-probabilities."""
+
+    text: str
+    finished: Finished
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+async def collect_many(engine: Engine, requests: Sequence[GenerationRequest]) -> list[Collected]:
+    """Run several generations to the end (``n`` > 1), in the order of ``requests``."""
+    parts: list[list[TextDelta]] = [[] for _ in requests]
+    ends: list[Finished | None] = [None] * len(requests)
+    async for index, event in stream_many(engine, requests):
+        if isinstance(event, TextDelta):
+            parts[index].append(event)
+        elif isinstance(event, Failed):
+            raise event.error
+        else:
+            ends[index] = event
+    return [
+        Collected(
+            "".join(d.text for d in deltas),
+            end,
+            tuple(lp for d in deltas for lp in d.logprobs),
+        )
+        for deltas, end in zip(parts, ends, strict=True)
+        if end is not None
+    ]
 
 
 async def collect(engine: Engine, request: GenerationRequest) -> tuple[str, Finished]:

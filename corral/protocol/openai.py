@@ -129,6 +129,10 @@ class StructuredOutputs(_Request):
     grammar: str | None = None
 
 
+# Choices per request (n): each runs as one more sequence in the worker's slots.
+MAX_CHOICES = 16
+
+
 class SamplingFields(_Request):
     """Sampling fields common to chat completions and completions."""
 
@@ -183,7 +187,7 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: int | None = Field(None, ge=0, le=20)
     max_completion_tokens: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1)
-    n: int = Field(1, ge=1, le=1)
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
     response_format: ResponseFormat | None = None
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
@@ -221,6 +225,32 @@ class ChatDelta(_Sparse):
     tool_calls: list[ToolCallDelta] | None = None
 
 
+class TopLogprob(_Wire):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(_Wire):
+    """A chat choice's ``logprobs``: one entry per generated token."""
+
+    content: list[TokenLogprob] | None
+    refusal: None = None
+
+
+class CompletionLogprobs(_Wire):
+    """A completion choice's ``logprobs``, in the legacy shape of ``/v1/completions``."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
+
+
 class ChoiceMessage(_Wire):
     role: Literal["assistant"] = "assistant"
     content: str | None
@@ -234,7 +264,7 @@ FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 class ChatChoice(_Wire):
     index: int
     message: ChoiceMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason
     # vLLM's: the stop string that ended the reply, when one did.
     stop_reason: str | None = Field(None, exclude_if=lambda v: v is None)
@@ -273,7 +303,7 @@ class ChatCompletion(_Wire):
 class ChatChunkChoice(_Wire):
     index: int
     delta: ChatDelta
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason | None = None
     # vLLM's: the stop string that ended the reply, when one did.
     stop_reason: str | None = Field(None, exclude_if=lambda v: v is None)
@@ -298,7 +328,7 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=5)
     max_tokens: int | None = Field(16, ge=1)
-    n: int = Field(1, ge=1, le=1)
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
     suffix: str | None = None
 
     @field_validator("prompt", mode="before")
@@ -315,7 +345,7 @@ class CompletionRequest(SamplingFields):
 class CompletionChoice(_Wire):
     text: str
     index: int
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason | None
     # vLLM's: the stop string that ended the reply, when one did.
     stop_reason: str | None = Field(None, exclude_if=lambda v: v is None)

@@ -15,8 +15,8 @@ from corral.engines.base import (
     Finished,
     GenerationRequest,
     TextDelta,
-    collect,
-    stream_events,
+    collect_many,
+    stream_many,
 )
 from corral.engines.chat_template import ChatTemplate
 from corral.errors import ContextLengthExceeded, InvalidRequest, UnsupportedCapability
@@ -79,30 +79,43 @@ class WorkerService:
         gen = translate.chat_request(
             req, self.template, self.tokenize_chat, context, self.engine.check_grammar
         )
-        reply = translate.reply_parser(req, self.call_format)
+        gens = translate.choices(gen, req.n)
+        parsers = [translate.reply_parser(req, self.call_format) for _ in gens]
         if req.stream:
             writer = ChatStreamWriter(self.model_name, req.include_usage(), req.timings)
-            return event_stream(self._chat_stream(gen, writer, reply))
-        text, finished = await run_until_disconnect(request, collect(self.engine, gen))
-        content, calls = tool_calls.collect(reply, text)
-        return self._finished(
-            request,
-            responses.chat_completion(self.model_name, content, finished, req.timings, calls),
+            return event_stream(self._chat_stream(gens, writer, parsers))
+        done = await run_until_disconnect(request, collect_many(self.engine, gens))
+        parts: list[responses.ChatChoiceParts] = []
+        for parser, one in zip(parsers, done, strict=True):
+            content, calls = tool_calls.collect(parser, one.text)
+            logprobs = responses.chat_logprobs(one.logprobs) if gen.logprobs is not None else None
+            parts.append((content, one.finished, calls, logprobs))
+        (content, finished, calls, logprobs), *more = parts
+        reply = responses.chat_completion(
+            self.model_name, content, finished, req.timings, calls, more, logprobs
         )
+        return self._finished(request, reply)
 
     async def _chat_stream(
-        self, gen: GenerationRequest, writer: ChatStreamWriter, reply: ReplyParser
+        self, gens: list[GenerationRequest], writer: ChatStreamWriter, parsers: list[ReplyParser]
     ) -> AsyncIterator[bytes]:
-        yield writer.start()
-        async for event in stream_events(self.engine, gen):
+        for index in range(len(gens)):
+            yield writer.start(index)
+        ends: list[Finished] = []
+        async for index, event in stream_many(self.engine, gens):
+            reply = parsers[index]
             if isinstance(event, TextDelta):
-                if chunk := writer.events(reply.feed(event.text)):
+                if chunk := writer.events(reply.feed(event.text), index, event.logprobs):
                     yield chunk
             elif isinstance(event, Finished):
-                yield writer.events(reply.finish()) + writer.finish(event, reply.calls > 0)
+                ends.append(event)
+                yield writer.events(reply.finish(), index) + writer.finish(
+                    event, reply.calls > 0, index, usage=False
+                )
             else:
                 yield error_event(event.error)
                 return
+        yield writer.usage(*ends)
         yield SSE_DONE
 
     async def completion(self, request: Request) -> Response:
@@ -112,28 +125,50 @@ class WorkerService:
         gen = translate.completion_request(
             req, self.tokenize_prompt, context, self.engine.check_grammar
         )
+        gens = translate.choices(gen, req.n)
         echo = req.prompt if req.echo and isinstance(req.prompt, str) else ""
         if req.stream:
             writer = CompletionStreamWriter(self.model_name, req.include_usage(), req.timings)
-            return event_stream(self._completion_stream(gen, writer, echo))
-        text, finished = await run_until_disconnect(request, collect(self.engine, gen))
-        return self._finished(
-            request, responses.completion(self.model_name, echo + text, finished, req.timings)
-        )
+            return event_stream(self._completion_stream(gens, writer, echo))
+        done = await run_until_disconnect(request, collect_many(self.engine, gens))
+        top = gen.logprobs
+        parts = [
+            (
+                echo + one.text,
+                one.finished,
+                None
+                if top is None
+                else responses.completion_logprobs(one.logprobs, len(echo), top),
+            )
+            for one in done
+        ]
+        (text, finished, logprobs), *more = parts
+        reply = responses.completion(self.model_name, text, finished, req.timings, more, logprobs)
+        return self._finished(request, reply)
 
     async def _completion_stream(
-        self, gen: GenerationRequest, writer: CompletionStreamWriter, echo: str
+        self, gens: list[GenerationRequest], writer: CompletionStreamWriter, echo: str
     ) -> AsyncIterator[bytes]:
         if echo:
-            yield writer.delta(echo)
-        async for event in stream_events(self.engine, gen):
+            for index in range(len(gens)):
+                yield writer.delta(echo, index)
+        ends: list[Finished] = []
+        offsets = [len(echo)] * len(gens)  # where each choice's next token starts
+        top = gens[0].logprobs
+        async for index, event in stream_many(self.engine, gens):
             if isinstance(event, TextDelta):
-                yield writer.delta(event.text)
+                logprobs = None
+                if top is not None:
+                    logprobs = responses.completion_logprobs(event.logprobs, offsets[index], top)
+                    offsets[index] += sum(len(t) for t in logprobs.tokens)
+                yield writer.delta(event.text, index, logprobs)
             elif isinstance(event, Finished):
-                yield writer.finish(event)
+                ends.append(event)
+                yield writer.finish(event, index, usage=False)
             else:
                 yield error_event(event.error)
                 return
+        yield writer.usage(*ends)
         yield SSE_DONE
 
     async def embeddings(self, request: Request) -> Response:

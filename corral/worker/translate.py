@@ -8,6 +8,7 @@ a model.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -45,10 +46,23 @@ def sampling_from(req: SamplingFields) -> SamplingParams:
     )
 
 
+def logprobs_of(req: ChatCompletionRequest | CompletionRequest) -> int | None:
+    """How many alternatives to report per token; None: no log-probabilities."""
+    if isinstance(req, CompletionRequest):
+        return req.logprobs
+    if req.top_logprobs is not None and not req.logprobs:
+        raise InvalidRequest("top_logprobs needs logprobs set to true.", param="top_logprobs")
+    if not req.logprobs:
+        return None
+    if tool_choice(req)[0] != "off":
+        raise InvalidRequest(
+            "logprobs are not supported together with tools yet.", param="logprobs"
+        )
+    return req.top_logprobs or 0
+
+
 def refuse_unsupported(req: ChatCompletionRequest | CompletionRequest) -> None:
     """Clear 400s for features this engine does not provide yet, instead of ignoring them."""
-    if req.logprobs:
-        raise InvalidRequest("logprobs are not supported yet.", param="logprobs")
     if isinstance(req, CompletionRequest) and req.suffix:
         raise InvalidRequest("suffix (fill-in-the-middle) is not supported.", param="suffix")
 
@@ -112,10 +126,26 @@ def chat_request(
         stop=req.stop_list(),
         ignore_eos=req.ignore_eos,
         grammar=grammar,
+        logprobs=logprobs_of(req),
     )
 
 
 # --- structured outputs and tool calls ------------------------------------------------
+
+
+def choices(gen: GenerationRequest, n: int) -> list[GenerationRequest]:
+    """``n`` generations of one request: each its own seed (the request's, plus its index,
+    so a seeded request is reproducible choice by choice)."""
+    if n == 1:
+        return [gen]
+    seed = gen.sampling.seed
+    return [
+        dataclasses.replace(
+            gen,
+            sampling=dataclasses.replace(gen.sampling, seed=None if seed is None else seed + i),
+        )
+        for i in range(n)
+    ]
 
 
 def reply_parser(
@@ -177,6 +207,7 @@ def completion_request(
         stop=req.stop_list(),
         ignore_eos=req.ignore_eos,
         grammar=grammar,
+        logprobs=logprobs_of(req),
     )
 
 

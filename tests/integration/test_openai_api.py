@@ -226,3 +226,73 @@ def test_timings_extension_only_when_asked(server: CorralServer) -> None:
     # OpenAI's own field says the same, with or without the timings extension.
     assert again["prompt_tokens_details"]["cached_tokens"] == again["prompt_tokens"] - 1
     assert "cached_tokens" in plain["usage"]["prompt_tokens_details"]
+
+
+def test_n_choices_whole_and_streamed(client: openai.OpenAI) -> None:
+    """n > 1: each choice is its own sequence; a seed makes each reproducible."""
+    args = {"model": "test-chat", "messages": MESSAGES, "max_tokens": 12, "seed": 7}
+    whole = client.chat.completions.create(n=3, temperature=1.0, **args)  # type: ignore[call-overload]
+    assert [c.index for c in whole.choices] == [0, 1, 2]
+    texts = [c.message.content for c in whole.choices]
+    assert len(set(texts)) > 1  # seeds 7, 8, 9
+    single = client.chat.completions.create(temperature=1.0, **args)  # type: ignore[call-overload]
+    assert single.choices[0].message.content == texts[0]
+    assert whole.usage is not None and single.usage is not None
+    assert whole.usage.prompt_tokens == single.usage.prompt_tokens  # counted once
+    assert whole.usage.completion_tokens > single.usage.completion_tokens  # summed
+    stream = client.chat.completions.create(
+        n=3, temperature=1.0, stream=True, stream_options={"include_usage": True}, **args
+    )  # type: ignore[call-overload]
+    parts: dict[int, str] = {0: "", 1: "", 2: ""}
+    finished: set[int] = set()
+    usage = None
+    for chunk in stream:
+        for choice in chunk.choices:
+            parts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finished.add(choice.index)
+        usage = chunk.usage or usage
+    assert finished == {0, 1, 2} and [parts[i] for i in range(3)] == texts
+    assert usage is not None and usage.completion_tokens == whole.usage.completion_tokens
+    completions = client.completions.create(
+        model="test-chat", prompt="Once upon", max_tokens=6, n=2, temperature=0
+    )
+    assert [c.index for c in completions.choices] == [0, 1]
+    assert completions.choices[0].text == completions.choices[1].text  # greedy: the same
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(n=17, **args)  # type: ignore[call-overload]
+
+
+def test_logprobs_chat_and_completions(client: openai.OpenAI) -> None:
+    args = {"model": "test-chat", "messages": MESSAGES, "max_tokens": 8, "temperature": 0}
+    whole = client.chat.completions.create(logprobs=True, top_logprobs=3, **args)  # type: ignore[call-overload]
+    content = whole.choices[0].logprobs.content
+    assert content is not None and len(content) == whole.usage.completion_tokens  # no end token
+    assert "".join(t.token for t in content) == whole.choices[0].message.content
+    for token in content:
+        assert token.logprob <= 0 and len(token.top_logprobs) == 3
+        assert token.top_logprobs[0].token == token.token  # greedy takes the likeliest
+        assert token.top_logprobs[0].logprob == pytest.approx(token.logprob)
+        assert sum(np.exp(t.logprob) for t in token.top_logprobs) <= 1.0 + 1e-6
+        assert bytes(token.bytes or []).decode(errors="replace") == token.token
+    streamed = client.chat.completions.create(logprobs=True, top_logprobs=3, stream=True, **args)  # type: ignore[call-overload]
+    pieces = [
+        t
+        for c in streamed
+        if c.choices and c.choices[0].logprobs
+        for t in c.choices[0].logprobs.content or []
+    ]
+    assert [(t.token, round(t.logprob, 4)) for t in pieces] == [
+        (t.token, round(t.logprob, 4)) for t in content
+    ]
+    plain = client.chat.completions.create(**args)  # type: ignore[call-overload]
+    assert plain.choices[0].logprobs is None
+    legacy = client.completions.create(
+        model="test-chat", prompt="Once upon", max_tokens=6, temperature=0, logprobs=2, echo=True
+    )
+    lp = legacy.choices[0].logprobs
+    assert lp is not None and len(lp.tokens or []) == 6 and len(lp.top_logprobs or []) == 6
+    assert lp.text_offset is not None and lp.text_offset[0] == len("Once upon")
+    assert legacy.choices[0].text == "Once upon" + "".join(lp.tokens or [])
+    with pytest.raises(openai.BadRequestError, match="top_logprobs"):
+        client.chat.completions.create(top_logprobs=2, **args)  # type: ignore[call-overload]

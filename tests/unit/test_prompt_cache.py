@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from corral.engines.llamacpp.prompt_cache import PromptCache, common_prefix
 
 
-def state(n: int) -> bytearray:
-    return bytearray(n)
+def state(n: int) -> np.ndarray:
+    return np.zeros(n, dtype=np.uint8)
 
 
 def test_longest_shared_prefix_wins() -> None:
@@ -73,3 +75,13 @@ def test_common_prefix() -> None:
     assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
     assert common_prefix([], [1]) == 0
     assert common_prefix([5, 6], [5, 6, 7]) == 2
+    assert common_prefix((5, 6), [5, 7]) == 1  # any sequences, compared by value
+    assert common_prefix([9], [8]) == 0
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        a = rng.integers(0, 3, size=int(rng.integers(0, 40))).tolist()
+        b = rng.integers(0, 3, size=int(rng.integers(0, 40))).tolist()
+        expected = next(
+            (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+        )
+        assert common_prefix(a, b) == expected

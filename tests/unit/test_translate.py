@@ -96,7 +96,10 @@ def test_fits_exactly() -> None:
 
 def test_unsupported_features_are_named() -> None:
     with pytest.raises(InvalidRequest, match="logprobs"):
-        translate.refuse_unsupported(chat(logprobs=True))
+        translate.logprobs_of(chat(logprobs=True, tools=[WEATHER]))
+    assert translate.logprobs_of(chat(logprobs=True, top_logprobs=4)) == 4
+    assert translate.logprobs_of(chat(logprobs=True)) == 0
+    assert translate.logprobs_of(chat()) is None
     with pytest.raises(InvalidRequest, match="suffix"):
         translate.refuse_unsupported(CompletionRequest(model="m", prompt="x", suffix="y"))
 

@@ -45,6 +45,7 @@ from corral.engines.base import (
     GenerationRequest,
     RequestHandle,
     TextDelta,
+    TokenLogprob,
 )
 from corral.engines.llamacpp.descriptor import LlamaCppParams, prompt_cache_limits
 from corral.engines.llamacpp.guide import Guide
@@ -102,6 +103,7 @@ class _Slot:
     started_ns: int = 0
     first_token_ns: int = 0
     cached: int = 0  # prompt tokens reused from the prefix cache
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet sent with text
 
     def prefilling(self) -> bool:
         assert self.job is not None
@@ -169,6 +171,7 @@ class LlamaCppEngine(Engine):
         self._admissions = 0
         self._prompt_cached = 0  # prompt tokens whose KV was reused from a slot's cache
         self._prompt_evaluated = 0  # prompt tokens run through the model
+        self._prompt_copy_ns = 0  # saving and restoring prompt state (engine thread)
         self._constrained_tokens = 0  # tokens sampled under a grammar's mask
         self._mask_wait_ns = 0  # waiting for masks once llama_decode had returned
         self._mask_apply_ns = 0  # writing masks over logits
@@ -280,6 +283,7 @@ class LlamaCppEngine(Engine):
             "prompt_cache_bytes": self._prompt_cache.bytes,
             "prompt_cache_saved": self._prompt_cache.saved,
             "prompt_cache_restored": self._prompt_cache.restored,
+            "prompt_copy_ns": self._prompt_copy_ns,
             "constrained_tokens": self._constrained_tokens,
             "mask_wait_ns": self._mask_wait_ns,
             "mask_apply_ns": self._mask_apply_ns,
@@ -351,7 +355,9 @@ class LlamaCppEngine(Engine):
 
     def _start(self, slot: _Slot, job: _Job) -> None:
         prompt = job.request.prompt_tokens
+        started = time.perf_counter_ns()
         self._reuse_prefix(slot, prompt)
+        self._prompt_copy_ns += time.perf_counter_ns() - started
         keep = min(_common_prefix(slot.cache, prompt), len(prompt) - 1)
         if keep < len(slot.cache) and not lc.llama_memory_seq_rm(
             self._memory, slot.seq_id, keep, -1
@@ -436,19 +442,21 @@ class LlamaCppEngine(Engine):
         if state is not None:
             self._prompt_cache.add(tokens, state)
 
-    def _read_state(self, seq_id: int, size: int | None = None) -> bytearray | None:
+    def _read_state(self, seq_id: int, size: int | None = None) -> np.ndarray | None:
         if size is None:
             size = lc.llama_state_seq_get_size_ext(self._ctx, seq_id, 0)
-        state = bytearray(size)
-        buffer = (ctypes.c_uint8 * size).from_buffer(state)
+        # Uninitialised (a history of 1,500 tokens is ~55 MB on the bench model: zeroing
+        # it first would cost as much as the copy).
+        state = np.empty(size, dtype=np.uint8)
+        buffer = state.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
         written = lc.llama_state_seq_get_data_ext(self._ctx, buffer, size, seq_id, 0)
         if written != size:
             log.warning("could not copy sequence %d out (%d of %d bytes)", seq_id, written, size)
             return None
         return state
 
-    def _write_state(self, seq_id: int, state: bytearray) -> bool:
-        buffer = (ctypes.c_uint8 * len(state)).from_buffer(state)
+    def _write_state(self, seq_id: int, state: np.ndarray) -> bool:
+        buffer = state.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
         read = lc.llama_state_seq_set_data_ext(self._ctx, buffer, len(state), seq_id, 0)
         if read != len(state):
             log.warning("could not restore a cached prompt into sequence %d", seq_id)
@@ -524,7 +532,10 @@ class LlamaCppEngine(Engine):
             assert slot.sampler is not None
             if slot.matcher is not None and not self._constrain(slot, index):
                 continue
-            self._accept(slot, slot.sampler.sample(self._ctx, index))
+            token = slot.sampler.sample(self._ctx, index)
+            if slot.job.request.logprobs is not None:
+                slot.logprobs.append(self._logprob(index, token, slot.job.request.logprobs))
+            self._accept(slot, token)
 
     def _start_masks(self, outputs: Sequence[tuple[_Slot, int]]) -> Future[None] | None:
         """Have llguidance compute the masks of this step's constrained rows meanwhile."""
@@ -564,13 +575,34 @@ class LlamaCppEngine(Engine):
             return
         text = assembler.feed(self._piece(token))
         if text:
-            job.sink(TextDelta(text))
+            job.sink(TextDelta(text, self._take_logprobs(slot)))
         if assembler.stopped or (slot.matcher is not None and slot.matcher.is_stopped()):
             self._finish(slot, "stop")
         elif self._budget_spent(slot, request):
             self._finish(slot, "length")
         else:
             slot.pending = token
+
+    def _logprob(self, index: int, token: int, top: int) -> TokenLogprob:
+        """The token's log-probability in the logits at ``index`` (masked, if a grammar
+        holds the request), and the ``top`` most likely tokens."""
+        logits = np.ctypeslib.as_array(
+            lc.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,)
+        )
+        peak = float(logits.max())
+        total = peak + float(np.log(np.exp(logits - peak).sum()))
+        best: tuple[tuple[bytes, float], ...] = ()
+        if top > 0:
+            ids = np.argpartition(logits, -top)[-top:]
+            ids = ids[np.argsort(logits[ids])[::-1]]
+            best = tuple((self._piece(int(i)), float(logits[i]) - total) for i in ids)
+        return TokenLogprob(self._piece(token), float(logits[token]) - total, best)
+
+    @staticmethod
+    def _take_logprobs(slot: _Slot) -> tuple[TokenLogprob, ...]:
+        taken = tuple(slot.logprobs)
+        slot.logprobs.clear()
+        return taken
 
     def _budget_spent(self, slot: _Slot, request: GenerationRequest) -> bool:
         """max_tokens reached, or the context is full (prompt + completion = context)."""
@@ -583,7 +615,8 @@ class LlamaCppEngine(Engine):
         assert job is not None and assembler is not None
         tail = assembler.finish()
         if tail:
-            job.sink(TextDelta(tail))
+            job.sink(TextDelta(tail, self._take_logprobs(slot)))
+        slot.logprobs.clear()  # tokens whose text a stop string cut off, or the end token
         now = time.perf_counter_ns()
         first = slot.first_token_ns or now
         finished = Finished(
@@ -621,6 +654,7 @@ class LlamaCppEngine(Engine):
 
     def _free_sampler(self, slot: _Slot) -> None:
         slot.matcher = None
+        slot.logprobs.clear()
         if slot.sampler is not None:
             slot.sampler.free()
             slot.sampler = None

@@ -21,11 +21,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(eq=False)
 class CachedPrompt:
     tokens: list[int]
-    state: bytearray  # llama_state_seq_get_data's serialisation of the tokens' cells
+    state: np.ndarray  # uint8: llama_state_seq_get_data's serialisation of the cells
 
     @property
     def size(self) -> int:
@@ -77,7 +79,7 @@ class PromptCache:
             return False
         return self.limit_tokens is None or n_tokens <= self.limit_tokens
 
-    def add(self, tokens: Sequence[int], state: bytearray) -> bool:
+    def add(self, tokens: Sequence[int], state: np.ndarray) -> bool:
         """Keep ``state`` for ``tokens``, making room by dropping the oldest entries."""
         if not self.fits(len(tokens), len(state)) or self.holds(tokens):
             return False
@@ -105,9 +107,22 @@ class PromptCache:
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading tokens ``a`` and ``b`` share."""
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    """How many leading tokens ``a`` and ``b`` share.
+
+    By bisection over slice comparisons, which run in C: a conversation's history is
+    thousands of tokens, compared with every slot and cache entry at each admission
+    (a Python loop over them cost milliseconds per request).
+    """
+    x = a if isinstance(a, list) else list(a)
+    y = b if isinstance(b, list) else list(b)
+    n = min(len(x), len(y))
+    if x[:n] == y[:n]:
+        return n
+    lo, hi = 0, n  # x[:lo] == y[:lo], and they differ before hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if x[lo:mid] == y[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
