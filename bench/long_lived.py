@@ -120,7 +120,7 @@ def worker_stats(url: str) -> dict[str, object]:
     models = httpx.get(url + "/admin/ps", timeout=30).json()["models"]
     worker = next(m for m in models if m.get("url"))
     health = httpx.get(worker["url"] + "/health", timeout=30).json()
-    return {k: v for k, v in health.items() if k.startswith(("prompt", "slots"))}
+    return {k: v for k, v in health.items() if k.startswith(("prompt", "slots", "decode"))}
 
 
 def main() -> None:

@@ -172,6 +172,8 @@ class LlamaCppEngine(Engine):
         self._prompt_cached = 0  # prompt tokens whose KV was reused from a slot's cache
         self._prompt_evaluated = 0  # prompt tokens run through the model
         self._prompt_copy_ns = 0  # saving and restoring prompt state (engine thread)
+        self._decode_ns = 0  # inside llama_decode
+        self._decode_steps = 0
         self._constrained_tokens = 0  # tokens sampled under a grammar's mask
         self._mask_wait_ns = 0  # waiting for masks once llama_decode had returned
         self._mask_apply_ns = 0  # writing masks over logits
@@ -284,6 +286,8 @@ class LlamaCppEngine(Engine):
             "prompt_cache_saved": self._prompt_cache.saved,
             "prompt_cache_restored": self._prompt_cache.restored,
             "prompt_copy_ns": self._prompt_copy_ns,
+            "decode_ns": self._decode_ns,
+            "decode_steps": self._decode_steps,
             "constrained_tokens": self._constrained_tokens,
             "mask_wait_ns": self._mask_wait_ns,
             "mask_apply_ns": self._mask_apply_ns,
@@ -518,7 +522,10 @@ class LlamaCppEngine(Engine):
                 outputs.append((slot, n - 1))
         self._batch.n_tokens = n
         masks = self._start_masks(outputs)
+        started = time.perf_counter_ns()
         status = lc.llama_decode(self._ctx, self._batch)
+        self._decode_ns += time.perf_counter_ns() - started
+        self._decode_steps += 1
         if masks is not None:
             waited = time.perf_counter_ns()
             masks.result()
