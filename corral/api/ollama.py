@@ -165,6 +165,8 @@ def capabilities(offered: frozenset[Capability], template: str) -> list[str]:
             names.append("tools")
     if Capability.EMBEDDINGS in offered:
         names.append("embedding")
+    if Capability.RERANK in offered:
+        names.append("rerank")
     return names
 
 

@@ -34,6 +34,7 @@ from corral.protocol.openai import (
     ModelList,
 )
 from corral.protocol.parse import parse_json_object, validate
+from corral.protocol.rerank import RerankRequest
 from corral.protocol.responses import ResponsesRequest
 from corral.registry.records import Capability, ModelRecord, capability_names
 from corral.service.worker_client import WorkerReply
@@ -94,6 +95,10 @@ async def _response_events(
         yield named_event("error", {"type": "error", **exc.to_openai()["error"]})
 
 
+async def rerank(request: Request) -> Response:
+    return await _relay(request, RerankRequest, "/v1/rerank", Capability.RERANK)
+
+
 async def list_models(request: Request) -> Response:
     services = services_of(request)
     cards = [model_card(services.catalog, record) for record in services.registry.list()]
@@ -112,6 +117,10 @@ routes = [
     Route("/v1/completions", completions, methods=["POST"]),
     Route("/v1/embeddings", embeddings, methods=["POST"]),
     Route("/v1/responses", responses, methods=["POST"]),
+    # Reranking where Cohere, Jina, vLLM and llama-server serve it.
+    Route("/v1/rerank", rerank, methods=["POST"]),
+    Route("/v2/rerank", rerank, methods=["POST"]),
+    Route("/rerank", rerank, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{name:path}", get_model, methods=["GET"]),
 ]
@@ -119,7 +128,7 @@ routes = [
 
 async def _relay(
     request: Request,
-    wire: type[ChatCompletionRequest | CompletionRequest | EmbeddingRequest],
+    wire: type[ChatCompletionRequest | CompletionRequest | EmbeddingRequest | RerankRequest],
     path: str,
     capability: Capability,
 ) -> Response:

@@ -154,6 +154,14 @@ class Engine(ABC):
     async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
         """One L2-normalised embedding per input token list."""
 
+    async def rerank(self, inputs: Sequence[Sequence[int]]) -> list[float]:
+        """One relevance score per (query, document) input from ``rerank_tokens``."""
+        raise UnsupportedCapability("This model does not rerank documents.", param="model")
+
+    def rerank_tokens(self, query: str, document: str) -> list[int]:
+        """A (query, document) pair as the model's reranking reads it."""
+        raise UnsupportedCapability("This model does not rerank documents.", param="model")
+
     @abstractmethod
     def stats(self) -> dict[str, int]:
         """Live counters: busy slots, queued requests, prompt tokens cached/evaluated."""

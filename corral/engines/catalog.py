@@ -119,6 +119,10 @@ class Catalog:
             message = (
                 f"The model '{record.name}' does not produce embeddings; use an embedding model."
             )
+        elif capability == Capability.RERANK:
+            message = f"The model '{record.name}' is not a reranker; use a reranking model."
+        elif offered == {Capability.RERANK}:
+            message = f"The model '{record.name}' is a reranker; it can only score documents."
         elif offered == {Capability.EMBEDDINGS}:
             message = f"The model '{record.name}' is an embedding model; it cannot generate text."
         else:

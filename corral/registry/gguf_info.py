@@ -23,6 +23,9 @@ ENCODER_ARCHITECTURES = frozenset(
 _PER_LAYER_MAX = 1024
 
 
+RANK_POOLING = 4  # llama.cpp's LLAMA_POOLING_TYPE_RANK
+
+
 def is_embedding_model(architecture: str, pooling_type: int | None) -> bool:
     """The one rule, used by the registry (to route requests) and the engine (to build
     its context): a pooling layer, or an encoder-only architecture."""
@@ -40,6 +43,7 @@ class ModelInfo:
     has_chat_template: bool
     embedding: bool
     synthetic: str | None = None  # why the weights are not a real model's, if they are not
+    reranker: bool = False  # rank pooling: scores a query against a document
     # Shape facts for the memory estimate (0 = unknown, from an older manifest).
     block_count: int = 0
     head_count: int = 0
@@ -82,6 +86,7 @@ def read_gguf_info(path: Path) -> ModelInfo:
         has_chat_template="tokenizer.chat_template" in fields,
         embedding=is_embedding_model(arch, pooling if isinstance(pooling, int) else None),
         synthetic=synthetic if isinstance(synthetic, str) else None,
+        reranker=pooling == RANK_POOLING,
         block_count=_int(fields.get(f"{arch}.block_count")),
         head_count=head_count,
         head_count_kv=_int(fields.get(f"{arch}.attention.head_count_kv")) or head_count,

@@ -23,6 +23,7 @@ class Capability(enum.StrEnum):
     COMPLETION = "completion"
     CHAT = "chat"
     EMBEDDINGS = "embeddings"
+    RERANK = "rerank"
 
 
 def capability_names(capabilities: Iterable[Capability]) -> list[str]:

@@ -60,6 +60,9 @@ class SyntheticSpec:
     seed: int = 0
     dtype: str = "f16"  # "f16" or "f32" for the matrices; norms are always f32
     embedding: bool = False  # mean-pooled sentence embeddings instead of a chat model
+    # A Qwen3-style reranker instead: rank pooling over the last token and a two-label
+    # ("yes", "no") classifier head, the score being the softmax of "yes".
+    reranker: bool = False
     chat_template: str | None = CHATML_TEMPLATE
     readable: bool = True  # make printable ASCII tokens far likelier than raw bytes
     can_end: bool = True  # False: special tokens get logit 0, so greedy never ends early
@@ -71,7 +74,7 @@ def write_model(path: Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
     tokens, token_types, merges = build_vocab(spec.n_merges, spec.n_vocab)
     rng = np.random.default_rng(spec.seed)
     tmp = path.with_suffix(path.suffix + ".partial")
-    writer = gguf.GGUFWriter(str(tmp), "llama")
+    writer = gguf.GGUFWriter(str(tmp), "qwen3" if spec.reranker else "llama")
     _add_metadata(writer, spec, tokens, token_types, merges)
     for name, array in _tensors(spec, tokens, rng):
         writer.add_tensor(name, array)
@@ -185,6 +188,9 @@ def _add_metadata(
     w.add_vocab_size(len(tokens))
     if spec.embedding:
         w.add_pooling_type(gguf.PoolingType.MEAN)
+    if spec.reranker:
+        w.add_pooling_type(gguf.PoolingType.RANK)
+        w.add_array(gguf.Keys.Classifier.OUTPUT_LABELS.format(arch=w.arch), ["yes", "no"])
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
     w.add_token_list(tokens)
@@ -196,7 +202,7 @@ def _add_metadata(
     w.add_eot_token_id(ids["<|im_end|>"])
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
-    if spec.chat_template and not spec.embedding:
+    if spec.chat_template and not (spec.embedding or spec.reranker):
         w.add_chat_template(spec.chat_template)
 
 
@@ -236,6 +242,11 @@ def _tensors(
             (f"blk.{i}.ffn_up.weight", matrix(spec.n_ff, spec.n_embd)),
             (f"blk.{i}.ffn_down.weight", matrix(spec.n_embd, spec.n_ff)),
         ]
+        if spec.reranker:  # Qwen3 normalises queries and keys per head
+            head = np.ones(head_dim, dtype=np.float32)
+            out += [(f"blk.{i}.attn_q_norm.weight", head), (f"blk.{i}.attn_k_norm.weight", head)]
+    if spec.reranker:
+        out.append(("cls.output.weight", matrix(2, spec.n_embd, 1.0)))
     return out
 
 

@@ -46,5 +46,6 @@ def create_worker_app(engine: Engine, model_name: str) -> Starlette:
         Route("/v1/chat/completions", service.chat, methods=["POST"]),
         Route("/v1/completions", service.completion, methods=["POST"]),
         Route("/v1/embeddings", service.embeddings, methods=["POST"]),
+        Route("/v1/rerank", service.rerank, methods=["POST"]),
     ]
     return Starlette(routes=routes, exception_handlers=openai_error_handlers())

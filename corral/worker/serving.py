@@ -30,6 +30,13 @@ from corral.protocol.openai import (
     EmbeddingUsage,
 )
 from corral.protocol.parse import parse_body
+from corral.protocol.rerank import (
+    RerankDocument,
+    RerankRequest,
+    RerankResponse,
+    RerankResult,
+    RerankUsage,
+)
 from corral.registry.records import Capability
 from corral.worker import handoff, responses, tool_calls, translate
 from corral.worker.responses import ChatStreamWriter, CompletionStreamWriter, error_event
@@ -195,6 +202,43 @@ class WorkerService:
             ],
             model=self.model_name,
             usage=EmbeddingUsage(prompt_tokens=n_tokens, total_tokens=n_tokens),
+        )
+        return self._finished(request, body)
+
+    async def rerank(self, request: Request) -> Response:
+        req = parse_body(await request.body(), RerankRequest)
+        if Capability.RERANK not in self.engine.capabilities.offers:
+            raise UnsupportedCapability(
+                f"The model '{self.model_name}' is not a reranker; use a reranking model.",
+                param="model",
+            )
+        texts = req.texts()
+        limit = self.engine.capabilities.context_length
+        pairs = []
+        for i, text in enumerate(texts):
+            tokens = self.engine.rerank_tokens(req.query, text)
+            if len(tokens) > limit:
+                raise ContextLengthExceeded(
+                    f"This model's maximum context length is {limit} tokens. However, the "
+                    f"query with documents[{i}] has {len(tokens)} tokens.",
+                    param="documents",
+                )
+            pairs.append(tokens)
+        scores = await run_until_disconnect(request, self.engine.rerank(pairs))
+        ranked = sorted(range(len(texts)), key=lambda i: scores[i], reverse=True)
+        n_tokens = sum(map(len, pairs))
+        body = RerankResponse(
+            id=responses.new_id("rerank"),
+            model=self.model_name,
+            results=[
+                RerankResult(
+                    index=i,
+                    relevance_score=scores[i],
+                    document=RerankDocument(text=texts[i]) if req.return_documents else None,
+                )
+                for i in ranked[: req.top_n]
+            ],
+            usage=RerankUsage(prompt_tokens=n_tokens, total_tokens=n_tokens),
         )
         return self._finished(request, body)
 

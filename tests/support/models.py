@@ -21,6 +21,8 @@ CHAT = SyntheticSpec(name="test-chat", n_embd=192, n_layer=4, n_ff=512, context_
 # Grouped-query attention and a raw byte-heavy vocabulary (broken UTF-8 on output).
 RAW = SyntheticSpec(name="test-raw", n_head=4, n_head_kv=2, readable=False, seed=3)
 EMBED = SyntheticSpec(name="test-embed", embedding=True, context_length=512, seed=2)
+# A Qwen3-style reranker (rank pooling, a yes/no head): scores in (0, 1).
+RERANK = SyntheticSpec(name="test-rerank", reranker=True, context_length=512, seed=4)
 
 
 def model_file(spec: SyntheticSpec) -> Path:

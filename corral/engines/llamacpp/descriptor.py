@@ -33,6 +33,7 @@ CTX_PAD = 256  # llama.cpp rounds each KV stream up to a multiple of this
 PROMPT_CACHE_AUTO_CAP = 1024 * MiB
 TEXT = frozenset({Capability.CHAT, Capability.COMPLETION})
 EMBEDDINGS = frozenset({Capability.EMBEDDINGS})
+RERANK = frozenset({Capability.RERANK})
 
 
 def default_threads() -> int:
@@ -86,6 +87,8 @@ class LlamaCppDescriptor(EngineDescriptor):
     worker_engine = "corral.engines.llamacpp.engine:LlamaCppEngine"
 
     def capabilities(self, record: ModelRecord) -> frozenset[Capability]:
+        if record.info.reranker:
+            return RERANK
         return EMBEDDINGS if record.info.embedding else TEXT
 
     def estimate(self, record: ModelRecord, params: EngineParams) -> MemoryEstimate:

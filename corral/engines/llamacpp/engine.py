@@ -60,7 +60,7 @@ from corral.errors import (
     InternalError,
     new_request_id,
 )
-from corral.registry.gguf_info import is_embedding_model
+from corral.registry.gguf_info import RANK_POOLING, is_embedding_model
 from corral.registry.records import Capability
 
 log = logging.getLogger("corral.engine")
@@ -115,6 +115,7 @@ class _EmbedJob:
     inputs: Sequence[Sequence[int]]
     future: asyncio.Future[list[list[float]]]
     loop: asyncio.AbstractEventLoop
+    normalize: bool = True  # embeddings are L2-normalised; rank scores are not
 
 
 class LlamaCppEngine(Engine):
@@ -126,6 +127,7 @@ class LlamaCppEngine(Engine):
         self._n_vocab = lc.llama_vocab_n_tokens(self._vocab)
         self.architecture = self.meta("general.architecture") or "unknown"
         self.embedding_model = self._is_embedding_model()
+        self.reranker = self.meta(f"{self.architecture}.pooling_type") == str(RANK_POOLING)
         self._ctx = self._create_context(params)
         self._memory = lc.llama_get_memory(self._ctx)
         self.n_ctx_slot = int(lc.llama_n_ctx_seq(self._ctx))
@@ -143,14 +145,14 @@ class LlamaCppEngine(Engine):
         self.bos_text = self._token_text(lc.llama_vocab_bos(self._vocab))
         self.eos_text = self._token_text(lc.llama_vocab_eos(self._vocab))
         self.capabilities = Capabilities(
-            offers=(
-                frozenset({Capability.EMBEDDINGS})
-                if self.embedding_model
-                else frozenset({Capability.CHAT, Capability.COMPLETION})
-            ),
+            offers=self._offers(),
             context_length=self.n_ctx_slot,
             slots=params.slots,
-            embedding_length=lc.llama_model_n_embd_out(self._model),
+            embedding_length=(
+                lc.llama_model_n_cls_out(self._model)
+                if self.reranker
+                else lc.llama_model_n_embd_out(self._model)
+            ),
             # A complete grammar leaves end-of-generation as the only allowed token; a
             # vocabulary without one could not end (and llama.cpp aborts on no candidate).
             structured_output=not self.embedding_model and bool(self._eog),
@@ -193,6 +195,13 @@ class LlamaCppEngine(Engine):
                 f"llama.cpp could not load {model_path} (see the worker log above)"
             )
         return model
+
+    def _offers(self) -> frozenset[Capability]:
+        if self.reranker:
+            return frozenset({Capability.RERANK})
+        if self.embedding_model:
+            return frozenset({Capability.EMBEDDINGS})
+        return frozenset({Capability.CHAT, Capability.COMPLETION})
 
     def _is_embedding_model(self) -> bool:
         pooling = self.meta(f"{self.architecture}.pooling_type")
@@ -266,9 +275,40 @@ class LlamaCppEngine(Engine):
             self._cv.notify()
         return job
 
-    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+    async def rerank(self, inputs: Sequence[Sequence[int]]) -> list[float]:
+        if not self.reranker:
+            return await super().rerank(inputs)
+        vectors = await self.embed(inputs, normalize=False)
+        return [vector[0] for vector in vectors]
+
+    def rerank_tokens(self, query: str, document: str) -> list[int]:
+        """A (query, document) pair as the model reads it, as llama-server builds it: the
+        GGUF's rerank template if it has one, else BOS query EOS SEP document EOS (each
+        special token where the vocabulary asks for it)."""
+        template = lc.llama_model_chat_template(self._model, b"rerank")
+        if template:
+            text = template.decode().replace("{query}", query).replace("{document}", document)
+            return self.tokenize(text, add_special=False, parse_special=True)
+        vocab = self._vocab
+        eos = lc.llama_vocab_eos(vocab)
+        if eos == lc.LLAMA_TOKEN_NULL:
+            eos = lc.llama_vocab_sep(vocab)
+        tokens = [lc.llama_vocab_bos(vocab)] if lc.llama_vocab_get_add_bos(vocab) else []
+        tokens += self.tokenize(query, add_special=False, parse_special=False)
+        if lc.llama_vocab_get_add_eos(vocab):
+            tokens.append(eos)
+        if lc.llama_vocab_get_add_sep(vocab):
+            tokens.append(lc.llama_vocab_sep(vocab))
+        tokens += self.tokenize(document, add_special=False, parse_special=False)
+        if lc.llama_vocab_get_add_eos(vocab):
+            tokens.append(eos)
+        return tokens
+
+    async def embed(
+        self, inputs: Sequence[Sequence[int]], normalize: bool = True
+    ) -> list[list[float]]:
         loop = asyncio.get_running_loop()
-        job = _EmbedJob(inputs, loop.create_future(), loop)
+        job = _EmbedJob(inputs, loop.create_future(), loop, normalize)
         with self._cv:
             self._embed_inbox.append(job)
             self._cv.notify()
@@ -682,13 +722,15 @@ class LlamaCppEngine(Engine):
 
     def _run_embed_job(self, job: _EmbedJob) -> None:
         try:
-            result: list[list[float]] | BaseException = self._embed_all(job.inputs)
+            result: list[list[float]] | BaseException = self._embed_all(job.inputs, job.normalize)
         except Exception:
             result = InternalError(new_request_id())
             log.exception("embedding failed [request %s]", result.request_id)
         job.loop.call_soon_threadsafe(_resolve, job.future, result)
 
-    def _embed_all(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+    def _embed_all(
+        self, inputs: Sequence[Sequence[int]], normalize: bool = True
+    ) -> list[list[float]]:
         if not self.embedding_model:
             raise EngineError("this model does not produce embeddings")
         out: list[list[float]] = []
@@ -699,14 +741,16 @@ class LlamaCppEngine(Engine):
             if group and (
                 len(group) >= len(self._slots) or sum(map(len, group)) + len(tokens) > self._n_batch
             ):
-                out += self._embed_group(group)
+                out += self._embed_group(group, normalize)
                 group = []
             group.append(tokens)
         if group:
-            out += self._embed_group(group)
+            out += self._embed_group(group, normalize)
         return out
 
-    def _embed_group(self, group: Sequence[Sequence[int]]) -> list[list[float]]:
+    def _embed_group(
+        self, group: Sequence[Sequence[int]], normalize: bool = True
+    ) -> list[list[float]]:
         if self._memory:
             lc.llama_memory_clear(self._memory, True)
         seq_ids = self._batch.seq_id
@@ -728,7 +772,7 @@ class LlamaCppEngine(Engine):
         for seq in range(len(group)):
             ptr = lc.llama_get_embeddings_seq(self._ctx, seq)
             vec = np.ctypeslib.as_array(ptr, shape=(dim,)).astype(np.float64)
-            norm = float(np.linalg.norm(vec))
+            norm = float(np.linalg.norm(vec)) if normalize else 0.0
             vectors.append((vec / norm if norm > 0 else vec).tolist())
         return vectors
 
