@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from corral.errors import CorralError, EngineError, UnsupportedCapability
+from corral.errors import CorralError, EngineError, InvalidRequest, UnsupportedCapability
 from corral.registry.records import Capability
 
 
@@ -157,6 +157,14 @@ class Engine(ABC):
     async def rerank(self, inputs: Sequence[Sequence[int]]) -> list[float]:
         """One relevance score per (query, document) input from ``rerank_tokens``."""
         raise UnsupportedCapability("This model does not rerank documents.", param="model")
+
+    def infill_tokens(self, prefix: str, suffix: str) -> list[int]:
+        """A fill-in-the-middle prompt (``suffix`` on completions)."""
+        raise InvalidRequest(
+            "suffix (fill-in-the-middle) needs a model whose vocabulary has FIM tokens; "
+            "this one has none.",
+            param="suffix",
+        )
 
     def rerank_tokens(self, query: str, document: str) -> list[int]:
         """A (query, document) pair as the model's reranking reads it."""

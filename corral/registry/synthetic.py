@@ -26,6 +26,8 @@ CHATML_TEMPLATE = (
 )
 RANDOM_WEIGHTS_NOTE = "Random weights: output is gibberish by construction."
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+# Fill-in-the-middle markers, as Qwen's coder models name them (llama.cpp finds them by name).
+FIM_TOKENS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
 
 _CORPUS = """
 Corral keeps many models in one place and serves them through the interfaces that
@@ -63,6 +65,7 @@ class SyntheticSpec:
     # A Qwen3-style reranker instead: rank pooling over the last token and a two-label
     # ("yes", "no") classifier head, the score being the softmax of "yes".
     reranker: bool = False
+    fim: bool = False  # FIM_TOKENS in the vocabulary: completions may take a suffix
     chat_template: str | None = CHATML_TEMPLATE
     readable: bool = True  # make printable ASCII tokens far likelier than raw bytes
     can_end: bool = True  # False: special tokens get logit 0, so greedy never ends early
@@ -71,7 +74,7 @@ class SyntheticSpec:
 def write_model(path: Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
     """Write a synthetic Llama GGUF to ``path`` (atomically) and return the path."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tokens, token_types, merges = build_vocab(spec.n_merges, spec.n_vocab)
+    tokens, token_types, merges = build_vocab(spec.n_merges, spec.n_vocab, spec.fim)
     rng = np.random.default_rng(spec.seed)
     tmp = path.with_suffix(path.suffix + ".partial")
     writer = gguf.GGUFWriter(str(tmp), "qwen3" if spec.reranker else "llama")
@@ -87,7 +90,7 @@ def write_model(path: Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
 
 
 def parameter_count(spec: SyntheticSpec) -> int:
-    n_vocab = len(build_vocab(spec.n_merges, spec.n_vocab)[0])
+    n_vocab = len(build_vocab(spec.n_merges, spec.n_vocab, spec.fim)[0])
     head_dim = spec.n_embd // spec.n_head
     kv = spec.n_head_kv * head_dim
     per_layer = (
@@ -120,16 +123,19 @@ def byte_symbols() -> list[str]:
     return [chr(table[b]) for b in range(256)]
 
 
-def build_vocab(n_merges: int, n_vocab: int = 0) -> tuple[list[str], list[int], list[str]]:
+def build_vocab(
+    n_merges: int, n_vocab: int = 0, fim: bool = False
+) -> tuple[list[str], list[int], list[str]]:
     """Bytes, learned BPE merges, optional filler, then the special tokens."""
+    special = SPECIAL_TOKENS + (FIM_TOKENS if fim else ())
     symbols = byte_symbols()
     merges = _learn_merges(_CORPUS, symbols, max(1, n_merges))
     tokens = symbols + ["".join(m.split(" ")) for m in merges]
     tokens = list(dict.fromkeys(tokens))  # a merge can reproduce an existing token
-    filler = n_vocab - len(tokens) - len(SPECIAL_TOKENS)
+    filler = n_vocab - len(tokens) - len(special)
     tokens += [f"{symbols[ord(' ')]}tok{i}" for i in range(max(0, filler))]
-    types = [gguf.TokenType.NORMAL] * len(tokens) + [gguf.TokenType.CONTROL] * len(SPECIAL_TOKENS)
-    return tokens + list(SPECIAL_TOKENS), [int(t) for t in types], merges
+    types = [gguf.TokenType.NORMAL] * len(tokens) + [gguf.TokenType.CONTROL] * len(special)
+    return tokens + list(special), [int(t) for t in types], merges
 
 
 def _learn_merges(text: str, symbols: list[str], n_merges: int) -> list[str]:

@@ -130,7 +130,7 @@ class WorkerService:
         self._require_completion()
         context = self.engine.capabilities.context_length
         gen = translate.completion_request(
-            req, self.tokenize_prompt, context, self.engine.check_grammar
+            req, self.tokenize_prompt, context, self.engine.check_grammar, self.engine.infill_tokens
         )
         gens = translate.choices(gen, req.n)
         echo = req.prompt if req.echo and isinstance(req.prompt, str) else ""

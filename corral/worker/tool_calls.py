@@ -71,6 +71,7 @@ class ReplyParser(ABC):
 
     def __init__(self) -> None:
         self.calls = 0
+        self.limit: int | None = None  # 1 with parallel_tool_calls false: later calls dropped
 
     @abstractmethod
     def feed(self, text: str) -> list[ReplyEvent]:
@@ -190,6 +191,8 @@ class TaggedCalls(ReplyParser):
         call = _parse_call(block)
         if call is None or call[0] not in self._names:
             return self._content(self._gap + OPEN_TAG + block + (CLOSE_TAG if closed else ""))
+        if self.limit is not None and self.calls >= self.limit:
+            return []  # parallel_tool_calls false: the first call is the reply's only one
         name, arguments = call
         return [self._start(name), CallArguments(self.calls - 1, arguments)]
 
@@ -211,11 +214,12 @@ def call_format(template_source: str) -> CallFormat:
     return "hermes"
 
 
-def auto_parser(fmt: CallFormat, names: Iterable[str]) -> ReplyParser:
-    """The parser for replies that may call ``names`` (``tool_choice`` "auto")."""
-    if fmt == "hermes":
-        return TaggedCalls(names)
-    return LeadingCalls(names, fmt)
+def auto_parser(fmt: CallFormat, names: Iterable[str], single: bool = False) -> ReplyParser:
+    """The parser for replies that may call ``names`` (``tool_choice`` "auto"); with
+    ``single`` (``parallel_tool_calls`` false) only the first call counts."""
+    parser: ReplyParser = TaggedCalls(names) if fmt == "hermes" else LeadingCalls(names, fmt)
+    parser.limit = 1 if single else None
+    return parser
 
 
 class LeadingCalls(ReplyParser):
@@ -252,7 +256,7 @@ class LeadingCalls(ReplyParser):
         if not calls or any(name not in self._names for name, _ in calls):
             return [Content(held)]
         events: list[ReplyEvent] = []
-        for name, arguments in calls:
+        for name, arguments in calls[: self.limit]:
             events += [self._start(name), CallArguments(self.calls - 1, arguments)]
         return events
 

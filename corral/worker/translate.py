@@ -63,8 +63,10 @@ def logprobs_of(req: ChatCompletionRequest | CompletionRequest) -> int | None:
 
 def refuse_unsupported(req: ChatCompletionRequest | CompletionRequest) -> None:
     """Clear 400s for features this engine does not provide yet, instead of ignoring them."""
-    if isinstance(req, CompletionRequest) and req.suffix:
-        raise InvalidRequest("suffix (fill-in-the-middle) is not supported.", param="suffix")
+    if isinstance(req, CompletionRequest) and req.suffix and not isinstance(req.prompt, str):
+        raise InvalidRequest(
+            "suffix (fill-in-the-middle) takes a text prompt, not token ids.", param="suffix"
+        )
 
 
 def template_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
@@ -156,7 +158,8 @@ def reply_parser(
     if mode == "forced":
         return tool_calls.ForcedCall()
     if mode == "auto":
-        return tool_calls.auto_parser(fmt, (t.function.name for t in tools))
+        single = req.parallel_tool_calls is False
+        return tool_calls.auto_parser(fmt, (t.function.name for t in tools), single)
     return tool_calls.PlainReply()
 
 
@@ -193,10 +196,18 @@ def completion_request(
     tokenize_prompt: Tokenize,
     context_length: int,
     check_grammar: GrammarCheck | None = None,
+    infill: Callable[[str, str], list[int]] | None = None,
 ) -> GenerationRequest:
     refuse_unsupported(req)
     grammar = constrained(req, check_grammar)
-    tokens = tokenize_prompt(req.prompt) if isinstance(req.prompt, str) else list(req.prompt)
+    if req.suffix and isinstance(req.prompt, str):
+        if infill is None:
+            raise InvalidRequest("suffix (fill-in-the-middle) is not supported.", param="suffix")
+        tokens = infill(req.prompt, req.suffix)
+    elif isinstance(req.prompt, str):
+        tokens = tokenize_prompt(req.prompt)
+    else:
+        tokens = list(req.prompt)
     if not tokens:
         raise InvalidRequest("The prompt is empty.", param="prompt")
     check_context(len(tokens), req.max_tokens, context_length, what="prompt")

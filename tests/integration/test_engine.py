@@ -25,7 +25,10 @@ from corral.engines.base import (
 )
 from corral.engines.llamacpp.descriptor import LlamaCppParams
 from corral.engines.llamacpp.engine import LlamaCppEngine
+from corral.errors import InvalidRequest
 from corral.registry.records import Capability
+from corral.registry.synthetic import FIM_TOKENS
+from tests.support import models
 
 GREEDY = SamplingParams(temperature=0.0)
 pytestmark = pytest.mark.anyio
@@ -427,3 +430,27 @@ async def test_prompt_cache_off_keeps_nothing(chat_model_path: Path) -> None:
         assert engine.stats()["prompt_cache_saved"] == 0
     finally:
         engine.close()
+
+
+async def test_fill_in_the_middle_on_a_vocabulary_with_fim_tokens(tmp_path: Path) -> None:
+    spec = models.SyntheticSpec(name="test-fim", fim=True, context_length=512, seed=5)
+    engine = LlamaCppEngine(
+        models.write_model(tmp_path / "fim.gguf", spec),
+        LlamaCppParams(threads=1, slots=1, context_length=512),
+    )
+    try:
+        tokens = engine.infill_tokens("def add(a, b):", "    return c")
+        marks = [engine.tokenize(t, add_special=False, parse_special=True)[0] for t in FIM_TOKENS]
+        pre, suf, mid = marks
+        assert tokens[-1] == mid and pre in tokens and suf in tokens
+        assert tokens.index(pre) < tokens.index(suf)
+        _, finished = await collect(engine, GenerationRequest(tokens, 8, GREEDY))
+        assert finished.prompt_tokens == len(tokens)
+    finally:
+        engine.close()
+
+
+def test_a_vocabulary_without_fim_tokens_refuses_suffix(engine: LlamaCppEngine) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        engine.infill_tokens("a", "b")
+    assert info.value.param == "suffix"

@@ -296,3 +296,17 @@ def test_logprobs_chat_and_completions(client: openai.OpenAI) -> None:
     assert legacy.choices[0].text == "Once upon" + "".join(lp.tokens or [])
     with pytest.raises(openai.BadRequestError, match="top_logprobs"):
         client.chat.completions.create(top_logprobs=2, **args)  # type: ignore[call-overload]
+
+
+def test_suffix_needs_fim_tokens_and_unsupported_options_are_named(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="test-chat", prompt="def f(", suffix="    return x")
+    assert info.value.body["param"] == "suffix"  # type: ignore[index]
+    for extra, param in (
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+        ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
+    ):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model="test-chat", messages=MESSAGES, **extra)  # type: ignore[call-overload]
+        assert info.value.body["param"] == param  # type: ignore[index]

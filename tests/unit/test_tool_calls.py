@@ -216,3 +216,17 @@ def test_mistral_calls_both_forms() -> None:
     assert run(parser, ["[TOOL", "S] is not a call"]) == [
         tool_calls.Content("[TOOLS] is not a call")
     ]
+
+
+def test_parallel_tool_calls_false_keeps_the_first_call() -> None:
+    call = '<tool_call>{"name": "%s", "arguments": {}}</tool_call>'
+    two = call % "a" + call % "b"
+    assert [n for n, _ in calls_of(run(tool_calls.auto_parser("hermes", ["a", "b"]), [two]))] == [
+        "a",
+        "b",
+    ]
+    single = tool_calls.auto_parser("hermes", ["a", "b"], single=True)
+    assert [n for n, _ in calls_of(run(single, [two]))] == ["a"]
+    listed = '[TOOL_CALLS][{"name": "a", "arguments": {}}, {"name": "b", "arguments": {}}]'
+    single = tool_calls.auto_parser("mistral", ["a", "b"], single=True)
+    assert [n for n, _ in calls_of(run(single, [listed]))] == ["a"]

@@ -100,8 +100,15 @@ def test_unsupported_features_are_named() -> None:
     assert translate.logprobs_of(chat(logprobs=True, top_logprobs=4)) == 4
     assert translate.logprobs_of(chat(logprobs=True)) == 0
     assert translate.logprobs_of(chat()) is None
+    fim = CompletionRequest(model="m", prompt="def f(", suffix="    return x", max_tokens=4)
     with pytest.raises(InvalidRequest, match="suffix"):
-        translate.refuse_unsupported(CompletionRequest(model="m", prompt="x", suffix="y"))
+        translate.completion_request(fim, fake_tokenize, 100)  # an engine without FIM
+    gen = translate.completion_request(
+        fim, fake_tokenize, 100, infill=lambda pre, suf: [1, *fake_tokenize(pre), 2, 3]
+    )
+    assert list(gen.prompt_tokens) == [1, *fake_tokenize("def f("), 2, 3]
+    with pytest.raises(InvalidRequest, match="text prompt"):
+        translate.refuse_unsupported(CompletionRequest(model="m", prompt=[1, 2], suffix="y"))
 
 
 def test_completion_with_token_prompt() -> None:

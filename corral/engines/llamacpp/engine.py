@@ -304,6 +304,20 @@ class LlamaCppEngine(Engine):
             tokens.append(eos)
         return tokens
 
+    def infill_tokens(self, prefix: str, suffix: str) -> list[int]:
+        """Fill-in-the-middle, as code models are trained for it: FIM_PRE prefix FIM_SUF
+        suffix FIM_MID, the completion being the middle."""
+        vocab = self._vocab
+        marks = [lc.llama_vocab_fim_pre(vocab), lc.llama_vocab_fim_suf(vocab)]
+        marks.append(lc.llama_vocab_fim_mid(vocab))
+        if any(m == lc.LLAMA_TOKEN_NULL for m in marks):
+            return super().infill_tokens(prefix, suffix)
+        pre, suf, mid = marks
+        tokens = [lc.llama_vocab_bos(vocab)] if lc.llama_vocab_get_add_bos(vocab) else []
+        tokens += [pre, *self.tokenize(prefix, add_special=False, parse_special=False)]
+        tokens += [suf, *self.tokenize(suffix, add_special=False, parse_special=False)]
+        return [*tokens, mid]
+
     async def embed(
         self, inputs: Sequence[Sequence[int]], normalize: bool = True
     ) -> list[list[float]]:
