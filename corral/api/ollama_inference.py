@@ -32,7 +32,8 @@ from corral.httputil import json_dumps, json_response, run_until_disconnect
 from corral.protocol import ollama_openai as translate
 from corral.protocol.ollama import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest
 from corral.protocol.ollama_openai import EMBEDDINGS_PATH, Kind, Marks, StreamTranslator
-from corral.protocol.parse import parse_body
+from corral.protocol.parse import parse_body, parse_json_object, validate
+from corral.protocol.rerank import RerankRequest
 from corral.registry.records import Capability, ModelRecord
 from corral.service.inference import Exchange
 from corral.service.worker_client import WorkerReply
@@ -94,8 +95,25 @@ async def embeddings(request: Request) -> Response:
     return json_response(translate.legacy_embedding(body))
 
 
+@ollama_errors
+async def rerank(request: Request) -> Response:
+    """``/api/rerank`` as Ollama's reranking proposal (ollama/ollama#11389) shapes it:
+    the same request as ``/v1/rerank``; ``{"model", "results"}`` back, errors Ollama's."""
+    services = services_of(request)
+    body = await request.body()
+    req = validate(parse_json_object(body), RerankRequest)
+    record = services.inference.resolve(req.model, Capability.RERANK)
+    keep_alive = keep_alive_seconds((req.model_extra or {}).get("keep_alive"))
+    exchange = await _send(request, services, record, keep_alive, RERANK_PATH, req.model_dump())
+    answer = await run_until_disconnect(request, exchange.reply.json())
+    return json_response({"model": req.model, "results": answer.get("results", [])})
+
+
+RERANK_PATH = "/v1/rerank"
+
 routes = [
     Route("/api/chat", chat, methods=["POST"]),
+    Route("/api/rerank", rerank, methods=["POST"]),
     Route("/api/generate", generate, methods=["POST"]),
     Route("/api/embed", embed, methods=["POST"]),
     Route("/api/embeddings", embeddings, methods=["POST"]),

@@ -105,3 +105,14 @@ def test_bad_requests_and_the_wrong_model(server: CorralServer, reranker: str) -
     models_list = httpx.get(server.url + "/v1/models", timeout=30).json()["data"]
     card = next(m for m in models_list if m["id"].startswith(MODEL))
     assert card["corral"]["capabilities"] == ["rerank"]
+
+
+def test_ollama_style_rerank(server: CorralServer, reranker: str) -> None:
+    full = rerank(server).json()["results"]
+    reply = rerank(server, route="/api/rerank", top_n=3)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["model"] == MODEL
+    assert [r["index"] for r in body["results"]] == [r["index"] for r in full[:3]]
+    missing = rerank(server, route="/api/rerank", model="no-such-model")
+    assert missing.status_code == 404 and isinstance(missing.json()["error"], str)
