@@ -174,7 +174,9 @@ def results(
         wanted.append((batch.get("error_file_id"), errors))
     for file_id, dest in wanted:
         if not file_id:
-            console.print(f"no results for {dest.name} yet ({batch['status']})")
+            ended = batch["status"] in ("completed", "failed", "expired", "cancelled")
+            note = "" if ended else " yet"
+            console.print(f"no results for {dest.name}{note} ({batch['status']})")
             continue
         with _client() as client, client.stream("GET", f"/files/{file_id}/content") as response:
             if response.status_code >= 400:

@@ -20,6 +20,27 @@ app.add_typer(batch_app, name="batch")
 console = Console()
 err_console = Console(stderr=True)
 
+
+def _version(value: bool) -> None:
+    if value:
+        from corral import __version__
+
+        console.print(f"corral {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Corral: a local-first model server."""
+
+
 HomeOption = Annotated[
     Path | None, typer.Option("--home", help="Data directory (CORRAL_HOME).", show_default=False)
 ]
@@ -290,7 +311,8 @@ def lock(file: FileOption = Path("corral.yaml"), home: HomeOption = None) -> Non
         client.close()
     path = file.with_suffix(".lock")
     write_lock(path, lock_file)
-    console.print(f"wrote {path} ({len(lock_file.models)} models)")
+    count = len(lock_file.models)
+    console.print(f"wrote {path} ({count} model{'' if count == 1 else 's'})")
 
 
 @app.command()
@@ -298,13 +320,20 @@ def run(
     model: Annotated[str, typer.Argument(help="Model to chat with.")],
     prompt: Annotated[str | None, typer.Argument(help="One prompt; omit to chat.")] = None,
     url: Annotated[str | None, typer.Option(help="Server URL (default: from settings).")] = None,
-    max_tokens: Annotated[int | None, typer.Option(help="Limit each answer.")] = None,
+    max_tokens: Annotated[
+        int,
+        typer.Option(
+            help="Most tokens per answer (0: until the model stops or its context is full). "
+            "The offline demo model never stops by itself."
+        ),
+    ] = 512,
 ) -> None:
     """Chat with a model in the terminal, streaming (the server must be running)."""
     from corral.cli.chat import chat_loop
 
     settings = _settings()
-    code = chat_loop(url or settings.base_url, model, prompt, max_tokens, console, err_console)
+    limit = max_tokens or None
+    code = chat_loop(url or settings.base_url, model, prompt, limit, console, err_console)
     raise typer.Exit(code)
 
 

@@ -170,3 +170,10 @@ def test_serve_logs_the_address_it_bound(tmp_path: Path) -> None:
         assert "without API keys (--insecure)" in log
     finally:
         srv.stop()
+
+
+def test_version(tmp_path: Path) -> None:
+    from corral import __version__
+
+    done = corral("--version", home=tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == f"corral {__version__}"

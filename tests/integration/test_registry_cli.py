@@ -114,6 +114,7 @@ def test_lock_then_sync_locked_round_trip(tmp_path: Path, hub: FakeHub) -> None:
     )
     done = corral("lock", home=home, hub=hub, cwd=project)
     assert done.returncode == 0, done.stderr
+    assert "(2 models)" in done.stdout
     lock = yaml.safe_load((project / "corral.lock").read_text())
     chat = lock["models"]["chat:latest"]
     assert chat["revision"] == httpx.get(f"{hub.url}/api/models/{REPO}").json()["sha"]
