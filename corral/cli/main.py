@@ -94,7 +94,7 @@ def serve(
     home: HomeOption = None,
 ) -> None:
     """Start the server (creates a tiny demo model first if no model is installed)."""
-    from corral.cli.serve import ServeRefused, check_bind, run_server
+    from corral.cli.serve import ServeRefused, bind, check_bind, run_server
 
     settings = _settings(
         host=host,
@@ -106,6 +106,7 @@ def serve(
     )
     try:
         check_bind(settings)
+        sock = bind(settings)
     except ServeRefused as exc:
         raise _fail(str(exc), 2) from None
     engine_flags = {
@@ -114,7 +115,7 @@ def serve(
         "context_length": context_length,
         "batch_size": batch_size,
     }
-    run_server(settings, _catalog(settings, engine_flags))
+    run_server(settings, _catalog(settings, engine_flags), sock)
 
 
 def _registry(home: Path | None = None) -> Any:

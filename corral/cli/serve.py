@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import socket
@@ -12,7 +13,7 @@ import uvicorn
 from corral.api.app import create_app
 from corral.engines.catalog import Catalog
 from corral.registry.demo import ensure_demo_model
-from corral.settings import Settings
+from corral.settings import Settings, env_name
 
 log = logging.getLogger("corral")
 
@@ -47,6 +48,36 @@ def check_bind(settings: Settings) -> None:
     )
 
 
+def bind(settings: Settings) -> socket.socket:
+    """The listening socket, bound before anything else happens.
+
+    A second server on a port in use used to create its data directory, registry and
+    demo model, and log "listening", before uvicorn failed to bind: now it stops first,
+    saying what to do.
+    """
+    try:
+        infos = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ServeRefused(f"Cannot listen on {settings.host}: {exc.strerror}.") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ServeRefused(
+                f"Port {settings.port} on {settings.host} is already in use: is Corral already "
+                f"running (`corral ps`)? Stop it, or choose another port with --port or "
+                f"{env_name('port')}."
+            ) from None
+        raise ServeRefused(
+            f"Cannot listen on {settings.host}:{settings.port}: {exc.strerror}."
+        ) from None
+    return sock
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, logging the addresses it actually bound (port 0 included)."""
 
@@ -65,7 +96,9 @@ class _Server(uvicorn.Server):
             )
 
 
-def run_server(settings: Settings, catalog: Catalog | None = None) -> None:
+def run_server(
+    settings: Settings, catalog: Catalog | None = None, sock: socket.socket | None = None
+) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
         stream=sys.stderr,
@@ -85,4 +118,4 @@ def run_server(settings: Settings, catalog: Catalog | None = None) -> None:
         timeout_graceful_shutdown=int(settings.shutdown_grace),
     )
     log.info("models in %s", settings.home)
-    _Server(config).run()
+    _Server(config).run(sockets=[sock] if sock is not None else None)

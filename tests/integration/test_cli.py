@@ -177,3 +177,18 @@ def test_version(tmp_path: Path) -> None:
 
     done = corral("--version", home=tmp_path)
     assert done.returncode == 0 and done.stdout.strip() == f"corral {__version__}"
+
+
+def test_a_port_in_use_is_refused_before_anything_is_created(tmp_path: Path) -> None:
+    import socket
+
+    home = tmp_path / "home"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = corral("serve", "--port", str(port), home=home)
+    assert done.returncode == 2
+    assert f"Port {port} on 127.0.0.1 is already in use" in done.stderr
+    assert "CORRAL_PORT" in done.stderr and "listening" not in done.stderr
+    assert not home.exists()  # no registry, no demo model
