@@ -78,6 +78,9 @@ def bind(settings: Settings) -> socket.socket:
     return sock
 
 
+_CHATTY = ("httpx", "alembic", "sqlalchemy", "huggingface_hub", "filelock")
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, logging the addresses it actually bound (port 0 included)."""
 
@@ -104,8 +107,11 @@ def run_server(
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # httpx logs every worker call at INFO; that is noise, not information.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Libraries' INFO is noise here (httpx logs every worker call, alembic 7 plugin lines
+    # at each start); it shows with --log-level debug.
+    if settings.log_level.lower() != "debug":
+        for name in _CHATTY:
+            logging.getLogger(name).setLevel(logging.WARNING)
     settings.home.mkdir(parents=True, exist_ok=True)
     if settings.demo_model and ensure_demo_model(settings.home):
         log.info("no models installed: created the demo model 'demo' (random weights)")

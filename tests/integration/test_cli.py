@@ -192,3 +192,27 @@ def test_a_port_in_use_is_refused_before_anything_is_created(tmp_path: Path) -> 
     assert f"Port {port} on 127.0.0.1 is already in use" in done.stderr
     assert "CORRAL_PORT" in done.stderr and "listening" not in done.stderr
     assert not home.exists()  # no registry, no demo model
+
+
+def test_a_start_logs_no_library_chatter(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral", "serve", "--port", str(port), "--log-level", "info"],
+        env={**os.environ, "CORRAL_HOME": str(tmp_path)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "listening on" in line:
+                break
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        if proc.stderr is not None:
+            proc.stderr.close()
+    assert any("listening on" in line for line in lines), lines
+    assert not [line for line in lines if "alembic" in line]
