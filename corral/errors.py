@@ -184,9 +184,10 @@ class ModelNotFound(CorralError):
     type = "invalid_request_error"
     code = "model_not_found"
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, similar: tuple[str, ...] = ()) -> None:
+        hint = f" Did you mean '{similar[0]}'?" if similar else ""
         super().__init__(
-            f"The model '{name}' does not exist. Run `corral list` to see installed models.",
+            f"The model '{name}' does not exist.{hint} Run `corral list` to see installed models.",
             param="model",
         )
         self.name = name

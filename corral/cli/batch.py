@@ -88,6 +88,9 @@ def submit(
     window: Annotated[str, typer.Option(help="completion_window.")] = "24h",
 ) -> None:
     """Upload FILE and start a batch; prints the batch id."""
+    if model is not None:
+        # A typo is the API's 404 (with its suggestions) now, not a batch failing every line.
+        _call("GET", f"/models/{model}")
     upload, seen = _with_model(file, model)
     try:
         with upload.open("rb") as f:
@@ -174,8 +177,7 @@ def results(
         wanted.append((batch.get("error_file_id"), errors))
     for file_id, dest in wanted:
         if not file_id:
-            ended = batch["status"] in ("completed", "failed", "expired", "cancelled")
-            note = "" if ended else " yet"
+            note = "" if batch["status"] in TERMINAL else " yet"
             console.print(f"no results for {dest.name}{note} ({batch['status']})")
             continue
         with _client() as client, client.stream("GET", f"/files/{file_id}/content") as response:

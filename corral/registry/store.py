@@ -15,6 +15,7 @@ frozen ``ModelRecord`` it hands out.
 from __future__ import annotations
 
 import builtins
+import difflib
 import hashlib
 import json
 import logging
@@ -82,7 +83,7 @@ class Registry:
         with Session(self.engine, expire_on_commit=False) as session:
             row = self._find(session, canonical)
             if row is None:
-                raise ModelNotFound(name)
+                raise ModelNotFound(name, self._similar(session, name))
             record = self._record(row)
         self._cache[canonical] = (now + _CACHE_SECONDS, record)
         return record
@@ -362,6 +363,13 @@ class Registry:
             session.begin(),
         ):
             yield session
+
+    @staticmethod
+    def _similar(session: Session, name: str) -> tuple[str, ...]:
+        """Installed names close to ``name``, for a "did you mean"."""
+        bare = {n.removesuffix(":latest"): n for n in session.scalars(select(ModelRow.name))}
+        close = difflib.get_close_matches(name.removesuffix(":latest"), bare.keys(), n=1)
+        return tuple(bare[c] for c in close)
 
     def _row(self, session: Session, canonical: str) -> ModelRow:
         row = session.scalar(select(ModelRow).where(ModelRow.name == canonical))

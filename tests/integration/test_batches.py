@@ -286,6 +286,11 @@ def test_cli_submit_status_results_list(batch_server: CorralServer, tmp_path: Pa
     assert batch_id in corral("list").stdout
     bad = corral("cancel", batch_id)
     assert bad.returncode == 1 and "only a running batch can be cancelled" in bad.stderr
+    files = httpx.get(batch_server.url + "/v1/files", timeout=30).json()["data"]
+    typo = corral("submit", str(source), "--model", "mm")
+    assert typo.returncode == 1 and "The model 'mm' does not exist" in typo.stderr
+    assert "Did you mean 'm:latest'?" in typo.stderr
+    assert httpx.get(batch_server.url + "/v1/files", timeout=30).json()["data"] == files
 
 
 def test_two_batches_on_one_model_take_turns(client: openai.OpenAI) -> None:
