@@ -34,6 +34,7 @@ from corral.registry import download
 from corral.registry.access import PullGuard, allowed_path
 from corral.registry.db import PullRow
 from corral.registry.names import canonical_name
+from corral.registry.network import network_failure
 from corral.registry.records import ModelFile, ModelRecord
 from corral.registry.refs import parse_reference
 from corral.registry.resolve import Plan, RemoteFile, hub_headers, resolve
@@ -299,8 +300,13 @@ class Pulls:
         except CorralError as exc:
             self._finish(job_id, "failed", exc.message, run)
         except Exception as exc:  # a job must end in a state, whatever went wrong
-            log.exception("pull %s failed", job_id)
-            self._finish(job_id, "failed", f"{type(exc).__name__}: {exc}", run)
+            reason = network_failure(exc)
+            if reason is None:  # not the network: a bug, worth its traceback
+                log.exception("pull %s failed", job_id)
+                reason = f"{type(exc).__name__}: {exc}"
+            else:
+                log.warning("pull %s failed: %s", job_id, reason)
+            self._finish(job_id, "failed", reason, run)
         finally:
             self._runs.pop(job_id, None)
 

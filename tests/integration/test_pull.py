@@ -18,6 +18,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from corral.scheduler.launch import free_port
 from tests.support import models
 from tests.support.fake_hub import FakeHub
 from tests.support.server import CorralServer
@@ -314,3 +315,20 @@ def test_serving_continues_while_a_pull_downloads(start: Any, hub: FakeHub) -> N
     job = httpx.get(f"{srv.url}/admin/pulls/{job_id}").json()
     assert job["state"] == "running" and 0 < job["bytes_done"] < job["bytes_total"]
     assert job["rate"] > 0 and job["eta"] is not None
+
+
+def test_an_unreachable_hub_is_one_clear_line(tmp_path: Path) -> None:
+    """Issue 14: the error named no host, and the log got a 77-line traceback."""
+    port = free_port()  # nothing listens there
+    srv = CorralServer(tmp_path / "home")
+    srv.env["HF_ENDPOINT"] = f"http://127.0.0.1:{port}"
+    srv.start()
+    try:
+        job = wait_job(srv, pull(srv, model=f"hf.co/{REPO}").json()["id"])
+        assert job["state"] == "failed"
+        assert f"Could not reach 127.0.0.1:{port}: Connection refused" in job["error"]
+        assert "HF_ENDPOINT" in job["error"] and "corral import" in job["error"]
+        log = srv.log()
+        assert "Traceback" not in log and job["error"] in log
+    finally:
+        srv.stop()
