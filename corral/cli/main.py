@@ -418,11 +418,12 @@ def config_show() -> None:
         raise _fail(str(exc), 2) from None
     table = Table(box=None, pad_edge=False)
     for column in ("SETTING", "VALUE", "SOURCE", "ENV", "DESCRIPTION"):
-        table.add_column(column)
+        # Fold, never cut: a CORRAL_* name shown with "…" cannot be copied.
+        table.add_column(column, overflow="fold")
     for name, field in Settings.model_fields.items():
         table.add_row(
             name,
-            str(getattr(settings, name)),
+            _effective(settings, name),
             sources[name],
             env_name(name),
             field.description or "",
@@ -439,6 +440,21 @@ def config_show() -> None:
                 field.description or "",
             )
     console.print(table)
+
+
+def _effective(settings: Settings, name: str) -> str:
+    """A setting's value as it acts: an automatic memory budget shows what it is now."""
+    if name == "memory_budget" and settings.memory_budget is None:
+        from corral.scheduler.memory import SystemMemory
+        from corral.units import format_size
+
+        available = SystemMemory().available()
+        budget = available - settings.memory_reserve_bytes
+        return (
+            f"auto: {format_size(budget)} now (available {format_size(available)} "
+            f"- reserve {settings.memory_reserve})"
+        )
+    return str(getattr(settings, name))
 
 
 def _size(n: int) -> str:

@@ -57,6 +57,12 @@ def test_config_show_names_sources(tmp_path: Path) -> None:
     assert "7" in slots and "env" in slots
     port = next(line for line in out.splitlines() if line.startswith("port"))
     assert "11435" in port and "default" in port
+    budget = next(line for line in out.splitlines() if line.startswith("memory_budget"))
+    assert "auto: " in budget and "GiB now" in budget and "None" not in budget
+    narrow = corral("config", "show", home=tmp_path, env={"COLUMNS": "110"}).stdout
+    assert "…" not in narrow  # long CORRAL_* names fold onto a second line, never cut
+    fixed = corral("config", "show", home=tmp_path, env={"CORRAL_MEMORY_BUDGET": "6GiB"}).stdout
+    assert "6GiB" in next(line for line in fixed.splitlines() if line.startswith("memory_budget"))
 
 
 def test_bad_setting_is_a_clear_error(tmp_path: Path) -> None:
