@@ -40,7 +40,9 @@ def create_demo_model(home: Path) -> ModelRecord:
     try:
         with tempfile.TemporaryDirectory(dir=home) as tmp:
             path = write_model(Path(tmp) / "demo.gguf", spec)
-            return registry.import_file(path, DEMO_NAME)
+            # The file is gone once imported: the source says what the model is instead.
+            label = f"corral demo: synthetic {spec.name}, seed {spec.seed}, random weights"
+            return registry.import_file(path, DEMO_NAME, source_label=label)
     finally:
         registry.close()
 

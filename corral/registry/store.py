@@ -120,11 +120,13 @@ class Registry:
         *,
         params: Mapping[str, Any] | None = None,
         import_dirs: ImportDirs = None,
+        source_label: str | None = None,
     ) -> ModelRecord:
         """Add a local GGUF or ONNX file, or a model directory (safetensors/ONNX); the
         name defaults to the one ``corral pull PATH`` would give it. ``import_dirs``:
         the directories the source (links resolved) must be in, checked before anything
-        is read (the API's callers); None: anywhere."""
+        is read (the API's callers); None: anywhere. ``source_label`` is recorded as the
+        source instead of the path (a file made for the import and deleted after it)."""
         given = str(source)
         source = source.expanduser()
         if import_dirs is not None:
@@ -149,16 +151,18 @@ class Registry:
         return self.register(
             canonical,
             added,
-            source=str(source.resolve()),
+            source=source_label or str(source.resolve()),
             revision=None,
             params=params,
         )
 
-    def import_file(self, source: Path, name: str) -> ModelRecord:
+    def import_file(
+        self, source: Path, name: str, *, source_label: str | None = None
+    ) -> ModelRecord:
         """Add one local GGUF file."""
         if source.is_file() and not is_gguf(source):
             raise InvalidRequest(f"{source} is not a GGUF file (bad magic bytes).")
-        return self.import_path(source, name)
+        return self.import_path(source, name, source_label=source_label)
 
     def add_blob(self, source: Path) -> tuple[str, int]:
         """Copy ``source`` into the blob store, hashing as it goes; return (sha256, size).

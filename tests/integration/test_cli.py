@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import select
@@ -155,6 +156,8 @@ def test_serve_creates_demo_model_when_empty(tmp_path: Path) -> None:
             )
             assert reply.choices[0].message.content is not None
         assert httpx.get(srv.url + "/health").json()["status"] == "ok"
+        shown = json.loads(corral("show", "demo", "--json", home=tmp_path).stdout)
+        assert shown["source"].startswith("corral demo: synthetic corral-demo, seed ")
     finally:
         srv.stop()
 
