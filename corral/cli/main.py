@@ -305,7 +305,8 @@ def lock(file: FileOption = Path("corral.yaml"), home: HomeOption = None) -> Non
     client = _registry(home)
     try:
         _registry_call(lambda: run_sync(client, declared, file.resolve().parent, console))
-        lock_file = _registry_call(lambda: lock_from_installed(client, declared))
+        base = file.resolve().parent
+        lock_file = _registry_call(lambda: lock_from_installed(client, declared, base))
     except SyncError as exc:
         raise _fail(str(exc)) from None
     finally:

@@ -11,6 +11,7 @@ bytes, so a lock names exactly what was installed, not a guess.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,15 +151,27 @@ def _params(d: DeclaredModel) -> dict[str, Any]:
     return {**d.params, **({"engine": d.engine} if d.engine else {})}
 
 
-def lock_from_installed(client: RegistryClient, declared: list[DeclaredModel]) -> LockFile:
+def lock_from_installed(
+    client: RegistryClient, declared: list[DeclaredModel], base: Path | None = None
+) -> LockFile:
+    """The lock for what is installed; local paths relative to ``base`` (the lock file's
+    directory), so that a project directory can be moved or shared."""
     models = {}
     for d in declared:
         m = client.show(d.name)
         models[d.name] = LockedModel(
             name=d.name,
             source=d.source,
-            resolved=m["source"],
+            resolved=_relative(m["source"], base),
             revision=m["revision"],
             files=tuple(LockedFile(f["path"], f["size"], f["sha256"]) for f in m["files"]),
         )
     return LockFile(version=1, models=models)
+
+
+def _relative(source: str, base: Path | None) -> str:
+    """A local absolute path as ``./...`` relative to ``base``; anything else as it is."""
+    if base is None or not os.path.isabs(source):
+        return source
+    relative = os.path.relpath(source, base)
+    return relative if relative.startswith("..") else f"./{relative}"

@@ -122,7 +122,7 @@ class LockedFile:
 class LockedModel:
     name: str  # canonical "name:tag"
     source: str  # as declared
-    resolved: str  # "hf.co/org/repo", the URL, or the absolute local path
+    resolved: str  # "hf.co/org/repo", the URL, or the local path (relative to the lock)
     revision: str | None  # the exact commit for hub sources
     files: tuple[LockedFile, ...]
 

@@ -117,6 +117,9 @@ def test_lock_then_sync_locked_round_trip(tmp_path: Path, hub: FakeHub) -> None:
     assert "(2 models)" in done.stdout
     lock = yaml.safe_load((project / "corral.lock").read_text())
     chat = lock["models"]["chat:latest"]
+    # Local paths are relative to the lock file: the project directory can move.
+    assert lock["models"]["embedder:latest"]["resolved"] == "./embed.gguf"
+    assert chat["resolved"] == f"hf.co/{REPO}"
     assert chat["revision"] == httpx.get(f"{hub.url}/api/models/{REPO}").json()["sha"]
     assert chat["files"][0]["path"] == "Tiny-Q4_K_M.gguf"
     shown = json.loads(corral("show", "default", "--json", home=home, hub=hub).stdout)
