@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from corral.cli.batch import app as batch_app
+from corral.cli.flags import with_generated_flags
 from corral.settings import Settings, SettingsError, env_name, load_settings
 
 app = typer.Typer(help="Corral: a local-first model server.", no_args_is_help=True)
@@ -71,51 +72,23 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-@app.command()
-def serve(
-    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads per worker.")] = None,
-    slots: Annotated[int | None, typer.Option(help="Concurrent requests per model.")] = None,
-    context_length: Annotated[
-        int | None, typer.Option(help="Context tokens per request slot.")
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Tokens per decode step.")] = None,
-    demo_model: Annotated[
-        bool | None, typer.Option("--demo/--no-demo", help="Create the demo model if none.")
-    ] = None,
-    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
-    insecure: Annotated[
-        bool | None,
-        typer.Option(
-            "--insecure", help="Listen on a non-loopback address although there are no API keys."
-        ),
-    ] = None,
-    home: HomeOption = None,
-) -> None:
-    """Start the server (creates a tiny demo model first if no model is installed)."""
+def _serve(setting_flags: dict[str, Any], engine_flags: dict[str, Any]) -> None:
     from corral.cli.serve import ServeRefused, bind, check_bind, run_server
 
-    settings = _settings(
-        host=host,
-        port=port,
-        demo_model=demo_model,
-        log_level=log_level,
-        insecure=insecure,
-        home=home,
-    )
+    settings = _settings(**setting_flags)
     try:
         check_bind(settings)
         sock = bind(settings)
     except ServeRefused as exc:
         raise _fail(str(exc), 2) from None
-    engine_flags = {
-        "threads": threads,
-        "slots": slots,
-        "context_length": context_length,
-        "batch_size": batch_size,
-    }
     run_server(settings, _catalog(settings, engine_flags), sock)
+
+
+app.command(
+    name="serve",
+    help="Start the server (creates a tiny demo model first if no model is installed). "
+    "Every setting and engine parameter is a flag; each also reads its CORRAL_* variable.",
+)(with_generated_flags(_serve))
 
 
 def _registry(home: Path | None = None) -> Any:

@@ -225,3 +225,18 @@ def test_a_start_logs_no_library_chatter(tmp_path: Path) -> None:
             proc.stderr.close()
     assert any("listening on" in line for line in lines), lines
     assert not [line for line in lines if "alembic" in line]
+
+
+def test_every_setting_and_engine_parameter_is_a_serve_flag(tmp_path: Path) -> None:
+    from corral.cli.flags import engine_fields
+    from corral.settings import Settings, env_name
+
+    shown = corral("serve", "--help", home=tmp_path, env={"COLUMNS": "250"}).stdout
+    for name in [*Settings.model_fields, *engine_fields()]:
+        flag = {"demo_model": "--demo"}.get(name, f"--{name.replace('_', '-')}")
+        assert flag in shown, flag
+        assert env_name(name) in shown, env_name(name)
+    assert "(default: 5m; CORRAL_KEEP_ALIVE)" in shown
+    bad = corral("serve", "--keep-alive", "1m", "--max-queue", "lots", home=tmp_path)
+    assert bad.returncode == 2 and "--max-queue" in bad.stderr
+    assert not (tmp_path / "registry.db").exists()
