@@ -9,6 +9,7 @@ listen for ``http.disconnect`` alongside the work and cancel it the moment it co
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -191,3 +192,36 @@ def request_id(request: Request) -> str:
     if given is not None and _SANE_REQUEST_ID.fullmatch(given):
         return given
     return new_request_id()
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def errors_shaped(
+    render: Callable[[CorralError], Any], log: logging.Logger
+) -> Callable[[Handler], Handler]:
+    """A route decorator answering the route's failures with ``render(error)`` as the body.
+
+    The app's exception handlers answer in OpenAI's shape; routes of an API with its
+    own shape (Ollama's ``{"error": "..."}``, Anthropic's ``{"type": "error", ...}``)
+    are wrapped by this instead: the same errors and status codes, in that body.
+    """
+
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except CorralError as exc:
+                if exc.status >= 500:
+                    log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+                error = exc
+            except ClientDisconnect:
+                raise
+            except Exception as exc:  # the app's handler would answer in OpenAI's shape
+                error = internal_error(request, exc)
+            return json_response(render(error), status=error.status, headers=error.headers)
+
+        return route
+
+    return decorate

@@ -10,11 +10,10 @@ events. Every failure is answered in Anthropic's error shape, ``{"type": "error"
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -22,8 +21,8 @@ from corral.api.requests import caller_of, keep_alive_of
 from corral.api.services import services_of
 from corral.errors import CorralError
 from corral.httputil import (
+    errors_shaped,
     event_stream,
-    internal_error,
     json_dumps,
     json_response,
     named_event,
@@ -36,30 +35,9 @@ from corral.registry.records import Capability
 from corral.service.worker_client import WorkerReply
 
 log = logging.getLogger("corral.anthropic")
-Handler = Callable[[Request], Awaitable[Response]]
 
 
-def anthropic_errors(handler: Handler) -> Handler:
-    """Answer the route's failures in Anthropic's error shape."""
-
-    @functools.wraps(handler)
-    async def route(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except CorralError as exc:
-            if exc.status >= 500:
-                log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-            return _error_response(exc)
-        except ClientDisconnect:
-            raise
-        except Exception as exc:  # the app's handler would answer in OpenAI's shape
-            return _error_response(internal_error(request, exc))
-
-    return route
-
-
-def _error_response(error: CorralError) -> Response:
-    return json_response(error.to_anthropic(), status=error.status, headers=error.headers)
+anthropic_errors = errors_shaped(lambda error: error.to_anthropic(), log)
 
 
 @anthropic_errors

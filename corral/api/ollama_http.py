@@ -9,20 +9,18 @@ then is one more line, ``{"error": "..."}``, which is what Ollama does.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from corral.errors import CorralError
 from corral.httputil import (
     SSE_HEADERS,
     DisconnectAwareStreamingResponse,
-    internal_error,
+    errors_shaped,
     json_dumps,
     json_response,
 )
@@ -30,26 +28,9 @@ from corral.protocol.ollama_openai import timestamp
 
 log = logging.getLogger("corral.ollama")
 NDJSON = "application/x-ndjson"
-Handler = Callable[[Request], Awaitable[Response]]
 
-
-def ollama_errors(handler: Handler) -> Handler:
-    """Answer the route's failures in Ollama's error shape."""
-
-    @functools.wraps(handler)
-    async def route(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except CorralError as exc:
-            if exc.status >= 500:
-                log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-            return error_response(exc)
-        except ClientDisconnect:
-            raise
-        except Exception as exc:  # the app's handler would answer in OpenAI's shape
-            return error_response(internal_error(request, exc))
-
-    return route
+# Answer the route's failures in Ollama's error shape.
+ollama_errors = errors_shaped(lambda error: error.to_ollama(), log)
 
 
 def error_response(error: CorralError) -> Response:
