@@ -25,17 +25,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from corral.api.ollama_http import line, ndjson_stream, now, ollama_errors
+from corral.api.relay import send_json
 from corral.api.requests import caller_of, keep_alive_seconds
 from corral.api.services import Services, services_of
 from corral.errors import CorralError, UnsupportedCapability
-from corral.httputil import json_dumps, json_response, run_until_disconnect
+from corral.httputil import json_response, run_until_disconnect
 from corral.protocol import ollama_openai as translate
 from corral.protocol.ollama import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest
 from corral.protocol.ollama_openai import EMBEDDINGS_PATH, Kind, Marks, StreamTranslator
 from corral.protocol.parse import parse_body, parse_json_object, validate
 from corral.protocol.rerank import RerankRequest
 from corral.registry.records import Capability, ModelRecord
-from corral.service.inference import Exchange
 from corral.service.worker_client import WorkerReply
 
 log = logging.getLogger("corral.ollama")
@@ -104,7 +104,7 @@ async def rerank(request: Request) -> Response:
     req = validate(parse_json_object(body), RerankRequest)
     record = services.inference.resolve(req.model, Capability.RERANK)
     keep_alive = keep_alive_seconds((req.model_extra or {}).get("keep_alive"))
-    exchange = await _send(request, services, record, keep_alive, RERANK_PATH, req.model_dump())
+    exchange = await send_json(request, services, record, keep_alive, RERANK_PATH, req.model_dump())
     answer = await run_until_disconnect(request, exchange.reply.json())
     return json_response({"model": req.model, "results": answer.get("results", [])})
 
@@ -160,7 +160,7 @@ async def _generate(
             return json_response(translate.empty_reply(kind, model, now(), "unload"))
         await _load(request, services, record, work.keep_alive, start_ns)
         return json_response(translate.empty_reply(kind, model, now(), "load"))
-    exchange = await _send(request, services, record, work.keep_alive, work.path, work.payload)
+    exchange = await send_json(request, services, record, work.keep_alive, work.path, work.payload)
     marks = Marks(start_ns, exchange.granted_ns)
     if work.payload["stream"]:
         try:
@@ -177,20 +177,6 @@ async def _generate(
     return json_response(reply(body, model=model, created_at=now(), marks=marks, end_ns=end))
 
 
-async def _send(
-    request: Request,
-    services: Services,
-    record: ModelRecord,
-    keep_alive: float | None,
-    path: str,
-    payload: dict[str, Any],
-) -> Exchange:
-    caller = caller_of(request, services.settings.batch_keys)
-    body = json_dumps(payload).encode()
-    send = services.inference.send(record, path, body, caller, keep_alive)
-    return await run_until_disconnect(request, send)
-
-
 async def _post(
     request: Request,
     services: Services,
@@ -200,7 +186,7 @@ async def _post(
     payload: dict[str, Any],
 ) -> tuple[dict[str, Any], Marks]:
     """A non-streamed exchange: the worker's JSON answer, and when its slot came."""
-    exchange = await _send(request, services, record, keep_alive, EMBEDDINGS_PATH, payload)
+    exchange = await send_json(request, services, record, keep_alive, EMBEDDINGS_PATH, payload)
     body = await run_until_disconnect(request, exchange.reply.json())
     return body, Marks(start_ns, exchange.granted_ns)
 

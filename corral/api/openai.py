@@ -7,22 +7,16 @@ without loading a model, and then forwards the original bytes to the worker.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from corral.api.relay import openai_response
+from corral.api.relay import openai_response, send_json, translated_reply
 from corral.api.requests import caller_of, keep_alive_of
 from corral.api.services import services_of
 from corral.engines.catalog import Catalog
-from corral.errors import CorralError
 from corral.httputil import (
-    event_stream,
-    json_dumps,
-    json_response,
-    named_event,
     run_until_disconnect,
 )
 from corral.protocol import responses_openai
@@ -37,7 +31,6 @@ from corral.protocol.parse import parse_json_object, validate
 from corral.protocol.rerank import RerankRequest
 from corral.protocol.responses import ResponsesRequest
 from corral.registry.records import Capability, ModelRecord, capability_names
-from corral.service.worker_client import WorkerReply
 
 
 async def chat_completions(request: Request) -> Response:
@@ -58,41 +51,16 @@ async def responses(request: Request) -> Response:
     req = validate(parse_json_object(await request.body()), ResponsesRequest)
     payload = responses_openai.chat_request(req)
     record = services.inference.resolve(req.model, Capability.CHAT, payload)
-    caller = caller_of(request, services.settings.batch_keys)
-    body = json_dumps(payload).encode()
     path = responses_openai.CHAT_PATH
-    exchange = await run_until_disconnect(
-        request, services.inference.send(record, path, body, caller, keep_alive_of(req))
+    exchange = await send_json(request, services, record, keep_alive_of(req), path, payload)
+    return await translated_reply(
+        request,
+        exchange.reply,
+        stream=req.stream,
+        translator=lambda: responses_openai.StreamTranslator(responses_openai.Shell(req)),
+        whole=lambda answer: responses_openai.response(answer, req),
+        error_event=lambda error: ("error", {"type": "error", **error.to_openai()["error"]}),
     )
-    reply = exchange.reply
-    if req.stream:
-        try:
-            await run_until_disconnect(request, reply.raise_for_status())
-        except BaseException:
-            reply.close()
-            raise
-        translator = responses_openai.StreamTranslator(responses_openai.Shell(req))
-        return event_stream(_response_events(reply, translator), on_close=reply.close)
-    try:
-        answer = await run_until_disconnect(request, reply.json())
-    finally:
-        reply.close()
-    return json_response(responses_openai.response(answer, req))
-
-
-async def _response_events(
-    reply: WorkerReply, translator: responses_openai.StreamTranslator
-) -> AsyncIterator[bytes]:
-    try:
-        for name, data in translator.start():
-            yield named_event(name, data)
-        async for chunk in reply.events():
-            for name, data in translator.feed(chunk):
-                yield named_event(name, data)
-        for name, data in translator.finish():
-            yield named_event(name, data)
-    except CorralError as exc:  # the status is sent: the error is the last event
-        yield named_event("error", {"type": "error", **exc.to_openai()["error"]})
 
 
 async def rerank(request: Request) -> Response:
