@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from corral.engines.base import Finished, TokenLogprob
 from corral.errors import CorralError
@@ -106,20 +107,42 @@ def error_event(error: CorralError) -> bytes:
     return sse(json_dumps(error.to_openai()))
 
 
-class ChatStreamWriter:
+class _StreamWriter:
+    """What the chat and completion streams share: one id for every chunk, ``usage``
+    only when asked for (every earlier chunk then carries ``"usage": null``)."""
+
+    _prefix: str
+    _wire: type[ChatCompletionChunk] | type[Completion]
+
     def __init__(self, model: str, include_usage: bool, timings: bool = False) -> None:
-        self.id = new_id("chatcmpl")
+        self.id = new_id(self._prefix)
         self.created = int(time.time())
         self.model = model
         self.include_usage = include_usage
         self.timings = timings
 
-    def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None) -> bytes:
-        chunk = ChatCompletionChunk(
+    def _chunk(self, choices: list[Any], usage: Usage | None = None) -> bytes:
+        chunk = self._wire(
             id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
         )
         exclude = None if self.include_usage else {"usage"}
         return sse(chunk.model_dump_json(exclude=exclude))
+
+    def _last(self, choice: Any, finished: Finished, usage: bool) -> bytes:
+        """A choice's last chunk; with ``usage``, the usage chunk too (if asked for)."""
+        out = self._chunk([choice])
+        return out + self.usage(finished) if usage else out
+
+    def usage(self, finished: Finished, *more: Finished) -> bytes:
+        """The usage chunk, once every choice has finished (nothing if not asked for)."""
+        if not self.include_usage:
+            return b""
+        return self._chunk([], usage_of(finished, self.timings, *more))
+
+
+class ChatStreamWriter(_StreamWriter):
+    _prefix = "chatcmpl"
+    _wire = ChatCompletionChunk
 
     def start(self, index: int = 0) -> bytes:
         return self._chunk(
@@ -160,7 +183,6 @@ class ChatStreamWriter:
     def finish(
         self, finished: Finished, called_tools: bool = False, index: int = 0, usage: bool = True
     ) -> bytes:
-        """The choice's last chunk; with ``usage``, the usage chunk too (if asked for)."""
         reason = finish_reason(finished, called_tools)
         choice = ChatChunkChoice(
             index=index,
@@ -168,30 +190,12 @@ class ChatStreamWriter:
             finish_reason=reason,
             stop_reason=finished.stop_sequence,
         )
-        out = self._chunk([choice])
-        return out + self.usage(finished) if usage else out
-
-    def usage(self, finished: Finished, *more: Finished) -> bytes:
-        """The usage chunk, once every choice has finished (nothing if not asked for)."""
-        if not self.include_usage:
-            return b""
-        return self._chunk([], usage_of(finished, self.timings, *more))
+        return self._last(choice, finished, usage)
 
 
-class CompletionStreamWriter:
-    def __init__(self, model: str, include_usage: bool, timings: bool = False) -> None:
-        self.id = new_id("cmpl")
-        self.created = int(time.time())
-        self.model = model
-        self.include_usage = include_usage
-        self.timings = timings
-
-    def _chunk(self, choices: list[CompletionChoice], usage: Usage | None = None) -> bytes:
-        chunk = Completion(
-            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
-        )
-        exclude = None if self.include_usage else {"usage"}
-        return sse(chunk.model_dump_json(exclude=exclude))
+class CompletionStreamWriter(_StreamWriter):
+    _prefix = "cmpl"
+    _wire = Completion
 
     def delta(self, text: str, index: int = 0, logprobs: CompletionLogprobs | None = None) -> bytes:
         choice = CompletionChoice(text=text, index=index, logprobs=logprobs, finish_reason=None)
@@ -204,13 +208,7 @@ class CompletionStreamWriter:
             finish_reason=finished.reason,
             stop_reason=finished.stop_sequence,
         )
-        out = self._chunk([choice])
-        return out + self.usage(finished) if usage else out
-
-    def usage(self, finished: Finished, *more: Finished) -> bytes:
-        if not self.include_usage:
-            return b""
-        return self._chunk([], usage_of(finished, self.timings, *more))
+        return self._last(choice, finished, usage)
 
 
 def finish_reason(finished: Finished, called_tools: bool) -> FinishReason:
