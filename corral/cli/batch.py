@@ -18,9 +18,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from corral.cli.help import App
 from corral.settings import load_settings
 
-app = typer.Typer(help="OpenAI Batch API jobs: submit, status, results, cancel, list.")
+app = App(help="OpenAI Batch API jobs: submit, status, results, cancel, list.")
 console = Console()
 err_console = Console(stderr=True)
 TERMINAL = ("completed", "failed", "expired", "cancelled")
