@@ -12,9 +12,9 @@ from dataclasses import asdict
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from corral.api.services import services_of
+from corral.api.spec import ADMIN, route
 from corral.httputil import json_response
 from corral.protocol.parse import parse_json_object
 
@@ -53,8 +53,26 @@ async def reload(request: Request) -> Response:
 
 
 routes = [
-    Route("/admin/ps", ps, methods=["GET"]),
-    Route("/admin/models/{name:path}/load", load, methods=["POST"]),
-    Route("/admin/models/{name:path}/unload", unload, methods=["POST"]),
-    Route("/admin/models/{name:path}/reload", reload, methods=["POST"]),
+    route("GET", "/admin/ps", ps, "Loaded models: memory, slots, queue, expiry", tag=ADMIN),
+    route(
+        "POST",
+        "/admin/models/{name:path}/load",
+        load,
+        "Load a model now (kept until stopped)",
+        tag=ADMIN,
+    ),
+    route(
+        "POST",
+        "/admin/models/{name:path}/unload",
+        unload,
+        "Unload a model once its in-flight requests are done",
+        tag=ADMIN,
+    ),
+    route(
+        "POST",
+        "/admin/models/{name:path}/reload",
+        reload,
+        "Restart a model with new engine parameters (body: the parameters to change)",
+        tag=ADMIN,
+    ),
 ]

@@ -14,11 +14,11 @@ import logging
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from corral.api.relay import send_json, translated_reply
 from corral.api.requests import keep_alive_of
 from corral.api.services import services_of
+from corral.api.spec import ANTHROPIC, route
 from corral.errors import CorralError
 from corral.httputil import errors_shaped
 from corral.protocol import anthropic_openai as translate
@@ -53,4 +53,14 @@ def _error_event(error: CorralError) -> tuple[str, object]:
     return "error", error.to_anthropic()
 
 
-routes = [Route("/v1/messages", messages, methods=["POST"])]
+routes = [
+    route(
+        "POST",
+        "/v1/messages",
+        messages,
+        "Create a message (Anthropic Messages API)",
+        tag=ANTHROPIC,
+        body=MessagesRequest,
+        stream="text/event-stream",
+    )
+]

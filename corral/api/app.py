@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from corral.api import admin, anthropic, batches, files, health, ollama, openai, registry
+from corral.api import admin, anthropic, batches, files, health, ollama, openai, openapi, registry
 from corral.api.guard import Guard
 from corral.api.services import Services
 from corral.engines.catalog import Catalog
@@ -44,6 +44,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> Starlette:
             *registry.routes,
             *files.routes,
             *batches.routes,
+            *openapi.routes(),
         ],
         # First of the middleware: a refused request reaches no route (see guard.py).
         middleware=[Middleware(Guard, settings=settings)],

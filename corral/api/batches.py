@@ -7,12 +7,12 @@ import asyncio
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
+from corral.api.requests import page_limit
 from corral.api.services import services_of
+from corral.api.spec import BATCH, route
 from corral.batch.batches import batch_object
 from corral.batch.pages import list_object
-from corral.errors import InvalidRequest
 from corral.httputil import json_response
 from corral.protocol.parse import parse_body
 
@@ -46,12 +46,7 @@ async def retrieve(request: Request) -> Response:
 
 
 async def list_batches(request: Request) -> Response:
-    try:
-        limit = int(request.query_params.get("limit", "20"))
-    except ValueError:
-        raise InvalidRequest("limit must be an integer.", param="limit") from None
-    if not 1 <= limit <= 100:
-        raise InvalidRequest("limit must be between 1 and 100.", param="limit")
+    limit = page_limit(request, default=20, most=100)
     after = request.query_params.get("after")
     rows, has_more = await asyncio.to_thread(services_of(request).batches.list, limit, after)
     data = [batch_object(r) for r in rows]
@@ -66,9 +61,14 @@ async def cancel(request: Request) -> Response:
     return json_response(batch_object(row))
 
 
+_PAGE = {
+    "limit": "Most batches in one page (1-100, default 20).",
+    "after": "The id of the batch the page starts after.",
+}
+
 routes = [
-    Route("/v1/batches", create, methods=["POST"]),
-    Route("/v1/batches", list_batches, methods=["GET"]),
-    Route("/v1/batches/{id}", retrieve, methods=["GET"]),
-    Route("/v1/batches/{id}/cancel", cancel, methods=["POST"]),
+    route("POST", "/v1/batches", create, "Create a batch", tag=BATCH, body=CreateBatch),
+    route("GET", "/v1/batches", list_batches, "List batches", tag=BATCH, query=_PAGE),
+    route("GET", "/v1/batches/{id}", retrieve, "Describe a batch", tag=BATCH),
+    route("POST", "/v1/batches/{id}/cancel", cancel, "Cancel a batch", tag=BATCH),
 ]

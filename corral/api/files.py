@@ -6,9 +6,10 @@ import asyncio
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Route
 
+from corral.api.requests import page_limit
 from corral.api.services import services_of
+from corral.api.spec import FILES, route
 from corral.batch.files import file_object
 from corral.batch.pages import list_object
 from corral.httputil import json_response
@@ -23,7 +24,7 @@ async def upload(request: Request) -> Response:
 async def list_files(request: Request) -> Response:
     files = services_of(request).files
     purpose = request.query_params.get("purpose")
-    limit = int(request.query_params.get("limit", "10000"))
+    limit = page_limit(request, default=10000, most=10000)
     after = request.query_params.get("after")
     rows, has_more = await asyncio.to_thread(files.list, purpose, limit, after)
     data = [file_object(r) for r in rows]
@@ -47,10 +48,30 @@ async def delete(request: Request) -> Response:
     return json_response({"id": file_id, "object": "file", "deleted": True})
 
 
+_PAGE = {
+    "purpose": "Only files with this purpose (batch, batch_output).",
+    "limit": "Most files in one page (1-10000, default 10000).",
+    "after": "The id of the file the page starts after.",
+}
+
 routes = [
-    Route("/v1/files", upload, methods=["POST"]),
-    Route("/v1/files", list_files, methods=["GET"]),
-    Route("/v1/files/{id}", retrieve, methods=["GET"]),
-    Route("/v1/files/{id}", delete, methods=["DELETE"]),
-    Route("/v1/files/{id}/content", content, methods=["GET"]),
+    route(
+        "POST",
+        "/v1/files",
+        upload,
+        "Upload a file (multipart: purpose, file)",
+        tag=FILES,
+        body_media="multipart/form-data",
+    ),
+    route("GET", "/v1/files", list_files, "List files", tag=FILES, query=_PAGE),
+    route("GET", "/v1/files/{id}", retrieve, "Describe a file", tag=FILES),
+    route("DELETE", "/v1/files/{id}", delete, "Delete a file", tag=FILES),
+    route(
+        "GET",
+        "/v1/files/{id}/content",
+        content,
+        "Download a file's content",
+        tag=FILES,
+        reply_media="application/jsonl",
+    ),
 ]

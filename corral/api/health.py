@@ -6,10 +6,10 @@ from dataclasses import asdict
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from corral import __version__
 from corral.api.services import services_of
+from corral.api.spec import HEALTH, route
 from corral.httputil import json_response
 
 
@@ -19,4 +19,4 @@ async def health(request: Request) -> Response:
     return json_response({"status": "ok", "version": __version__, "workers": workers})
 
 
-routes = [Route("/health", health, methods=["GET"])]
+routes = [route("GET", "/health", health, "Liveness, version and the workers", tag=HEALTH)]

@@ -16,12 +16,12 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
 
 from corral.api import ollama_inference, ollama_pull
 from corral.api.ollama_http import ollama_errors
 from corral.api.registry import remove_installed
 from corral.api.services import Services, services_of
+from corral.api.spec import OLLAMA, route
 from corral.httputil import json_response
 from corral.protocol.ollama import CopyRequest, DeleteRequest, ShowRequest
 from corral.protocol.ollama_openai import timestamp
@@ -203,13 +203,13 @@ def _header(path: Path) -> dict[str, Any]:
 
 
 routes = [
-    Route("/", root, methods=["GET"]),
-    Route("/api/version", version, methods=["GET"]),
-    Route("/api/tags", tags, methods=["GET"]),
-    Route("/api/show", show, methods=["POST"]),
-    Route("/api/ps", ps, methods=["GET"]),
-    Route("/api/copy", copy, methods=["POST"]),
-    Route("/api/delete", delete, methods=["DELETE"]),
+    route("GET", "/", root, "Ollama's liveness check", tag=OLLAMA, reply_media="text/plain"),
+    route("GET", "/api/version", version, "Server version", tag=OLLAMA),
+    route("GET", "/api/tags", tags, "List installed models", tag=OLLAMA),
+    route("POST", "/api/show", show, "Show a model's details", tag=OLLAMA, body=ShowRequest),
+    route("GET", "/api/ps", ps, "List loaded models", tag=OLLAMA),
+    route("POST", "/api/copy", copy, "Copy a model under a new name", tag=OLLAMA, body=CopyRequest),
+    route("DELETE", "/api/delete", delete, "Delete a model", tag=OLLAMA, body=DeleteRequest),
     *ollama_inference.routes,
     *ollama_pull.routes,
 ]

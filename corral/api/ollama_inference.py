@@ -22,12 +22,12 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from corral.api.ollama_http import line, ndjson_stream, now, ollama_errors
 from corral.api.relay import send_json
 from corral.api.requests import caller_of, keep_alive_seconds
 from corral.api.services import Services, services_of
+from corral.api.spec import OLLAMA, route
 from corral.errors import CorralError, UnsupportedCapability
 from corral.httputil import json_response, run_until_disconnect
 from corral.protocol import ollama_openai as translate
@@ -111,12 +111,44 @@ async def rerank(request: Request) -> Response:
 
 RERANK_PATH = "/v1/rerank"
 
+_NDJSON = "application/x-ndjson"
+
 routes = [
-    Route("/api/chat", chat, methods=["POST"]),
-    Route("/api/rerank", rerank, methods=["POST"]),
-    Route("/api/generate", generate, methods=["POST"]),
-    Route("/api/embed", embed, methods=["POST"]),
-    Route("/api/embeddings", embeddings, methods=["POST"]),
+    route(
+        "POST",
+        "/api/chat",
+        chat,
+        "Chat (streams by default)",
+        tag=OLLAMA,
+        body=ChatRequest,
+        stream=_NDJSON,
+    ),
+    route(
+        "POST",
+        "/api/rerank",
+        rerank,
+        "Rerank documents by relevance to a query",
+        tag=OLLAMA,
+        body=RerankRequest,
+    ),
+    route(
+        "POST",
+        "/api/generate",
+        generate,
+        "Generate from a prompt (streams by default)",
+        tag=OLLAMA,
+        body=GenerateRequest,
+        stream=_NDJSON,
+    ),
+    route("POST", "/api/embed", embed, "Embed one or more inputs", tag=OLLAMA, body=EmbedRequest),
+    route(
+        "POST",
+        "/api/embeddings",
+        embeddings,
+        "Embed one prompt (legacy)",
+        tag=OLLAMA,
+        body=EmbeddingsRequest,
+    ),
 ]
 
 

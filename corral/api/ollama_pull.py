@@ -18,10 +18,10 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from corral.api.ollama_http import line, ndjson_stream, ollama_errors
 from corral.api.services import Services, services_of
+from corral.api.spec import OLLAMA, route
 from corral.errors import CorralError
 from corral.httputil import json_response, run_until_disconnect
 from corral.protocol.ollama import PullRequest
@@ -46,7 +46,17 @@ async def pull(request: Request) -> Response:
     return json_response(last, status=500 if "error" in last else 200)
 
 
-routes = [Route("/api/pull", pull, methods=["POST"])]
+routes = [
+    route(
+        "POST",
+        "/api/pull",
+        pull,
+        "Pull a model (streams progress by default)",
+        tag=OLLAMA,
+        body=PullRequest,
+        stream="application/x-ndjson",
+    )
+]
 
 
 async def _updates(services: Services, job_id: str) -> AsyncIterator[dict[str, Any]]:

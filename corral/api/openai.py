@@ -10,25 +10,28 @@ import time
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from corral.api.relay import openai_response, send_json, translated_reply
 from corral.api.requests import caller_of, keep_alive_of
 from corral.api.services import services_of
+from corral.api.spec import OPENAI, route
 from corral.engines.catalog import Catalog
 from corral.httputil import (
     run_until_disconnect,
 )
 from corral.protocol import responses_openai
 from corral.protocol.openai import (
+    ChatCompletion,
     ChatCompletionRequest,
+    Completion,
     CompletionRequest,
     EmbeddingRequest,
+    EmbeddingResponse,
     ModelCard,
     ModelList,
 )
 from corral.protocol.parse import parse_json_object, validate
-from corral.protocol.rerank import RerankRequest
+from corral.protocol.rerank import RerankRequest, RerankResponse
 from corral.protocol.responses import ResponsesRequest
 from corral.registry.records import Capability, ModelRecord, capability_names
 
@@ -80,17 +83,60 @@ async def get_model(request: Request) -> Response:
     return Response(card.model_dump_json(), media_type="application/json")
 
 
+_SSE = "text/event-stream"
+_RERANK = "Rerank documents by relevance to a query"
+
 routes = [
-    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-    Route("/v1/completions", completions, methods=["POST"]),
-    Route("/v1/embeddings", embeddings, methods=["POST"]),
-    Route("/v1/responses", responses, methods=["POST"]),
+    route(
+        "POST",
+        "/v1/chat/completions",
+        chat_completions,
+        "Create a chat completion",
+        tag=OPENAI,
+        body=ChatCompletionRequest,
+        reply=ChatCompletion,
+        stream=_SSE,
+    ),
+    route(
+        "POST",
+        "/v1/completions",
+        completions,
+        "Create a text completion",
+        tag=OPENAI,
+        body=CompletionRequest,
+        reply=Completion,
+        stream=_SSE,
+    ),
+    route(
+        "POST",
+        "/v1/embeddings",
+        embeddings,
+        "Create embeddings",
+        tag=OPENAI,
+        body=EmbeddingRequest,
+        reply=EmbeddingResponse,
+    ),
+    route(
+        "POST",
+        "/v1/responses",
+        responses,
+        "Create a model response (stateless)",
+        tag=OPENAI,
+        body=ResponsesRequest,
+        stream=_SSE,
+    ),
     # Reranking where Cohere, Jina, vLLM and llama-server serve it.
-    Route("/v1/rerank", rerank, methods=["POST"]),
-    Route("/v2/rerank", rerank, methods=["POST"]),
-    Route("/rerank", rerank, methods=["POST"]),
-    Route("/v1/models", list_models, methods=["GET"]),
-    Route("/v1/models/{name:path}", get_model, methods=["GET"]),
+    route(
+        "POST", "/v1/rerank", rerank, _RERANK, tag=OPENAI, body=RerankRequest, reply=RerankResponse
+    ),
+    route(
+        "POST", "/v2/rerank", rerank, _RERANK, tag=OPENAI, body=RerankRequest, reply=RerankResponse
+    ),
+    route("POST", "/rerank", rerank, _RERANK, tag=OPENAI, body=RerankRequest, reply=RerankResponse),
+    route("GET", "/v1/models", list_models, "List models", tag=OPENAI, reply=ModelList),
+    route(
+        "GET", "/v1/models/{name:path}", get_model, "Describe a model", tag=OPENAI, reply=ModelCard
+    ),
 ]
 
 

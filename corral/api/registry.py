@@ -14,9 +14,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from corral.api.services import Services, services_of
+from corral.api.spec import ADMIN, route
 from corral.httputil import json_response
 from corral.protocol.parse import parse_body
 from corral.registry.names import canonical_or_not_found
@@ -147,15 +147,38 @@ async def cancel_pull(request: Request) -> Response:
     return json_response(job.to_dict())
 
 
+_MODEL = "/admin/models/{name:path}"
+
 routes = [
-    Route("/admin/models", list_models, methods=["GET"]),
-    Route("/admin/models/import", import_model, methods=["POST"]),
-    Route("/admin/models/{name:path}/copy", copy_model, methods=["POST"]),
-    Route("/admin/models/{name:path}", show_model, methods=["GET"]),
-    Route("/admin/models/{name:path}", remove_model, methods=["DELETE"]),
-    Route("/admin/models/{name:path}", configure_model, methods=["PATCH"]),
-    Route("/admin/pulls", start_pull, methods=["POST"]),
-    Route("/admin/pulls", list_pulls, methods=["GET"]),
-    Route("/admin/pulls/{id}", show_pull, methods=["GET"]),
-    Route("/admin/pulls/{id}", cancel_pull, methods=["DELETE"]),
+    route("GET", "/admin/models", list_models, "List installed models", tag=ADMIN),
+    route(
+        "POST",
+        "/admin/models/import",
+        import_model,
+        "Import a local model file or directory",
+        tag=ADMIN,
+        body=ImportRequest,
+    ),
+    route(
+        "POST",
+        _MODEL + "/copy",
+        copy_model,
+        "Give a model a second name",
+        tag=ADMIN,
+        body=CopyRequest,
+    ),
+    route("GET", _MODEL, show_model, "Describe an installed model", tag=ADMIN),
+    route("DELETE", _MODEL, remove_model, "Remove a model or one alias", tag=ADMIN),
+    route(
+        "PATCH",
+        _MODEL,
+        configure_model,
+        "Set a model's parameters and aliases",
+        tag=ADMIN,
+        body=ConfigureRequest,
+    ),
+    route("POST", "/admin/pulls", start_pull, "Start a pull", tag=ADMIN, body=PullRequest),
+    route("GET", "/admin/pulls", list_pulls, "List pulls", tag=ADMIN),
+    route("GET", "/admin/pulls/{id}", show_pull, "Describe a pull", tag=ADMIN),
+    route("DELETE", "/admin/pulls/{id}", cancel_pull, "Cancel a pull", tag=ADMIN),
 ]

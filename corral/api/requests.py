@@ -67,3 +67,17 @@ def keep_alive_seconds(raw: str | float | None) -> float | None:
     except ValueError as exc:
         raise InvalidRequest(str(exc), param="keep_alive") from None
     return math.inf if seconds is None else seconds
+
+
+def page_limit(request: Request, default: int, most: int) -> int:
+    """A list route's ``limit`` query parameter, 1 to ``most``; anything else is a 400."""
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return default
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"limit must be an integer, not {raw!r}.", param="limit") from None
+    if not 1 <= limit <= most:
+        raise InvalidRequest(f"limit must be between 1 and {most}.", param="limit")
+    return limit

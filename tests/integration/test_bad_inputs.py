@@ -124,6 +124,13 @@ def test_unknown_route_and_method(server: CorralServer) -> None:
     assert_openai_error(httpx.get(server.openai_url + "/chat/completions"), 405)
 
 
+def test_bad_list_limits_are_400s_naming_limit(server: CorralServer) -> None:
+    for path in ("/files", "/batches"):
+        for limit in ("ten", "0", "1e9", "100001"):
+            reply = httpx.get(server.openai_url + path, params={"limit": limit})
+            assert assert_openai_error(reply, 400)["param"] == "limit", (path, limit)
+
+
 def test_client_disconnect_mid_stream_frees_the_slot(server: CorralServer) -> None:
     body = {
         "model": "test-chat",

@@ -1,0 +1,87 @@
+"""Routes that describe themselves: the facts ``/openapi.json`` is made of.
+
+Each API module declares its routes with :func:`route`, naming the pydantic models
+the handler itself parses the body with and answers with. The OpenAPI document is
+built from these routes (``corral.api.openapi``), so it cannot list a route the
+gateway does not serve or a body schema other than the one that is enforced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from starlette.routing import Route
+
+Method = Literal["GET", "POST", "PATCH", "DELETE"]
+
+# Tags group the operations in /docs; each API answers errors in its own shape.
+OPENAI, OLLAMA, ANTHROPIC, FILES, BATCH, ADMIN, HEALTH = (
+    "OpenAI",
+    "Ollama",
+    "Anthropic",
+    "Files",
+    "Batch",
+    "Admin",
+    "Health",
+)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """What one method on one path takes and gives, for the OpenAPI document."""
+
+    summary: str
+    tag: str
+    body: type[BaseModel] | None = None
+    reply: type[BaseModel] | None = None
+    # The media type of the streamed answer when the body asks to stream.
+    stream: str | None = None
+    # A body that is not JSON: its media type (the file upload is multipart).
+    body_media: str | None = None
+    reply_media: str = "application/json"
+    query: Mapping[str, str] = field(default_factory=dict)  # name -> description
+    description: str | None = None
+
+
+class DocumentedRoute(Route):
+    """A Starlette route that carries its :class:`Operation`."""
+
+    def __init__(
+        self, path: str, endpoint: Callable[..., Any], method: Method, operation: Operation
+    ) -> None:
+        super().__init__(path, endpoint, methods=[method])
+        self.method = method
+        self.operation = operation
+
+
+def route(
+    method: Method,
+    path: str,
+    endpoint: Callable[..., Any],
+    summary: str,
+    *,
+    tag: str,
+    body: type[BaseModel] | None = None,
+    reply: type[BaseModel] | None = None,
+    stream: str | None = None,
+    body_media: str | None = None,
+    reply_media: str = "application/json",
+    query: Mapping[str, str] | None = None,
+) -> DocumentedRoute:
+    """One route with what it takes and gives; the endpoint's docstring, if any,
+    becomes the operation's description."""
+    operation = Operation(
+        summary=summary,
+        tag=tag,
+        body=body,
+        reply=reply,
+        stream=stream,
+        body_media=body_media,
+        reply_media=reply_media,
+        query=dict(query or {}),
+        description=endpoint.__doc__,
+    )
+    return DocumentedRoute(path, endpoint, method, operation)
