@@ -169,7 +169,9 @@ class InternalError(CorralError):
     def __init__(self, request_id: str) -> None:
         super().__init__(
             f"Internal error (request id {request_id}); the server log has the details.",
-            headers={"X-Request-Id": request_id},
+            # uvicorn closes the connection after an unhandled exception; saying so
+            # keeps a client from sending its next request on a dead connection.
+            headers={"X-Request-Id": request_id, "Connection": "close"},
         )
         self.request_id = request_id
 

@@ -10,7 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from corral.errors import BadLine
+from corral.errors import BadLine, InvalidRequest
+from corral.protocol.parse import check_parsed, too_deep
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 MAX_CUSTOM_ID = 512
@@ -36,6 +37,12 @@ def parse_line(raw: bytes, number: int) -> BatchLine:
         raise BadLine(number, f"not valid JSON ({exc.msg} at column {exc.colno}).") from None
     except UnicodeDecodeError:
         raise BadLine(number, "not valid UTF-8.") from None
+    except RecursionError:
+        raise BadLine(number, too_deep().message) from None
+    try:  # what a request body would be refused for, refused at upload
+        check_parsed(raw, data)
+    except InvalidRequest as exc:
+        raise BadLine(number, exc.message) from None
     if not isinstance(data, dict):
         raise BadLine(number, "each line must be a JSON object.")
     custom_id = data.get("custom_id")

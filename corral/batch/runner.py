@@ -121,12 +121,14 @@ class BatchRunner:
         except Exception:
             error = InternalError(new_request_id())
             log.exception("batch %s failed [request %s]", batch_id, error.request_id)
+            ids = await asyncio.to_thread(self._publish_what_is_done, batch_id)
             await asyncio.to_thread(
                 self.batches.update,
                 batch_id,
                 status="failed",
                 failed_at=time.time(),
                 errors=[{"code": error.code, "message": error.message, "line": None}],
+                **ids,
             )
         finally:
             self._runs.pop(batch_id, None)
@@ -300,6 +302,17 @@ class BatchRunner:
             return exchange.reply.status, json_object_of(content)
         except CorralError as exc:
             return exc.status, exc.to_openai()
+        except Exception as exc:  # a bug fails this line (error file), not the batch
+            error = InternalError(new_request_id())
+            log.exception(
+                "batch %s line %d (%s) failed [request %s]",
+                row.id,
+                line.number,
+                line.custom_id,
+                error.request_id,
+                exc_info=exc,
+            )
+            return error.status, error.to_openai()
 
     async def _commit_loop(
         self,
@@ -374,6 +387,19 @@ class BatchRunner:
         for start in range(0, len(group), COMMIT_GROUP):
             self._commit(row.id, journal, group[start : start + COMMIT_GROUP])
         done.update(r.line for r in group)
+
+    def _publish_what_is_done(self, batch_id: str) -> dict[str, str | None]:
+        """A failed batch still hands over the results it has (none lost to the bug)."""
+        try:
+            row = self.batches.get(batch_id)
+            journal = Journal(self.directory / batch_id)
+            try:
+                return self._publish(row, journal)
+            finally:
+                journal.close()
+        except Exception:
+            log.exception("batch %s: could not publish the results it has", batch_id)
+            return {}
 
     def _publish(self, row: BatchRow, journal: Journal) -> dict[str, str | None]:
         """Make the journal's files into File objects (copies: the journal stays whole

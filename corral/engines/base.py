@@ -112,6 +112,9 @@ class Capabilities:
     slots: int  # requests decoded together
     embedding_length: int = 0
     structured_output: bool = False  # ``check_grammar`` works: output can be held to a grammar
+    # Token ids a request may give (prompts as id lists) are 0..vocab_size-1; 0 = unknown,
+    # and an engine that does not say gets ids unchecked.
+    vocab_size: int = 0
 
 
 class RequestHandle(ABC):

@@ -19,7 +19,7 @@ MAX_STOP_SEQUENCES = 16
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class TextBlock(_Request):

@@ -28,7 +28,7 @@ MAX_STOP_SEQUENCES = 16
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 class _Wire(BaseModel):

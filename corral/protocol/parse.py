@@ -8,6 +8,7 @@ the worker parse through here so they agree on what is valid.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -16,9 +17,20 @@ from corral.errors import InvalidRequest
 
 M = TypeVar("M", bound=BaseModel)
 
+# No API Corral speaks nests anywhere near this deep; a body that does is an attack on
+# the parser (Python's would raise RecursionError at ~1000 levels, a 500).
+MAX_DEPTH = 128
+# A \uD800-\uDFFF escape: JSON allows it, but alone (not as a pair) it decodes to a
+# string no UTF-8 encoder accepts, which failed later, far from the request (a 500).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """Parse a JSON object body; anything else is an InvalidRequest."""
+    """Parse a JSON object body; anything else is an InvalidRequest.
+
+    Refused here, so that no later step meets them: bodies nested deeper than
+    ``MAX_DEPTH``, and strings with lone UTF-16 surrogates (not valid Unicode).
+    """
     if not raw.strip():
         raise InvalidRequest("The request body is empty; expected a JSON object.")
     try:
@@ -28,9 +40,64 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
             f"We could not parse the JSON body of your request: {exc}. "
             "The body must be a JSON object."
         ) from None
+    except RecursionError:
+        raise too_deep() from None
     if not isinstance(value, dict):
         raise InvalidRequest(f"The request body must be a JSON object, not {type(value).__name__}.")
+    check_parsed(raw, value)
     return value
+
+
+def check_parsed(raw: bytes, value: Any) -> None:
+    """Refuse a parsed JSON value nested deeper than ``MAX_DEPTH`` or holding a lone
+    surrogate. Both checks walk the value, so they run only when ``raw``, the bytes it
+    was parsed from, says they may fail."""
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
+        _check_depth(value)
+    if _SURROGATE_ESCAPE.search(raw):
+        _check_unicode(value)
+
+
+def too_deep() -> InvalidRequest:
+    return InvalidRequest(f"The JSON body is nested more than {MAX_DEPTH} levels deep.")
+
+
+def _check_depth(value: Any) -> None:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise too_deep()
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, dict | list))
+        else:
+            stack.extend((v, depth + 1) for v in node if isinstance(v, dict | list))
+
+
+def _check_unicode(value: Any) -> None:
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str):
+            _check_string(node, path or "body")
+        elif isinstance(node, dict):
+            for key, item in node.items():
+                _check_string(key, path or "body")
+                stack.append((item, f"{path}.{key}" if path else key))
+        elif isinstance(node, list):
+            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(node))
+
+
+def _check_string(text: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = f"\\u{ord(text[exc.start]):04x}"
+        raise InvalidRequest(
+            f"Invalid value for '{path}': it contains {bad}, a lone UTF-16 surrogate, "
+            "which is not valid Unicode.",
+            param=path,
+        ) from None
 
 
 def parse_body(raw: bytes, model: type[M]) -> M:

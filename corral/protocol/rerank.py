@@ -14,7 +14,7 @@ MAX_DOCUMENTS = 1000
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 class _Wire(BaseModel):

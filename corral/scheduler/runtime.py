@@ -27,6 +27,7 @@ from corral.errors import (
     CorralError,
     EngineError,
     EngineLoadError,
+    QueueTimeout,
     WorkerCrashed,
     new_request_id,
 )
@@ -42,6 +43,9 @@ from corral.settings import Settings
 
 log = logging.getLogger("corral.scheduler")
 PORT_RETRIES = 3
+# The core fails a ticket at its queue deadline; the route gives up on its own this
+# much later, should the core not (a bug, a stuck loop): no request waits unbounded.
+OUTER_GRACE = 5.0
 
 
 @dataclass
@@ -129,6 +133,7 @@ class Scheduler:
             preload=frozenset(canonical_name(n) for n in settings.preload),
         )
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._queue_timeout = settings.queue_timeout
         self.catalog = catalog
         self._effects = _ProcessEffects(
             settings, catalog, session, probe or SystemMemory(), self._post, log_path
@@ -155,14 +160,24 @@ class Scheduler:
         )
         future = self._effects.expect(ticket)
         self._post(core.Submit(ticket, record))
+        limit = None if patient else self._queue_timeout + OUTER_GRACE
         try:
-            lease = await future
-        except asyncio.CancelledError:
+            lease = await asyncio.wait_for(asyncio.shield(future), limit)
+        except (asyncio.CancelledError, TimeoutError) as exc:
             self._post(core.Cancel(ticket))
-            if future.done() and not future.cancelled() and future.exception() is None:
-                self._post(core.Release(future.result()))
+            # A lease granted after all (now or later) goes straight back.
+            future.add_done_callback(self._release_unclaimed)
+            if isinstance(exc, TimeoutError):
+                raise QueueTimeout(
+                    f"The request waited {limit:.0f} s for '{record.name}' without being "
+                    "served or failed by the scheduler; the server log may say why."
+                ) from None
             raise
         return Grant(lease, self._post)
+
+    def _release_unclaimed(self, future: asyncio.Future[Lease]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self._post(core.Release(future.result()))
 
     async def preload(self, record: ModelRecord) -> None:
         await self._wait(lambda waiter: core.Preload(record, waiter))

@@ -130,7 +130,12 @@ class WorkerService:
         self._require_completion()
         context = self.engine.capabilities.context_length
         gen = translate.completion_request(
-            req, self.tokenize_prompt, context, self.engine.check_grammar, self.engine.infill_tokens
+            req,
+            self.tokenize_prompt,
+            context,
+            self.engine.check_grammar,
+            self.engine.infill_tokens,
+            vocab_size=self.engine.capabilities.vocab_size,
         )
         gens = translate.choices(gen, req.n)
         echo = req.prompt if req.echo and isinstance(req.prompt, str) else ""
@@ -244,6 +249,7 @@ class WorkerService:
 
     def _embedding_tokens(self, inputs: Sequence[str | list[int]]) -> list[list[int]]:
         limit = self.engine.capabilities.context_length
+        vocab = self.engine.capabilities.vocab_size
         out: list[list[int]] = []
         for i, item in enumerate(inputs):
             if isinstance(item, str) and not item:
@@ -253,6 +259,8 @@ class WorkerService:
                 if isinstance(item, str)
                 else list(item)
             )
+            if not isinstance(item, str):
+                translate.check_token_ids(tokens, vocab, param=f"input[{i}]")
             if len(tokens) > limit:
                 raise ContextLengthExceeded(
                     f"This model's maximum context length is {limit} tokens. However, "

@@ -191,12 +191,27 @@ def constrained(
     return constraint.grammar
 
 
+def check_token_ids(tokens: Sequence[int], vocab_size: int, *, param: str) -> None:
+    """Refuse token ids the model does not have (llama.cpp fails the whole batch on
+    one, which reached the client as a 500): 400 naming the first."""
+    if not vocab_size:
+        return
+    for i, token in enumerate(tokens):
+        if not 0 <= token < vocab_size:
+            raise InvalidRequest(
+                f"Invalid value for '{param}': token id {token} (position {i}) is not in "
+                f"this model's vocabulary of {vocab_size} tokens (ids 0 to {vocab_size - 1}).",
+                param=param,
+            )
+
+
 def completion_request(
     req: CompletionRequest,
     tokenize_prompt: Tokenize,
     context_length: int,
     check_grammar: GrammarCheck | None = None,
     infill: Callable[[str, str], list[int]] | None = None,
+    vocab_size: int = 0,
 ) -> GenerationRequest:
     refuse_unsupported(req)
     grammar = constrained(req, check_grammar)
@@ -208,6 +223,7 @@ def completion_request(
         tokens = tokenize_prompt(req.prompt)
     else:
         tokens = list(req.prompt)
+        check_token_ids(tokens, vocab_size, param="prompt")
     if not tokens:
         raise InvalidRequest("The prompt is empty.", param="prompt")
     check_context(len(tokens), req.max_tokens, context_length, what="prompt")

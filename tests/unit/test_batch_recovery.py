@@ -15,9 +15,10 @@ from corral.batch.batches import Batches
 from corral.batch.files import FileStore
 from corral.batch.journal import Journal
 from corral.batch.lines import LineChecker
-from corral.batch.runner import BatchRunner
+from corral.batch.runner import BatchRunner, _Run
 from corral.batch.tables import BatchDoneRow
 from corral.errors import BadLine
+from corral.protocol.handoff import REQUEST_ID_HEADER
 from corral.registry.store import Registry
 
 
@@ -97,3 +98,71 @@ def test_line_checker_names_the_first_bad_line() -> None:
         LineChecker().feed(json.dumps({**line(1), "body": {}}).encode())
     with pytest.raises(BadLine, match="Line 1: unknown field"):
         LineChecker().feed(json.dumps({**line(1), "extra": 1}).encode())
+
+
+class _Reply:
+    status = 200
+
+    async def read(self) -> bytes:
+        return json.dumps({"object": "list", "data": [], "model": "m:latest"}).encode()
+
+
+class _Exchange:
+    reply = _Reply()
+
+
+class _Inference:
+    """Answers every line but one, on which it hits a bug (an unexpected exception)."""
+
+    def __init__(self, broken: str) -> None:
+        self.broken = broken
+
+    def resolve(self, model: str, capability: object, body: object) -> object:
+        return object()
+
+    async def send(
+        self, record: object, url: str, data: bytes, caller: object, headers: Any
+    ) -> Any:
+        if headers[REQUEST_ID_HEADER].endswith("/" + self.broken):
+            raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+        return _Exchange()
+
+
+def _records(batches: Batches, runner: BatchRunner, file_id: str | None) -> list[dict[str, Any]]:
+    assert file_id is not None
+    return [json.loads(x) for x in runner.files.path(file_id).read_bytes().splitlines()]
+
+
+@pytest.mark.anyio
+async def test_a_line_that_fails_unexpectedly_goes_to_the_error_file(
+    setup: tuple[BatchRunner, Batches, str, Path],
+) -> None:
+    runner, batches, batch_id, _ = setup
+    runner.inference = _Inference(broken="req-2")  # type: ignore[assignment]
+    await runner._guarded(batch_id, _Run())
+    row = batches.get(batch_id)
+    assert (row.status, row.completed, row.failed) == ("completed", 3, 1)
+    outputs = _records(batches, runner, row.output_file_id)
+    assert sorted(r["custom_id"] for r in outputs) == ["req-0", "req-1", "req-3"]
+    [error] = _records(batches, runner, row.error_file_id)
+    assert error["custom_id"] == "req-2"
+    assert error["response"]["status_code"] == 500
+    assert error["response"]["body"]["error"]["code"] == "internal_error"
+
+
+@pytest.mark.anyio
+async def test_a_batch_that_fails_still_hands_over_its_results(
+    setup: tuple[BatchRunner, Batches, str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner, batches, batch_id, _ = setup
+    runner.inference = _Inference(broken="none")  # type: ignore[assignment]
+
+    async def broken_finish(*args: object) -> None:
+        raise RuntimeError("a bug after the requests ran")
+
+    monkeypatch.setattr(runner, "_finish", broken_finish)
+    await runner._guarded(batch_id, _Run())
+    row = batches.get(batch_id)
+    assert row.status == "failed" and row.errors
+    outputs = _records(batches, runner, row.output_file_id)
+    assert sorted(r["custom_id"] for r in outputs) == [f"req-{i}" for i in range(4)]

@@ -69,6 +69,9 @@ def _request_id(
     match = MESSAGE.fullmatch(ROUTES[path](response.json()))
     assert match is not None, response.text
     assert response.headers["X-Request-Id"] == match["id"]
+    # The server closes the connection after an unhandled exception; the client is told,
+    # so that it does not send its next request on a dead connection (issue 15).
+    assert response.headers["Connection"] == "close"
     return match["id"]
 
 

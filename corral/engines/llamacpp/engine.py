@@ -156,6 +156,7 @@ class LlamaCppEngine(Engine):
             # A complete grammar leaves end-of-generation as the only allowed token; a
             # vocabulary without one could not end (and llama.cpp aborts on no candidate).
             structured_output=not self.embedding_model and bool(self._eog),
+            vocab_size=self._n_vocab,
         )
         self._slots = [_Slot(seq_id=i) for i in range(params.slots)]
         self._guide = (
