@@ -395,6 +395,29 @@ class UploadTooLarge(CorralError):
     code = "file_too_large"
 
 
+class RequestTooLarge(CorralError):
+    """A request body over ``max_body``; refused before it is parsed."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+    def __init__(self, message: str) -> None:
+        # The rest of the body is not read: the connection cannot carry another request.
+        super().__init__(message, headers={"Connection": "close"})
+
+
+class RequestTimeout(CorralError):
+    """A request body stopped arriving (a slow or stalled client)."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Connection": "close"})
+
+
 class FileNotFound(CorralError):
     """No stored file with that id."""
 

@@ -114,6 +114,21 @@ class Settings(BaseModel):
     max_upload: str = Field(
         "512MiB", description="Largest file /v1/files accepts; a larger upload stops at the limit."
     )
+    max_body: str = Field(
+        "64MiB",
+        description="Largest request body (other than a /v1/files upload); larger gets 413.",
+    )
+    header_timeout: float = Field(
+        30.0, gt=0, description="Seconds a client may take to send a request's headers."
+    )
+    body_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a request body may pause between two chunks before a 408.",
+    )
+    max_connections: int = Field(
+        1024, ge=1, description="Open connections and requests at once; more get 503."
+    )
     batch_in_flight: int = Field(
         16, ge=1, description="Requests each batch keeps waiting in the scheduler at once."
     )
@@ -164,7 +179,7 @@ class Settings(BaseModel):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("memory_budget", "memory_reserve", "disk_reserve", "max_upload")
+    @field_validator("memory_budget", "memory_reserve", "disk_reserve", "max_upload", "max_body")
     @classmethod
     def _size(cls, value: str | None) -> str | None:
         if value is not None:
@@ -192,6 +207,10 @@ class Settings(BaseModel):
     @property
     def max_upload_bytes(self) -> int:
         return parse_size(self.max_upload)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return parse_size(self.max_body)
 
     @property
     def disk_reserve_bytes(self) -> int:

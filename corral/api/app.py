@@ -14,6 +14,7 @@ from starlette.middleware import Middleware
 
 from corral.api import admin, anthropic, batches, files, health, ollama, openai, openapi, registry
 from corral.api.guard import Guard
+from corral.api.limits import BodyLimits
 from corral.api.services import Services
 from corral.engines.catalog import Catalog
 from corral.httputil import openai_error_handlers
@@ -46,8 +47,12 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> Starlette:
             *batches.routes,
             *openapi.routes(),
         ],
-        # First of the middleware: a refused request reaches no route (see guard.py).
-        middleware=[Middleware(Guard, settings=settings)],
+        # First of the middleware: a refused request reaches no route (see guard.py);
+        # then the bounds on a body's size and pace (limits.py).
+        middleware=[
+            Middleware(Guard, settings=settings),
+            Middleware(BodyLimits, settings=settings),
+        ],
         exception_handlers=openai_error_handlers(),
         lifespan=lifespan,
     )

@@ -61,13 +61,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.api.ollama_http import error_response
 from corral.errors import CorralError, HostNotAllowed, OriginNotAllowed, UnsupportedMediaType
-from corral.httputil import openai_error_response
+from corral.httputil import json_response, openai_error_response
 from corral.settings import Settings
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 REFUSED_TYPES = frozenset({"text/plain", "multipart/form-data"})
 UPLOAD_PATH = "/v1/files"  # POST only: OpenAI's file upload is multipart
+ANTHROPIC_PATH = "/v1/messages"
 
 _HOST = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[^:\[\]]*))(?::[0-9]*)?")
 _LOOPBACK_ORIGIN = re.compile(
@@ -215,14 +216,18 @@ class Guard:
         if origin is not None and rules.cors and rules.origin_allowed(origin):
             send = _with_cors(send, origin)
         if error is not None:
-            await _refusal(path, error)(scope, receive, send)
+            await refusal(path, error)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
 
-def _refusal(path: str, error: CorralError) -> Response:
+def refusal(path: str, error: CorralError) -> Response:
+    """``error`` in the shape of the API ``path`` belongs to, for a request refused
+    before it reaches a route."""
     if path == "/" or path.startswith("/api/"):
         return error_response(error)
+    if path == ANTHROPIC_PATH:
+        return json_response(error.to_anthropic(), status=error.status, headers=error.headers)
     return openai_error_response(error)
 
 

@@ -63,7 +63,12 @@ class Services:
             max_parallel=settings.max_parallel_pulls,
             allow_private=settings.allow_private_pulls,
         )
-        files = FileStore(registry.engine, settings.home / "files", settings.max_upload_bytes)
+        files = FileStore(
+            registry.engine,
+            settings.home / "files",
+            settings.max_upload_bytes,
+            max_line_bytes=settings.max_body_bytes,
+        )
         batches = Batches(registry.engine, files)
         runner = BatchRunner(
             batches, files, inference, settings.home / "batches", in_flight=settings.batch_in_flight

@@ -7,6 +7,7 @@ and is named in the error, so a 50,000-line file with a typo on line 3 fails at 
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import os
 import time
@@ -43,10 +44,17 @@ def file_object(row: StoredFileRow) -> dict[str, Any]:
 
 
 class FileStore:
-    def __init__(self, engine: Engine, directory: Path, max_upload_bytes: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        directory: Path,
+        max_upload_bytes: int,
+        max_line_bytes: int | None = None,
+    ) -> None:
         self.engine = engine
         self.directory = directory
         self.max_upload_bytes = max_upload_bytes
+        self.max_line_bytes = max_line_bytes  # one line is one request: max_body
         directory.mkdir(parents=True, exist_ok=True)
 
     def path(self, file_id: str) -> Path:
@@ -68,7 +76,12 @@ class FileStore:
 
         try:
             upload = await receive_upload(
-                content_type, body, dest, limit=self.max_upload_bytes, on_line=on_line
+                content_type,
+                body,
+                dest,
+                limit=self.max_upload_bytes,
+                on_line=on_line,
+                max_line=self.max_line_bytes,
             )
             purpose = upload.fields.get("purpose")
             if purpose not in PURPOSES:
@@ -77,8 +90,8 @@ class FileStore:
                     f"not {purpose!r}.",
                     param="purpose",
                 )
-            if not checked_live:
-                _check_file(dest, checker)
+            if not checked_live:  # off the event loop: a big file takes a while
+                await asyncio.to_thread(_check_file, dest, checker)
             if checker.count == 0:
                 raise InvalidRequest("The file is empty: a batch needs at least one request.")
         except BaseException:

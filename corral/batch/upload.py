@@ -33,10 +33,14 @@ class Upload:
 
 
 class _Receiver:
-    def __init__(self, dest: Path, limit: int, on_line: LineCallback | None) -> None:
+    def __init__(
+        self, dest: Path, limit: int, on_line: LineCallback | None, max_line: int | None
+    ) -> None:
         self.dest = dest
         self.limit = limit
         self.on_line = on_line
+        self.max_line = max_line
+        self._complete_lines = 0
         self.upload = Upload()
         self._headers: dict[bytes, bytes] = {}
         self._header_field = b""
@@ -45,7 +49,10 @@ class _Receiver:
         self._is_file = False
         self._value = bytearray()
         self._file: IO[bytes] | None = None
-        self._pending = b""  # the start of a line whose end has not arrived
+        # The start of a line whose end has not arrived, in pieces: joined once, when
+        # its end comes (appending to one bytes object made a long line quadratic).
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
 
     # --- python_multipart callbacks -------------------------------------------------------
 
@@ -90,24 +97,49 @@ class _Receiver:
             )
         assert self._file is not None
         self._file.write(chunk)
-        if self.on_line is not None:
+        if self.on_line is not None or self.max_line is not None:
             self._lines(chunk)
 
     def on_part_end(self) -> None:
         if self._is_file:
-            if self.on_line is not None and self._pending:
-                self.on_line(self._pending, self.upload.fields)  # no final newline
-                self._pending = b""
+            if self._pending:  # the last line, with no final newline
+                self._line(self._take_pending(b""))
         elif self._name:
             self.upload.fields[self._name] = self._value.decode(errors="replace")
 
     # --- helpers --------------------------------------------------------------------------
 
     def _lines(self, chunk: bytes) -> None:
-        assert self.on_line is not None
-        data = self._pending + chunk
-        *complete, self._pending = data.split(b"\n")
-        for line in complete:
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            self._line(self._take_pending(chunk[start:end]))
+            start = end + 1
+        if start < len(chunk):
+            self._pending.append(chunk[start:])
+            self._pending_bytes += len(chunk) - start
+            if self.max_line is not None and self._pending_bytes > self.max_line:
+                raise InvalidRequest(
+                    f"Line {self._complete_lines + 1} of the file is longer than "
+                    f"{self.max_line:,} bytes, the limit for one request (CORRAL_MAX_BODY).",
+                    param="file",
+                )
+
+    def _take_pending(self, end: bytes) -> bytes:
+        if not self._pending:
+            return end
+        line = b"".join([*self._pending, end])
+        self._pending, self._pending_bytes = [], 0
+        return line
+
+    def _line(self, line: bytes) -> None:
+        self._complete_lines += 1
+        if self.max_line is not None and len(line) > self.max_line:
+            raise InvalidRequest(
+                f"Line {self._complete_lines} of the file is longer than {self.max_line:,} "
+                "bytes, the limit for one request (CORRAL_MAX_BODY).",
+                param="file",
+            )
+        if self.on_line is not None:
             self.on_line(line.rstrip(b"\r"), self.upload.fields)
 
     def close(self) -> None:
@@ -124,6 +156,7 @@ async def receive_upload(
     *,
     limit: int,
     on_line: LineCallback | None = None,
+    max_line: int | None = None,
 ) -> Upload:
     """Parse a ``multipart/form-data`` body, writing its ``file`` part to ``dest``.
 
@@ -133,7 +166,7 @@ async def receive_upload(
     boundary = options.get(b"boundary")
     if kind != b"multipart/form-data" or not boundary:
         raise InvalidRequest("Upload files as multipart/form-data with a 'file' part.")
-    receiver = _Receiver(dest, limit, on_line)
+    receiver = _Receiver(dest, limit, on_line, max_line)
     parser = MultipartParser(
         boundary,
         {

@@ -11,6 +11,7 @@ import sys
 import uvicorn
 
 from corral.api.app import create_app
+from corral.cli.connections import protocol_with_header_timeout
 from corral.engines.catalog import Catalog
 from corral.registry.demo import ensure_demo_model
 from corral.settings import Settings, env_name
@@ -122,6 +123,8 @@ def run_server(
         log_level=settings.log_level,
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace),
+        http=protocol_with_header_timeout(settings.header_timeout),
+        limit_concurrency=settings.max_connections,
     )
     log.info("models in %s", settings.home)
     _Server(config).run(sockets=[sock] if sock is not None else None)

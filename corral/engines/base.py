@@ -115,6 +115,9 @@ class Capabilities:
     # Token ids a request may give (prompts as id lists) are 0..vocab_size-1; 0 = unknown,
     # and an engine that does not say gets ids unchecked.
     vocab_size: int = 0
+    # The longest token's text in bytes (0 = unknown): a text longer than
+    # context_length * max_token_bytes cannot fit, and is refused without tokenizing.
+    max_token_bytes: int = 0
 
 
 class RequestHandle(ABC):

@@ -157,6 +157,7 @@ class LlamaCppEngine(Engine):
             # vocabulary without one could not end (and llama.cpp aborts on no candidate).
             structured_output=not self.embedding_model and bool(self._eog),
             vocab_size=self._n_vocab,
+            max_token_bytes=self._longest_piece(),
         )
         self._slots = [_Slot(seq_id=i) for i in range(params.slots)]
         self._guide = (
@@ -720,6 +721,16 @@ class LlamaCppEngine(Engine):
         if slot.sampler is not None:
             slot.sampler.free()
             slot.sampler = None
+
+    def _longest_piece(self) -> int:
+        """The longest token text in the vocabulary, in bytes (its pieces' lengths are
+        asked for, not cached: ``_piece`` keeps only the pieces a request used)."""
+        buf = ctypes.create_string_buffer(256)
+        longest = 0
+        for token in range(self._n_vocab):
+            n = lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
+            longest = max(longest, abs(n))
+        return longest
 
     def _piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)
