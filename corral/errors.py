@@ -328,6 +328,13 @@ class WorkerCrashed(CorralError):
     code = "worker_crashed"
 
 
+class ModelBackingOff(CorralError):
+    """The model crashed repeatedly and waits before its next start (crash-loop backoff)."""
+
+    status = 503
+    code = "model_backing_off"
+
+
 class WorkerUnavailable(CorralError):
     """The worker could not be reached or did not answer in time."""
 

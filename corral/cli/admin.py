@@ -39,7 +39,7 @@ def ps_table(models: list[dict[str, Any]]) -> Table:
         actual = format_size(memory["actual"]) if memory["actual"] else "-"
         table.add_row(
             m["model"],
-            m["state"] + (f" ({m['last_error'][:40]})" if m["state"] == "failed" else ""),
+            _state(m),
             f"{format_size(memory['estimated'])} / {actual}",
             f"{m['slots']['busy']}/{m['slots']['total']}",
             str(m["queued"]),
@@ -47,6 +47,14 @@ def ps_table(models: list[dict[str, Any]]) -> Table:
             _until(m),
         )
     return table
+
+
+def _state(m: dict[str, Any]) -> str:
+    if m["state"] != "failed":
+        return str(m["state"])
+    held = f", retry in {m['retry_in']:.0f} s" if m.get("retry_in") else ""
+    crashes = f"{m['crashes']} crashes{held}: " if m.get("crashes", 0) > 1 else ""
+    return f"failed ({crashes}{(m['last_error'] or '')[:40]})"
 
 
 def _until(m: dict[str, Any]) -> str:

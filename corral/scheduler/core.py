@@ -27,6 +27,7 @@ from corral.engines.descriptor import EngineParams, MemoryEstimate
 from corral.errors import (
     CorralError,
     InsufficientMemory,
+    ModelBackingOff,
     QueueFull,
     QueueTimeout,
     ShuttingDown,
@@ -41,6 +42,9 @@ log = logging.getLogger("corral.scheduler")
 ACTIVE = (WorkerState.STARTING, WorkerState.READY, WorkerState.DRAINING)
 LOADED = (*ACTIVE, WorkerState.STOPPING)
 STABLE_SECONDS = 60.0  # a worker up this long before crashing resets the crash count
+# A worker that dies idle this long after it was ready was killed from outside (an
+# operator, the OOM killer), not by its model: that is no crash loop to back off from.
+SETTLED_SECONDS = 5.0
 MAX_BACKOFF_SECONDS = 30.0
 
 
@@ -298,6 +302,9 @@ class SchedulerCore:
             )
             return
         now = self.effects.now()
+        if not m.ticket.patient and st.state == WorkerState.FAILED and now < st.backoff_until:
+            self.effects.fail(m.ticket, self._backing_off(st, now))
+            return
         m.ticket.arrived = now
         if not m.ticket.patient:
             m.ticket.deadline = now + self.config.queue_timeout
@@ -346,10 +353,22 @@ class SchedulerCore:
         if isinstance(m, Lost):
             log.warning("%s: %s", st.name, m.error.message)
             self.effects.stop_worker(st.name, m.worker)  # reaps it if it lingers
-        stable = self.effects.now() - st.ready_at >= STABLE_SECONDS
+        up = self.effects.now() - st.ready_at
+        idle = st.in_flight == 0 and up >= SETTLED_SECONDS
         st.state, st.worker, st.in_flight, st.rss = WorkerState.FAILED, None, 0, None
         st.drain_cutoff = None
-        self._record_failure(st, m.error, stable=stable)
+        if idle:
+            st.last_error = f"{m.error.message}\n(It exited while idle: not counted as a crash.)"
+            st.backoff_until = 0.0
+        else:
+            self._record_failure(st, m.error, stable=up >= STABLE_SECONDS)
+            now = self.effects.now()
+            if now < st.backoff_until:
+                # Interactive requests in line hear why now, and when to retry, rather
+                # than wait out the backoff in silence; batch (patient) ones wait.
+                for ticket in [t for t in st.queue if not t.patient]:
+                    st.queue.remove(ticket)
+                    self.effects.fail(ticket, self._backing_off(st, now))
         self._notify(st.stop_waiters, None)
 
     def _on_stopped(self, m: Stopped) -> None:
@@ -577,11 +596,22 @@ class SchedulerCore:
         st.crashes = 1 if stable else st.crashes + 1
         st.last_error = error.message
         delay = 0.0 if st.crashes <= 1 else min(2.0 ** (st.crashes - 2), MAX_BACKOFF_SECONDS)
-        st.backoff_until = self.effects.now() + delay
+        now = self.effects.now()
+        st.backoff_until = now + delay
         if delay:
             log.warning(
                 "%s failed %d times in a row; next start in %.0f s", st.name, st.crashes, delay
             )
+
+    @staticmethod
+    def _backing_off(st: ModelState, now: float) -> ModelBackingOff:
+        wait = max(1, math.ceil(st.backoff_until - now))
+        return ModelBackingOff(
+            f"The model '{st.name}' failed {st.crashes} times in a row and is held back "
+            f"for {wait} s before its next start (`corral ps` shows it). Last error: "
+            f"{st.last_error}",
+            headers={"Retry-After": str(wait)},
+        )
 
     def _fail_queue(self, st: ModelState, error: CorralError) -> None:
         while (ticket := st.queue.pop()) is not None:

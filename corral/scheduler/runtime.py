@@ -101,6 +101,8 @@ class ModelStatus:
     params: dict[str, Any]
     crashes: int
     last_error: str | None
+    # Seconds until a model held back after repeated crashes may start again.
+    retry_in: float | None = None
 
 
 @dataclass(frozen=True)
@@ -244,6 +246,11 @@ class Scheduler:
                     params=st.params.model_dump(),
                     crashes=st.crashes,
                     last_error=st.last_error,
+                    retry_in=(
+                        round(st.backoff_until - now, 1)
+                        if st.state == WorkerState.FAILED and st.backoff_until > now
+                        else None
+                    ),
                 )
             )
         return out

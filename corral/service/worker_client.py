@@ -80,9 +80,9 @@ class WorkerClient:
                     f"The worker for '{worker.spec.model}' exited (code {worker.returncode}) "
                     "before it read the request"
                 ) from None
-            raise await failure(worker, exc) from None
+            raise await failure(worker, exc, answering=False) from None
         except aiohttp.ClientError as exc:
-            raise await failure(worker, exc) from None
+            raise await failure(worker, exc, answering=False) from None
         return WorkerReply(worker, response, on_close)
 
 
@@ -118,7 +118,7 @@ class WorkerReply:
                 self._usage_text = content
             return content
         except aiohttp.ClientError as exc:
-            raise await failure(self.worker, exc) from None
+            raise await failure(self.worker, exc, answering=True) from None
         finally:
             self.close()
 
@@ -143,7 +143,7 @@ class WorkerReply:
                 yield chunk
             self.complete = True
         except aiohttp.ClientError as exc:
-            raise await failure(self.worker, exc) from None
+            raise await failure(self.worker, exc, answering=True) from None
         finally:
             self.close()
 
@@ -194,13 +194,19 @@ class TokenUsage:
     completion_tokens: int
 
 
-async def failure(worker: WorkerProcess, exc: Exception) -> CorralError:
-    """Name what happened: the worker died (with its last words) or is unreachable."""
+async def failure(worker: WorkerProcess, exc: Exception, answering: bool) -> CorralError:
+    """Name what happened: the worker died (with its last words) or is unreachable.
+
+    ``answering``: the worker had begun its answer, so it crashed while serving this
+    request. Before that, all that is known is that it died before answering: a worker
+    killed while idle (an operator, the OOM killer) is found dead the same way.
+    """
     if await worker.wait_exited(CRASH_WAIT_SECONDS):
         log.error("worker for %s died: exit code %s", worker.spec.model, worker.returncode)
+        when = "while answering" if answering else "before it answered"
         return WorkerCrashed(
             f"The worker for '{worker.spec.model}' crashed (exit code {worker.returncode}) "
-            f"while serving this request; the next request restarts it. "
+            f"{when} this request; the next request restarts it. "
             f"Its last output:\n{worker.tail()}"
         )
     return WorkerUnavailable(f"The worker for '{worker.spec.model}' is unreachable: {exc!r}")

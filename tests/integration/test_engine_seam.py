@@ -18,6 +18,7 @@ import math
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import ollama
 import openai
 import pytest
 
+from corral.scheduler.core import SETTLED_SECONDS
 from tests.support.batches import chat_line, output_of, submit, wait_batch
 from tests.support.fake_engine import install_fake_models
 from tests.support.models import CHAT, model_file
@@ -354,3 +356,21 @@ def test_batch_waits_for_room_while_the_interactive_queue_is_full(
     for thread in interactive:
         thread.join(10)
     assert lines[-1] == "data: [DONE]" and queued[0].status_code == 200
+
+
+def test_a_worker_killed_while_idle_does_not_hold_its_model_back(
+    serve: Callable[..., CorralServer],
+) -> None:
+    """kill -9 of an idle worker (an operator, the OOM killer) is no crash loop: the
+    next request starts a new worker at once, every time (issue 15: it took 28-30 s)."""
+    srv = serve({"m": {"tokens": 3}})
+    assert send(srv, "chat", "m:latest") == REPLY
+    for _ in range(2):
+        time.sleep(SETTLED_SECONDS + 0.5)  # idle, and well past loading
+        pid = srv.worker("m:latest")["pid"]
+        os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda p=pid: not pid_alive(p), 5)
+        assert send(srv, "chat", "m:latest") == REPLY
+        entry = ps(srv)["m:latest"]
+        assert entry["state"] == "ready" and entry["retry_in"] is None
+        assert entry["crashes"] == 0

@@ -58,6 +58,7 @@ def test_worker_killed_mid_stream_gives_clear_error_then_recovers(own_server: Co
             if n == 3:
                 os.kill(pid, signal.SIGKILL)
     assert "crashed" in info.value.message and "-9" in info.value.message
+    assert "while answering this request" in info.value.message
     reply = client.chat.completions.create(**CHAT, max_tokens=3)
     assert reply.choices[0].finish_reason == "length"
     assert reply.choices[0].message.content == "t0 t1 t2 "

@@ -11,6 +11,7 @@ from corral.engines.llamacpp.descriptor import LlamaCppParams, descriptor
 from corral.errors import (
     EngineLoadError,
     InsufficientMemory,
+    ModelBackingOff,
     QueueFull,
     QueueTimeout,
     ShuttingDown,
@@ -296,11 +297,64 @@ def test_crashed_worker_restarts_on_next_request_then_backs_off() -> None:
     assert fx.starts() == ["a:latest", "a:latest"]  # first crash: restart at once
     worker = load(core, a)
     core.handle(Exited("a:latest", worker, WorkerCrashed("killed again")))
-    submit(core, a)
+    refused = submit(core, a)
     assert len(fx.starts()) == 2  # second crash in a row: back off
+    # An interactive request is told at once why, and when to retry (issue 15).
+    error = fx.failed[refused.id]
+    assert isinstance(error, ModelBackingOff) and error.status == 503
+    assert error.headers["Retry-After"] == "1" and "killed again" in error.message
+    waiting = submit(core, a, patient=True)  # a batch request waits for the restart
+    assert waiting.id not in fx.failed
     fx.clock += 1.5
     core.handle(Tick())
     assert len(fx.starts()) == 3
+
+
+def test_requests_in_line_when_a_worker_crash_loops_hear_why() -> None:
+    core, fx = make(slots=1)
+    a = record("a")
+    first = submit(core, a)
+    worker = load(core, a)
+    core.handle(Exited("a:latest", worker, WorkerCrashed("segfault")))  # under a request
+    submit(core, a)
+    worker = load(core, a)
+    queued = [submit(core, a), submit(core, a, patient=True)]
+    core.handle(Exited("a:latest", worker, WorkerCrashed("segfault")))
+    assert first.id not in fx.failed  # its worker's end is the worker client's to report
+    assert isinstance(fx.failed[queued[0].id], ModelBackingOff)
+    assert queued[1].id not in fx.failed  # patient: served after the backoff
+
+
+def test_a_worker_killed_while_idle_is_no_crash_loop() -> None:
+    """kill -9 (an operator, the OOM killer) of an idle worker, again and again: each
+    next request starts it at once (it took 28-30 s before, issue 15)."""
+    core, fx = make()
+    a = record("a")
+    for n in range(1, 6):
+        t = submit(core, a)
+        worker = load(core, a)
+        finish(core, fx, t)
+        fx.clock += 10  # idle, well after it was ready
+        core.handle(Exited("a:latest", worker, WorkerCrashed("killed")))
+        assert core.models["a:latest"].backoff_until <= fx.clock
+        assert "while idle" in (core.models["a:latest"].last_error or "")
+        assert len(fx.starts()) == n
+    submit(core, a)
+    assert len(fx.starts()) == 6
+
+
+def test_a_worker_dying_idle_just_after_loading_still_counts() -> None:
+    core, fx = make()
+    a = record("a")
+    for _ in range(3):
+        fx.clock += 10  # past any backoff
+        t = submit(core, a)
+        worker = load(core, a)
+        finish(core, fx, t)
+        fx.clock += 1  # within the settling time: its model may be what kills it
+        core.handle(Exited("a:latest", worker, WorkerCrashed("died")))
+    assert core.models["a:latest"].crashes == 3
+    assert core.models["a:latest"].backoff_until > fx.clock
 
 
 def test_release_from_a_dead_worker_does_not_corrupt_counts() -> None:
