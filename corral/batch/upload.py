@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from python_multipart import MultipartParser
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
 
 from corral.errors import InvalidRequest, UploadTooLarge
@@ -183,6 +184,10 @@ async def receive_upload(
         async for chunk in body:
             parser.write(chunk)
         parser.finalize()
+    except FormParserError as exc:  # not multipart after all: the client's mistake
+        receiver.close()
+        dest.unlink(missing_ok=True)  # noqa: ASYNC240
+        raise InvalidRequest(f"The multipart/form-data body is malformed: {exc}.") from None
     except BaseException:
         receiver.close()
         dest.unlink(missing_ok=True)  # noqa: ASYNC240 (a local unlink; chunks are written the same way)

@@ -82,3 +82,10 @@ async def test_a_file_before_its_purpose_is_checked_off_the_event_loop(
     assert row.lines == 1
     assert threads and threads[0] is not threading.main_thread()
     registry.close()
+
+
+async def test_a_malformed_multipart_body_is_the_clients_error(tmp_path: Path) -> None:
+    body = chunked(f"--{BOUNDARY}\r\n[]--{BOUNDARY}--\r\n".encode(), 64)
+    with pytest.raises(InvalidRequest, match="multipart/form-data body is malformed"):
+        await receive_upload(CONTENT_TYPE, body, tmp_path / "f", limit=1 << 20)
+    assert not (tmp_path / "f").exists()
