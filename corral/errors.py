@@ -466,3 +466,41 @@ class PrivateAddressRefused(CorralError):
     status = 403
     type = "invalid_request_error"
     code = "private_address_refused"
+
+
+# --- keys and limits --------------------------------------------------------------------
+
+
+class AuthenticationRequired(CorralError):
+    """No API key, or one that is unknown, revoked or expired, once keys exist."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class PermissionDenied(CorralError):
+    """A key whose scope does not cover the route (an inference key on an admin route)."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "insufficient_scope"
+
+
+class KeyNotFound(CorralError):
+    """No API key with that id or name."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "key_not_found"
+
+
+class RateLimited(CorralError):
+    """A key went over one of its limits; ``Retry-After`` says when to try again."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"

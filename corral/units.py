@@ -25,8 +25,8 @@ _SIZE_FACTORS = {
     "tib": 1 << 40,
     "ti": 1 << 40,
 }
-_DURATION = re.compile(r"(-?\d+(?:\.\d+)?)(ms|h|m|s)")
-_DURATION_FACTORS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"(-?\d+(?:\.\d+)?)(ms|d|h|m|s)")
+_DURATION_FACTORS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 GiB = 1 << 30
 

@@ -12,7 +12,19 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from corral.api import admin, anthropic, batches, files, health, ollama, openai, openapi, registry
+from corral.api import (
+    admin,
+    anthropic,
+    batches,
+    files,
+    health,
+    keys,
+    ollama,
+    openai,
+    openapi,
+    registry,
+)
+from corral.api.auth import Authenticate
 from corral.api.guard import Guard
 from corral.api.limits import BodyLimits
 from corral.api.services import Services
@@ -42,15 +54,18 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> Starlette:
             *ollama.routes,
             *anthropic.routes,
             *admin.routes,
+            *keys.routes,
             *registry.routes,
             *files.routes,
             *batches.routes,
             *openapi.routes(),
         ],
         # First of the middleware: a refused request reaches no route (see guard.py);
-        # then the bounds on a body's size and pace (limits.py).
+        # then who is calling and may they (auth.py); then the bounds on a body's size
+        # and pace (limits.py).
         middleware=[
             Middleware(Guard, settings=settings),
+            Middleware(Authenticate),
             Middleware(BodyLimits, settings=settings),
         ],
         exception_handlers=openai_error_handlers(),

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
+from corral.api.auth import principal_of
 from corral.api.requests import page_limit
 from corral.api.services import services_of
 from corral.api.spec import BATCH, route
@@ -35,20 +36,26 @@ async def create(request: Request) -> Response:
         req.endpoint,
         req.completion_window,
         req.metadata,
+        principal_of(request.state),
     )
     services.batch_runner.wake()
     return json_response(batch_object(row))
 
 
 async def retrieve(request: Request) -> Response:
-    row = await asyncio.to_thread(services_of(request).batches.get, request.path_params["id"])
+    batches = services_of(request).batches
+    viewer = principal_of(request.state)
+    row = await asyncio.to_thread(batches.get_visible, request.path_params["id"], viewer)
     return json_response(batch_object(row))
 
 
 async def list_batches(request: Request) -> Response:
     limit = page_limit(request, default=20, most=100)
     after = request.query_params.get("after")
-    rows, has_more = await asyncio.to_thread(services_of(request).batches.list, limit, after)
+    viewer = principal_of(request.state)
+    rows, has_more = await asyncio.to_thread(
+        services_of(request).batches.list, limit, after, viewer
+    )
     data = [batch_object(r) for r in rows]
     return json_response(list_object(data, has_more))
 
@@ -56,6 +63,7 @@ async def list_batches(request: Request) -> Response:
 async def cancel(request: Request) -> Response:
     services = services_of(request)
     batch_id = request.path_params["id"]
+    await asyncio.to_thread(services.batches.get_visible, batch_id, principal_of(request.state))
     row = await asyncio.to_thread(services.batches.cancel, batch_id)
     services.batch_runner.cancel(batch_id)
     return json_response(batch_object(row))

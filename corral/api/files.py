@@ -7,17 +7,21 @@ import asyncio
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
+from corral.api.auth import principal_of
 from corral.api.requests import page_limit
 from corral.api.services import services_of
 from corral.api.spec import FILES, route
 from corral.batch.files import file_object
 from corral.batch.pages import list_object
+from corral.batch.tables import StoredFileRow
 from corral.httputil import json_response
 
 
 async def upload(request: Request) -> Response:
     files = services_of(request).files
-    row = await files.upload(request.headers.get("content-type", ""), request.stream())
+    viewer = principal_of(request.state)
+    owner = viewer.key_id if viewer is not None else None
+    row = await files.upload(request.headers.get("content-type", ""), request.stream(), owner)
     return json_response(file_object(row))
 
 
@@ -26,26 +30,33 @@ async def list_files(request: Request) -> Response:
     purpose = request.query_params.get("purpose")
     limit = page_limit(request, default=10000, most=10000)
     after = request.query_params.get("after")
-    rows, has_more = await asyncio.to_thread(files.list, purpose, limit, after)
+    viewer = principal_of(request.state)
+    rows, has_more = await asyncio.to_thread(files.list, purpose, limit, after, viewer)
     data = [file_object(r) for r in rows]
     return json_response(list_object(data, has_more))
 
 
 async def retrieve(request: Request) -> Response:
-    row = await asyncio.to_thread(services_of(request).files.get, request.path_params["id"])
+    row = await asyncio.to_thread(_visible, request)
     return json_response(file_object(row))
 
 
 async def content(request: Request) -> Response:
-    files = services_of(request).files
-    path = await asyncio.to_thread(files.path, request.path_params["id"])
+    row = await asyncio.to_thread(_visible, request)
+    path = services_of(request).files.directory / row.id
     return FileResponse(path, media_type="application/jsonl")  # streamed from disk
 
 
 async def delete(request: Request) -> Response:
-    file_id = request.path_params["id"]
+    file_id = (await asyncio.to_thread(_visible, request)).id
     await asyncio.to_thread(services_of(request).files.delete, file_id)
     return json_response({"id": file_id, "object": "file", "deleted": True})
+
+
+def _visible(request: Request) -> StoredFileRow:
+    """The file in the path, if the request's key may see it (else a 404)."""
+    files = services_of(request).files
+    return files.get_visible(request.path_params["id"], principal_of(request.state))
 
 
 _PAGE = {

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from corral.api import ollama_inference, ollama_pull
+from corral.api.auth import require_usable, usable
 from corral.api.ollama_http import ollama_errors
 from corral.api.registry import remove_installed
 from corral.api.services import Services, services_of
@@ -46,6 +47,8 @@ async def ps(request: Request) -> Response:
         if status.state not in ("ready", "draining"):
             continue
         record = services.registry.get(status.model)
+        if not usable(request.state, [record]):
+            continue
         models.append(
             {
                 "name": record.name,
@@ -75,7 +78,7 @@ def parameter_size(n: int) -> str:
 
 @ollama_errors
 async def tags(request: Request) -> Response:
-    records = await asyncio.to_thread(services_of(request).registry.list)
+    records = usable(request.state, await asyncio.to_thread(services_of(request).registry.list))
     records.sort(key=lambda r: r.created, reverse=True)  # newest first, as Ollama lists
     models = [
         {
@@ -95,7 +98,7 @@ async def tags(request: Request) -> Response:
 async def show(request: Request) -> Response:
     req = parse_body(await request.body(), ShowRequest)
     services = services_of(request)
-    record = services.registry.get(req.target())
+    record = require_usable(request.state, services.registry.get(req.target()))
     header: dict[str, Any] = {}
     if record.format == "gguf":
         read = functools.partial(read_metadata, max_array=2**62) if req.verbose else _header
@@ -203,13 +206,37 @@ def _header(path: Path) -> dict[str, Any]:
 
 
 routes = [
-    route("GET", "/", root, "Ollama's liveness check", tag=OLLAMA, reply_media="text/plain"),
-    route("GET", "/api/version", version, "Server version", tag=OLLAMA),
+    route(
+        "GET",
+        "/",
+        root,
+        "Ollama's liveness check",
+        tag=OLLAMA,
+        reply_media="text/plain",
+        access="public",
+    ),
+    route("GET", "/api/version", version, "Server version", tag=OLLAMA, access="public"),
     route("GET", "/api/tags", tags, "List installed models", tag=OLLAMA),
     route("POST", "/api/show", show, "Show a model's details", tag=OLLAMA, body=ShowRequest),
     route("GET", "/api/ps", ps, "List loaded models", tag=OLLAMA),
-    route("POST", "/api/copy", copy, "Copy a model under a new name", tag=OLLAMA, body=CopyRequest),
-    route("DELETE", "/api/delete", delete, "Delete a model", tag=OLLAMA, body=DeleteRequest),
+    route(
+        "POST",
+        "/api/copy",
+        copy,
+        "Copy a model under a new name",
+        tag=OLLAMA,
+        body=CopyRequest,
+        access="admin",
+    ),
+    route(
+        "DELETE",
+        "/api/delete",
+        delete,
+        "Delete a model",
+        tag=OLLAMA,
+        body=DeleteRequest,
+        access="admin",
+    ),
     *ollama_inference.routes,
     *ollama_pull.routes,
 ]

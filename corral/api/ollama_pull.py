@@ -55,6 +55,7 @@ routes = [
         tag=OLLAMA,
         body=PullRequest,
         stream="application/x-ndjson",
+        access="admin",
     )
 ]
 

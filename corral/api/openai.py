@@ -11,6 +11,7 @@ import time
 from starlette.requests import Request
 from starlette.responses import Response
 
+from corral.api.auth import require_usable, usable
 from corral.api.relay import openai_response, send_json, translated_reply
 from corral.api.requests import caller_of, keep_alive_of
 from corral.api.services import services_of
@@ -72,13 +73,14 @@ async def rerank(request: Request) -> Response:
 
 async def list_models(request: Request) -> Response:
     services = services_of(request)
-    cards = [model_card(services.catalog, record) for record in services.registry.list()]
+    records = usable(request.state, services.registry.list())
+    cards = [model_card(services.catalog, record) for record in records]
     return Response(ModelList(data=cards).model_dump_json(), media_type="application/json")
 
 
 async def get_model(request: Request) -> Response:
     services = services_of(request)
-    record = services.registry.get(request.path_params["name"])
+    record = require_usable(request.state, services.registry.get(request.path_params["name"]))
     card = model_card(services.catalog, record)
     return Response(card.model_dump_json(), media_type="application/json")
 

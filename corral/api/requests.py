@@ -15,6 +15,7 @@ from collections.abc import Collection
 from pydantic import BaseModel
 from starlette.requests import Request
 
+from corral.api.auth import principal_of
 from corral.errors import InvalidRequest
 from corral.scheduler.queue import Priority
 from corral.service.inference import Caller
@@ -35,8 +36,10 @@ def request_priority(request: Request, batch_keys: Collection[str] = ()) -> Prio
 
 
 def caller_of(request: Request, batch_keys: Collection[str] = ()) -> Caller:
-    """Who is asking, for the scheduler's line: priority and the key's turn."""
-    return Caller(priority=request_priority(request, batch_keys), key=client_key(request))
+    """Who is asking: priority, the key's turn in line, and the API key itself."""
+    principal = principal_of(request.state)
+    key = principal.key_id if principal is not None else client_key(request)
+    return Caller(priority=request_priority(request, batch_keys), key=key, principal=principal)
 
 
 def bearer_token(request: Request) -> str:

@@ -14,6 +14,8 @@ from corral.batch.files import FileStore
 from corral.batch.runner import BatchRunner
 from corral.engines.catalog import Catalog, load_catalog
 from corral.errors import CorralError
+from corral.keys.limits import Limiter
+from corral.keys.store import KeyStore
 from corral.registry.pulls import Pulls
 from corral.registry.store import USAGE_FLUSH_SECONDS, Registry
 from corral.scheduler.runtime import Scheduler
@@ -36,6 +38,8 @@ class Services:
     files: FileStore
     batches: Batches
     batch_runner: BatchRunner
+    keys: KeyStore
+    limiter: Limiter
     _usage_writer: asyncio.Task[None] | None = None
 
     @classmethod
@@ -55,7 +59,11 @@ class Services:
             log_path=lambda name: settings.logs_dir / f"{name.replace('/', '_')}.log",
         )
         registry = Registry(settings.home, settings.database_url)
-        inference = InferenceService(registry, catalog, scheduler, WorkerClient(session))
+        keys = KeyStore(registry.engine)
+        limiter = Limiter(registry.engine)
+        inference = InferenceService(
+            registry, catalog, scheduler, WorkerClient(session), limiter=limiter
+        )
         pulls = Pulls(
             registry,
             downloads_dir=settings.home / "downloads",
@@ -71,7 +79,12 @@ class Services:
         )
         batches = Batches(registry.engine, files)
         runner = BatchRunner(
-            batches, files, inference, settings.home / "batches", in_flight=settings.batch_in_flight
+            batches,
+            files,
+            inference,
+            settings.home / "batches",
+            in_flight=settings.batch_in_flight,
+            keys=keys,
         )
         return cls(
             settings,
@@ -84,6 +97,8 @@ class Services:
             files,
             batches,
             runner,
+            keys,
+            limiter,
         )
 
     def start(self) -> None:
@@ -109,6 +124,7 @@ class Services:
             await asyncio.sleep(USAGE_FLUSH_SECONDS)
             try:
                 await asyncio.to_thread(self.registry.flush_usage)
+                await asyncio.to_thread(self.limiter.flush)  # keys' daily tokens
             except Exception:
                 log.exception("cannot record model usage")
 
@@ -119,6 +135,7 @@ class Services:
         await self.batch_runner.close()
         await self.scheduler.close(self.settings.worker_stop_grace + 10)
         await self.session.close()
+        await asyncio.to_thread(self.limiter.flush)
         self.registry.close()
 
 

@@ -16,6 +16,9 @@ from pydantic import BaseModel
 from starlette.routing import Route
 
 Method = Literal["GET", "POST", "PATCH", "DELETE"]
+# Who may call a route once API keys exist: anyone (liveness, the docs), any key
+# (inference, and the files and batches the key owns), or an admin key.
+Access = Literal["public", "inference", "admin"]
 
 # Tags group the operations in /docs; each API answers errors in its own shape.
 OPENAI, OLLAMA, ANTHROPIC, FILES, BATCH, ADMIN, HEALTH = (
@@ -44,6 +47,7 @@ class Operation:
     reply_media: str = "application/json"
     query: Mapping[str, str] = field(default_factory=dict)  # name -> description
     description: str | None = None
+    access: Access = "inference"
 
 
 class DocumentedRoute(Route):
@@ -70,9 +74,13 @@ def route(
     body_media: str | None = None,
     reply_media: str = "application/json",
     query: Mapping[str, str] | None = None,
+    access: Access | None = None,
 ) -> DocumentedRoute:
     """One route with what it takes and gives; the endpoint's docstring, if any,
-    becomes the operation's description."""
+    becomes the operation's description. ``access`` defaults by tag: Health routes
+    are public, Admin routes need an admin key, the rest any key."""
+    if access is None:
+        access = {HEALTH: "public", ADMIN: "admin"}.get(tag, "inference")  # type: ignore[assignment]
     operation = Operation(
         summary=summary,
         tag=tag,
@@ -83,5 +91,6 @@ def route(
         reply_media=reply_media,
         query=dict(query or {}),
         description=endpoint.__doc__,
+        access=access or "inference",
     )
     return DocumentedRoute(path, endpoint, method, operation)

@@ -17,9 +17,10 @@ from sqlalchemy.orm import Session
 
 from corral.batch.files import FileStore
 from corral.batch.lines import ENDPOINTS
-from corral.batch.pages import newest_first
+from corral.batch.pages import newest_first, visible_to
 from corral.batch.tables import BatchRow
 from corral.errors import BatchNotFound, InvalidRequest
+from corral.keys.store import Principal, sees
 from corral.units import parse_keep_alive
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
@@ -82,6 +83,7 @@ class Batches:
         endpoint: str,
         completion_window: str,
         metadata: dict[str, str] | None = None,
+        viewer: Principal | None = None,
     ) -> BatchRow:
         if endpoint not in ENDPOINTS:
             raise InvalidRequest(
@@ -89,7 +91,7 @@ class Batches:
                 param="endpoint",
             )
         window = window_seconds(completion_window)
-        stored = self.files.get(input_file_id)
+        stored = self.files.get_visible(input_file_id, viewer)
         if stored.purpose != "batch":
             raise InvalidRequest(
                 f"File {input_file_id} has purpose {stored.purpose!r}, not 'batch'.",
@@ -119,6 +121,7 @@ class Batches:
             failed=0,
             created_at=now,
             expires_at=now + window,
+            owner=viewer.key_id if viewer is not None else None,
         )
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             session.add(row)
@@ -131,12 +134,20 @@ class Batches:
             raise BatchNotFound(batch_id)
         return row
 
+    def get_visible(self, batch_id: str, viewer: Principal | None) -> BatchRow:
+        """The batch, if ``viewer``'s key may see it; another key's batch is a 404."""
+        row = self.get(batch_id)
+        if not sees(viewer, row.owner):
+            raise BatchNotFound(batch_id)
+        return row
+
     def list(
-        self, limit: int = 20, after: str | None = None
+        self, limit: int = 20, after: str | None = None, viewer: Principal | None = None
     ) -> tuple[builtins.list[BatchRow], bool]:
         """Newest first, OpenAI's cursor pagination: (page, has_more)."""
-        anchor = self.get(after) if after else None
-        return newest_first(self.engine, BatchRow, after=anchor, limit=limit)
+        anchor = self.get_visible(after, viewer) if after else None
+        where = visible_to(BatchRow, viewer)
+        return newest_first(self.engine, BatchRow, after=anchor, limit=limit, where=where)
 
     def active(self) -> builtins.list[BatchRow]:
         with Session(self.engine, expire_on_commit=False) as session:

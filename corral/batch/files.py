@@ -20,10 +20,11 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from corral.batch.lines import LineChecker
-from corral.batch.pages import newest_first
+from corral.batch.pages import newest_first, visible_to
 from corral.batch.tables import StoredFileRow
 from corral.batch.upload import receive_upload
 from corral.errors import FileNotFound, InvalidRequest
+from corral.keys.store import Principal, sees
 
 PURPOSES = ("batch",)
 
@@ -61,7 +62,9 @@ class FileStore:
         self.get(file_id)
         return self.directory / file_id
 
-    async def upload(self, content_type: str, body: AsyncIterator[bytes]) -> StoredFileRow:
+    async def upload(
+        self, content_type: str, body: AsyncIterator[bytes], owner: str | None = None
+    ) -> StoredFileRow:
         file_id = "file-" + uuid.uuid4().hex[:24]
         dest = self.directory / f".upload-{file_id}"
         checker = LineChecker()
@@ -97,15 +100,24 @@ class FileStore:
         except BaseException:
             dest.unlink(missing_ok=True)
             raise
-        return self._adopt(dest, file_id, upload.filename or "upload.jsonl", "batch", checker.count)
+        filename = upload.filename or "upload.jsonl"
+        return self._adopt(dest, file_id, filename, "batch", checker.count, owner)
 
-    def add(self, source: Path, filename: str, purpose: str, lines: int) -> StoredFileRow:
+    def add(
+        self, source: Path, filename: str, purpose: str, lines: int, owner: str | None = None
+    ) -> StoredFileRow:
         """Register a file Corral wrote (a batch's output or errors), moving it in."""
         file_id = "file-" + uuid.uuid4().hex[:24]
-        return self._adopt(source, file_id, filename, purpose, lines)
+        return self._adopt(source, file_id, filename, purpose, lines, owner)
 
     def _adopt(
-        self, source: Path, file_id: str, filename: str, purpose: str, lines: int
+        self,
+        source: Path,
+        file_id: str,
+        filename: str,
+        purpose: str,
+        lines: int,
+        owner: str | None,
     ) -> StoredFileRow:
         final = self.directory / file_id
         os.replace(source, final)
@@ -117,6 +129,7 @@ class FileStore:
             lines=lines,
             created_at=time.time(),
             expires_at=None,
+            owner=owner,
         )
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             session.add(row)
@@ -129,17 +142,31 @@ class FileStore:
             raise FileNotFound(file_id)
         return row
 
+    def get_visible(self, file_id: str, viewer: Principal | None) -> StoredFileRow:
+        """The file, if ``viewer``'s key may see it; another key's file is a 404."""
+        row = self.get(file_id)
+        if not sees(viewer, row.owner):
+            raise FileNotFound(file_id)
+        return row
+
     def list(
-        self, purpose: str | None = None, limit: int = 10000, after: str | None = None
+        self,
+        purpose: str | None = None,
+        limit: int = 10000,
+        after: str | None = None,
+        viewer: Principal | None = None,
     ) -> tuple[builtins.list[StoredFileRow], bool]:
         """Newest first: (page, has_more). An unknown ``after`` gives an empty page."""
         anchor = None
         if after:
             with Session(self.engine, expire_on_commit=False) as session:
                 anchor = session.get(StoredFileRow, after)
-            if anchor is None:
+            if anchor is None or not sees(viewer, anchor.owner):
                 return [], False
-        where = StoredFileRow.purpose == purpose if purpose else None
+        where = [
+            StoredFileRow.purpose == purpose if purpose else None,
+            visible_to(StoredFileRow, viewer),
+        ]
         return newest_first(self.engine, StoredFileRow, after=anchor, limit=limit, where=where)
 
     def delete(self, file_id: str) -> None:

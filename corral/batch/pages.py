@@ -12,6 +12,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from corral.batch.tables import BatchRow, StoredFileRow
+from corral.keys.store import Principal
 
 Row = TypeVar("Row", StoredFileRow, BatchRow)
 
@@ -21,8 +22,9 @@ def newest_first(
 ) -> tuple[list[Row], bool]:
     """The ``limit`` rows after ``after`` (or the newest), and whether more follow."""
     query = select(model).order_by(model.created_at.desc(), model.id.desc())
-    if where is not None:
-        query = query.where(where)
+    for clause in where if isinstance(where, list | tuple) else [where]:
+        if clause is not None:
+            query = query.where(clause)
     if after is not None:
         query = query.where(
             (model.created_at < after.created_at)
@@ -31,6 +33,15 @@ def newest_first(
     with Session(engine, expire_on_commit=False) as session:
         rows = list(session.scalars(query.limit(limit + 1)))
     return rows[:limit], len(rows) > limit
+
+
+def visible_to(model: type[Row], viewer: Principal | None) -> Any:
+    """The SQL form of ``keys.store.sees``: None when everything is visible."""
+    if viewer is None:
+        return None
+    if viewer.admin:
+        return (model.owner == viewer.key_id) | model.owner.is_(None)
+    return model.owner == viewer.key_id
 
 
 def list_object(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:

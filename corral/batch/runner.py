@@ -35,6 +35,7 @@ from corral.batch.journal import Journal, Result
 from corral.batch.lines import BatchLine, parse_line
 from corral.batch.tables import BatchDoneRow, BatchRow
 from corral.errors import CorralError, InternalError, new_request_id
+from corral.keys.store import KeyStore
 from corral.protocol.handoff import BATCH_HEADER, REQUEST_ID_HEADER
 from corral.registry.records import Capability
 from corral.scheduler.queue import Priority
@@ -64,12 +65,14 @@ class BatchRunner:
         inference: InferenceService,
         directory: Path,
         in_flight: int = 16,
+        keys: KeyStore | None = None,
     ) -> None:
         self.batches = batches
         self.files = files
         self.inference = inference
         self.directory = directory
         self.in_flight = in_flight
+        self.keys = keys  # a batch's requests run as (and are limited as) its key
         self._runs: dict[str, _Run] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -294,7 +297,8 @@ class BatchRunner:
         try:
             body = {**line.body, "model": row.model, "stream": False}
             record = self.inference.resolve(row.model, CAPABILITY[row.endpoint], body)
-            caller = Caller(Priority.BATCH, key=row.id, patient=True)
+            owner = self.keys.by_id(row.owner) if self.keys and row.owner else None
+            caller = Caller(Priority.BATCH, key=row.id, patient=True, principal=owner)
             headers = {REQUEST_ID_HEADER: f"{row.id}/{line.custom_id}", BATCH_HEADER: row.id}
             data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
             exchange = await self.inference.send(record, line.url, data, caller, headers=headers)
@@ -413,7 +417,8 @@ class BatchRunner:
             if lines:
                 staged = path.with_suffix(".publish")
                 shutil.copyfile(path, staged)
-                stored = self.files.add(staged, f"{row.id}_{suffix}.jsonl", "batch_output", lines)
+                name = f"{row.id}_{suffix}.jsonl"
+                stored = self.files.add(staged, name, "batch_output", lines, owner=row.owner)
                 ids[key] = stored.id
         return ids
 

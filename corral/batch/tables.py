@@ -26,6 +26,7 @@ class StoredFileRow(Base):
     lines: Mapped[int] = mapped_column(Integer)  # JSONL lines (batch input and output)
     created_at: Mapped[float] = mapped_column(Float)
     expires_at: Mapped[float | None] = mapped_column(Float)
+    owner: Mapped[str | None] = mapped_column(String(64), index=True)  # key id, if any
 
 
 class BatchRow(Base):
@@ -53,6 +54,7 @@ class BatchRow(Base):
     expired_at: Mapped[float | None] = mapped_column(Float)
     cancelling_at: Mapped[float | None] = mapped_column(Float)
     cancelled_at: Mapped[float | None] = mapped_column(Float)
+    owner: Mapped[str | None] = mapped_column(String(64), index=True)  # key id, if any
 
 
 class BatchDoneRow(Base):

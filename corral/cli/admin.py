@@ -9,6 +9,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from corral.cli.client_auth import auth_headers
 from corral.units import format_size
 
 
@@ -19,7 +20,9 @@ class ServerUnavailable(Exception):
 def call(base_url: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     """One admin request; returns the JSON body or raises with the server's message."""
     try:
-        response = httpx.request(method, base_url + path, json=body, timeout=None)
+        response = httpx.request(
+            method, base_url + path, json=body, timeout=None, headers=auth_headers()
+        )
     except httpx.TransportError:
         raise ServerUnavailable(
             f"Corral is not running at {base_url}. Start it with `corral serve`."

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from corral.cli.client_auth import auth_headers
 from corral.cli.help import App
 from corral.settings import load_settings
 
@@ -29,7 +30,7 @@ TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 def _client() -> httpx.Client:
     settings, _ = load_settings()
-    return httpx.Client(base_url=settings.base_url + "/v1", timeout=None)
+    return httpx.Client(base_url=settings.base_url + "/v1", timeout=None, headers=auth_headers())
 
 
 def _check(response: httpx.Response) -> Any:

@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 from rich.console import Console
 
+from corral.cli.client_auth import auth_headers
+
 HELP = "Type a message. /clear forgets the conversation, /bye (or Ctrl-D) quits."
 
 
@@ -24,7 +26,8 @@ def chat_loop(
     console: Console,
     err: Console,
 ) -> int:
-    with httpx.Client(base_url=base_url, timeout=httpx.Timeout(None, connect=5.0)) as client:
+    timeout = httpx.Timeout(None, connect=5.0)
+    with httpx.Client(base_url=base_url, timeout=timeout, headers=auth_headers()) as client:
         try:
             client.get("/health")
         except httpx.TransportError:

@@ -13,12 +13,14 @@ from rich.table import Table
 from corral.cli.batch import app as batch_app
 from corral.cli.flags import with_generated_flags
 from corral.cli.help import App
+from corral.cli.keys import app as keys_app
 from corral.settings import Settings, SettingsError, env_name, load_settings
 
 app = App(help="Corral: a local-first model server.", no_args_is_help=True)
 config_app = App(help="Inspect the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(batch_app, name="batch")
+app.add_typer(keys_app, name="keys")
 console = Console()
 err_console = Console(stderr=True)
 

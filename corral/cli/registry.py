@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from corral.cli.client_auth import auth_headers
 from corral.settings import Settings
 
 
@@ -66,7 +67,7 @@ def connect(settings: Settings) -> RegistryClient:
 class RemoteRegistry:
     def __init__(self, base_url: str, settings: Settings | None = None) -> None:
         self.where = base_url
-        self._http = httpx.Client(base_url=base_url, timeout=None)
+        self._http = httpx.Client(base_url=base_url, timeout=None, headers=auth_headers())
         self._settings = settings  # for local paths the server refuses; None: no fallback
         self._local: LocalRegistry | None = None
         self._local_jobs: set[str] = set()  # pulls this process runs itself

@@ -36,17 +36,42 @@ def is_loopback(host: str) -> bool:
 def check_bind(settings: Settings) -> None:
     """Refuse to listen beyond this machine while there are no API keys to check.
 
-    Anyone who reaches the port could run, pull, import and delete models, so binding
-    a non-loopback address (``0.0.0.0``, a LAN address) needs an explicit
-    ``--insecure`` until keys exist.
+    With no key, anyone who reaches the port could run, pull, import and delete
+    models, so binding a non-loopback address (``0.0.0.0``, a LAN address) needs a
+    key to exist (``corral keys create``), or an explicit ``--insecure``.
     """
-    if is_loopback(settings.host) or settings.insecure:
+    if is_loopback(settings.host) or settings.insecure or keys_exist(settings):
         return
     raise ServeRefused(
-        f"Refusing to listen on {settings.host}: Corral has no API keys yet, so anyone who "
-        f"can reach port {settings.port} could use, pull, import and delete models. Listen on "
-        "127.0.0.1 (the default), or pass --insecure (CORRAL_INSECURE=1) to accept that."
+        f"Refusing to listen on {settings.host}: this server has no API keys, so anyone who "
+        f"can reach port {settings.port} could use, pull, import and delete models. Create "
+        "one first (`corral keys create --name me --scope admin`), listen on 127.0.0.1 "
+        "(the default), or pass --insecure (CORRAL_INSECURE=1) to accept that."
     )
+
+
+def keys_exist(settings: Settings) -> bool:
+    """Whether the registry has a live API key, read without creating anything: a
+    home with no registry has none."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if settings.database_url:
+        url = settings.database_url
+    else:
+        path = settings.home / "registry.db"
+        if not path.exists():
+            return False
+        url = f"sqlite:///{path}"
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            query = text("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL")
+            return bool(connection.execute(query).scalar())
+    except SQLAlchemyError:  # no such table yet: a registry from before keys
+        return False
+    finally:
+        engine.dispose()
 
 
 def bind(settings: Settings) -> socket.socket:
@@ -85,6 +110,8 @@ _CHATTY = ("httpx", "alembic", "sqlalchemy", "huggingface_hub", "filelock")
 class _Server(uvicorn.Server):
     """uvicorn's server, logging the addresses it actually bound (port 0 included)."""
 
+    keys_exist = False
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         for server in getattr(self, "servers", []):
@@ -92,7 +119,7 @@ class _Server(uvicorn.Server):
                 host, port = sock.getsockname()[:2]
                 shown = f"[{host}]" if ":" in host else host
                 log.info("Corral listening on http://%s:%s", shown, port)
-        if not is_loopback(self.config.host):
+        if not is_loopback(self.config.host) and not self.keys_exist:
             log.warning(
                 "listening on %s without API keys (--insecure): anyone who can reach it "
                 "can use and manage this server",
@@ -127,4 +154,6 @@ def run_server(
         limit_concurrency=settings.max_connections,
     )
     log.info("models in %s", settings.home)
-    _Server(config).run(sockets=[sock] if sock is not None else None)
+    server = _Server(config)
+    server.keys_exist = not is_loopback(settings.host) and keys_exist(settings)
+    server.run(sockets=[sock] if sock is not None else None)

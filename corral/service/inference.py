@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral.engines.catalog import Catalog
-from corral.errors import WorkerGone
+from corral.errors import ModelNotFound, WorkerGone
+from corral.keys.limits import Admission, Limiter
+from corral.keys.store import Principal
 from corral.registry.records import Capability, ModelRecord
 from corral.registry.store import Registry
 from corral.scheduler.queue import Priority
@@ -43,6 +45,8 @@ class Caller:
     priority: Priority = Priority.INTERACTIVE
     key: str = "anonymous"  # API keys take turns in a model's line
     patient: bool = False  # waits for room in the line, no queue timeout (batches)
+    # The API key the request came with (None: no keys exist): its models and limits.
+    principal: Principal | None = None
 
 
 @dataclass(frozen=True)
@@ -80,12 +84,14 @@ class InferenceService:
         scheduler: Scheduler,
         client: WorkerClient,
         observers: Sequence[Observer] = (),
+        limiter: Limiter | None = None,
     ) -> None:
         self.registry = registry
         self.catalog = catalog
         self.scheduler = scheduler
         self.client = client
-        self.observers = list(observers)  # keys, metrics and the request log hook in here
+        self.observers = list(observers)  # metrics and the request log hook in here
+        self.limiter = limiter or Limiter()
 
     def resolve(
         self, name: str, capability: Capability, body: Mapping[str, Any] | None = None
@@ -129,12 +135,45 @@ class InferenceService:
         """Wait for a slot and hand ``body`` to the worker; the slot is released when
         the reply is closed or read to the end (at once, if this raises)."""
         started = time.perf_counter_ns()
+        principal = caller.principal
+        if principal is not None and not principal.may_use(record.name):
+            raise ModelNotFound(record.name)  # as if it did not exist: keys see only theirs
+        admission = None
+        if principal is not None and principal.limited:
+            limiter = self.limiter
+            admission = (
+                await limiter.enter_patiently(principal)
+                if caller.patient
+                else limiter.enter(principal)
+            )
+        try:
+            return await self._send(
+                record, path, body, caller, keep_alive, headers, admission, started
+            )
+        except BaseException:
+            if admission is not None:
+                self.limiter.leave(admission, 0)
+            raise
+
+    async def _send(
+        self,
+        record: ModelRecord,
+        path: str,
+        body: bytes,
+        caller: Caller,
+        keep_alive: float | None,
+        headers: Mapping[str, str] | None,
+        admission: Admission | None,
+        started: int,
+    ) -> Exchange:
         for attempt in range(1, SEND_ATTEMPTS + 1):
             grant = await self.acquire(record, caller, keep_alive)
             granted = time.perf_counter_ns()
 
             # The slot goes back, and the request is accounted, when the reply ends.
-            account = _Accounting(self, record.name, path, caller, grant, started, granted, attempt)
+            account = _Accounting(
+                self, record.name, path, caller, grant, started, granted, attempt, admission
+            )
             try:
                 reply = await self.client.send(
                     grant.worker, path, body, headers, on_close=account.done
@@ -184,9 +223,14 @@ class _Accounting:
     started_ns: int
     granted_ns: int
     attempts: int
+    admission: Admission | None = None
 
     def done(self, reply: WorkerReply) -> None:
         self.grant.release()
+        if self.admission is not None:
+            usage = reply.usage
+            tokens = usage.prompt_tokens + usage.completion_tokens if usage else 0
+            self.service.limiter.leave(self.admission, tokens)
         if not (self.service.observers or log.isEnabledFor(logging.DEBUG)):
             return  # nobody counts: spare the hot path the record
         total = time.perf_counter_ns() - self.started_ns

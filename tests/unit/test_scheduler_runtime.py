@@ -72,5 +72,6 @@ async def test_a_request_the_core_never_answers_times_out(
         await scheduler.acquire(record)
     assert 0.4 < time.monotonic() - started < 3.0
     monkeypatch.setattr(scheduler._core, "handle", handle)
-    grant = await scheduler.acquire(record)  # the scheduler still serves
+    # The scheduler still serves (patient: loading may outlast the short queue timeout).
+    grant = await scheduler.acquire(record, patient=True)
     grant.release()

@@ -1,0 +1,109 @@
+"""Who is calling: the API key of each request, checked against the route's access.
+
+Until the first key exists, nothing is asked (the server listens on loopback only;
+``corral serve`` refuses other addresses without a key). From then on every route but
+the public ones (liveness, version, docs) needs a key, sent the way each API's clients
+send one: ``Authorization: Bearer <key>`` (OpenAI, Ollama) or ``x-api-key`` (Anthropic).
+Admin routes need an admin key. The key, as a ``Principal``, is left in the request's
+state for what follows: the model allow-list, limits, and who owns a file or batch.
+
+Refusals come before the route, in the shape of the API the path belongs to: 401 for a
+missing, unknown, revoked or expired key, 403 for a key whose scope is too narrow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from starlette.routing import Match
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from corral.api.guard import refusal
+from corral.api.spec import Access, DocumentedRoute
+from corral.errors import AuthenticationRequired, CorralError, ModelNotFound, PermissionDenied
+from corral.keys.store import KeyStore, Principal
+from corral.registry.records import ModelRecord
+
+STATE_KEY = "principal"
+
+
+class Authenticate:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        keys: KeyStore = scope["app"].state.services.keys
+        try:
+            principal = self._check(scope, keys)
+        except CorralError as error:
+            await refusal(scope["path"], error)(scope, receive, send)
+            return
+        scope.setdefault("state", {})[STATE_KEY] = principal
+        await self.app(scope, receive, send)
+
+    def _check(self, scope: Scope, keys: KeyStore) -> Principal | None:
+        access = _access(scope)
+        secret = _secret(scope)
+        if access == "public":
+            return None
+        if not keys.any():
+            return None  # no keys yet: the loopback-only server of before
+        if not secret:
+            raise AuthenticationRequired(
+                "This server needs an API key: send it as 'Authorization: Bearer <key>' "
+                "(or 'x-api-key: <key>'). `corral keys create` makes one."
+            )
+        principal = keys.authenticate(secret)
+        if access == "admin" and not principal.admin:
+            raise PermissionDenied(
+                f"The API key '{principal.name}' has the inference scope; "
+                f"{scope['method']} {scope['path']} needs an admin key."
+            )
+        return principal
+
+
+def _access(scope: Scope) -> Access:
+    """The access the route at this method and path declares; unmatched paths (404s,
+    405s) and the docs are public."""
+    for route in scope["app"].routes:
+        if isinstance(route, DocumentedRoute):
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                return route.operation.access
+    return "public"
+
+
+def _secret(scope: Scope) -> str:
+    bearer = ""
+    api_key = ""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            text = value.decode("latin-1").strip()
+            if text[:7].lower() == "bearer ":
+                bearer = text[7:].strip()
+        elif name == b"x-api-key":
+            api_key = value.decode("latin-1").strip()
+    return bearer or api_key
+
+
+def principal_of(state: object) -> Principal | None:
+    """The key a request was made with (None: no keys exist, or a public route)."""
+    value = getattr(state, STATE_KEY, None)
+    return value if isinstance(value, Principal) else None
+
+
+def usable(state: object, records: Iterable[ModelRecord]) -> list[ModelRecord]:
+    """The models the request's key may use, of ``records`` (model lists show only these)."""
+    principal = principal_of(state)
+    return [r for r in records if principal is None or principal.may_use(r.name)]
+
+
+def require_usable(state: object, record: ModelRecord) -> ModelRecord:
+    """``record``, or the 404 of a model that does not exist if the key may not use it."""
+    principal = principal_of(state)
+    if principal is not None and not principal.may_use(record.name):
+        raise ModelNotFound(record.name)
+    return record
