@@ -129,6 +129,20 @@ class Settings(BaseModel):
     max_connections: int = Field(
         1024, ge=1, description="Open connections and requests at once; more get 503."
     )
+    log_prompts: bool = Field(
+        False,
+        description="Keep each request's body (up to 64 KiB) in the request log; "
+        "off: no prompt text is ever stored.",
+    )
+    request_log_days: float = Field(30.0, gt=0, description="Days the request log keeps a request.")
+    request_log_max_rows: int = Field(
+        1_000_000, ge=1000, description="Most requests the request log keeps (oldest go)."
+    )
+    metrics_need_key: bool = Field(
+        False,
+        description="Once API keys exist, /metrics needs an admin key (off: it is public, "
+        "like most exporters).",
+    )
     batch_in_flight: int = Field(
         16, ge=1, description="Requests each batch keeps waiting in the scheduler at once."
     )

@@ -19,6 +19,8 @@ from corral.api import (
     files,
     health,
     keys,
+    logs,
+    metrics,
     ollama,
     openai,
     openapi,
@@ -27,6 +29,7 @@ from corral.api import (
 from corral.api.auth import Authenticate
 from corral.api.guard import Guard
 from corral.api.limits import BodyLimits
+from corral.api.observe import Observe
 from corral.api.services import Services
 from corral.engines.catalog import Catalog
 from corral.httputil import openai_error_handlers
@@ -55,6 +58,8 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> Starlette:
             *anthropic.routes,
             *admin.routes,
             *keys.routes,
+            *logs.routes,
+            *metrics.routes,
             *registry.routes,
             *files.routes,
             *batches.routes,
@@ -64,6 +69,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> Starlette:
         # then who is calling and may they (auth.py); then the bounds on a body's size
         # and pace (limits.py).
         middleware=[
+            Middleware(Observe),  # outermost: counts and logs refusals too (observe.py)
             Middleware(Guard, settings=settings),
             Middleware(Authenticate),
             Middleware(BodyLimits, settings=settings),

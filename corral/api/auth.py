@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from corral.api.guard import refusal
-from corral.api.spec import Access, DocumentedRoute
+from corral.api.spec import Access, matched_route
 from corral.errors import AuthenticationRequired, CorralError, ModelNotFound, PermissionDenied
 from corral.keys.store import KeyStore, Principal
 from corral.registry.records import ModelRecord
@@ -68,12 +67,8 @@ class Authenticate:
 def _access(scope: Scope) -> Access:
     """The access the route at this method and path declares; unmatched paths (404s,
     405s) and the docs are public."""
-    for route in scope["app"].routes:
-        if isinstance(route, DocumentedRoute):
-            match, _ = route.matches(scope)
-            if match == Match.FULL:
-                return route.operation.access
-    return "public"
+    route = matched_route(scope)
+    return route.operation.access if route is not None else "public"
 
 
 def _secret(scope: Scope) -> str:

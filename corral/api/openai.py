@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from corral.api.auth import require_usable, usable
 from corral.api.relay import openai_response, send_json, translated_reply
-from corral.api.requests import caller_of, keep_alive_of
+from corral.api.requests import caller_of, keep_alive_of, note_client_fields
 from corral.api.services import services_of
 from corral.api.spec import OPENAI, route
 from corral.engines.catalog import Catalog
@@ -154,6 +154,7 @@ async def _relay(
     req = validate(fields, wire)
     record = services.inference.resolve(req.model, capability, fields)
     caller = caller_of(request, services.settings.batch_keys)
+    note_client_fields(caller, fields)
     send = services.inference.send(record, path, body, caller, keep_alive_of(req))
     exchange = await run_until_disconnect(request, send)
     return await openai_response(request, exchange.reply, bool(getattr(req, "stream", False)))

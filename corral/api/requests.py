@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from typing import Any
 
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -18,7 +19,7 @@ from starlette.requests import Request
 from corral.api.auth import principal_of
 from corral.errors import InvalidRequest
 from corral.scheduler.queue import Priority
-from corral.service.inference import Caller
+from corral.service.inference import Caller, Trace
 from corral.units import parse_keep_alive
 
 PRIORITY_HEADER = "x-corral-priority"
@@ -39,7 +40,24 @@ def caller_of(request: Request, batch_keys: Collection[str] = ()) -> Caller:
     """Who is asking: priority, the key's turn in line, and the API key itself."""
     principal = principal_of(request.state)
     key = principal.key_id if principal is not None else client_key(request)
-    return Caller(priority=request_priority(request, batch_keys), key=key, principal=principal)
+    trace = getattr(request.state, "trace", None)
+    return Caller(
+        priority=request_priority(request, batch_keys),
+        key=key,
+        principal=principal,
+        trace=trace if isinstance(trace, Trace) else None,
+    )
+
+
+def note_client_fields(caller: Caller, fields: Mapping[str, Any]) -> None:
+    """The client's own labels for a request (OpenAI's ``user`` and ``metadata``), for
+    the request log."""
+    if caller.trace is None:
+        return
+    user = fields.get("user")
+    metadata = fields.get("metadata")
+    caller.trace.user = user[:256] if isinstance(user, str) else None
+    caller.trace.metadata = metadata if isinstance(metadata, dict) else None
 
 
 def bearer_token(request: Request) -> str:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import aiohttp
 from starlette.requests import Request
 
+from corral.api.metrics import Metrics
 from corral.batch.batches import Batches
 from corral.batch.files import FileStore
 from corral.batch.runner import BatchRunner
@@ -20,10 +21,12 @@ from corral.registry.pulls import Pulls
 from corral.registry.store import USAGE_FLUSH_SECONDS, Registry
 from corral.scheduler.runtime import Scheduler
 from corral.service.inference import InferenceService
+from corral.service.request_log import RequestLog
 from corral.service.worker_client import WorkerClient
 from corral.settings import Settings
 
 log = logging.getLogger("corral")
+REQUEST_LOG_FLUSH_SECONDS = 1.0
 
 
 @dataclass
@@ -40,7 +43,10 @@ class Services:
     batch_runner: BatchRunner
     keys: KeyStore
     limiter: Limiter
+    metrics: Metrics
+    request_log: RequestLog
     _usage_writer: asyncio.Task[None] | None = None
+    _log_writer: asyncio.Task[None] | None = None
 
     @classmethod
     def build(cls, settings: Settings, catalog: Catalog | None = None) -> Services:
@@ -61,8 +67,17 @@ class Services:
         registry = Registry(settings.home, settings.database_url)
         keys = KeyStore(registry.engine)
         limiter = Limiter(registry.engine)
+        metrics = Metrics()
         inference = InferenceService(
-            registry, catalog, scheduler, WorkerClient(session), limiter=limiter
+            registry,
+            catalog,
+            scheduler,
+            WorkerClient(session),
+            observers=[metrics.observe_inference],
+            limiter=limiter,
+        )
+        request_log = RequestLog(
+            registry.engine, settings.request_log_days, settings.request_log_max_rows
         )
         pulls = Pulls(
             registry,
@@ -86,7 +101,7 @@ class Services:
             in_flight=settings.batch_in_flight,
             keys=keys,
         )
-        return cls(
+        services = cls(
             settings,
             catalog,
             registry,
@@ -99,7 +114,11 @@ class Services:
             runner,
             keys,
             limiter,
+            metrics,
+            request_log,
         )
+        metrics.attach(services)
+        return services
 
     def start(self) -> None:
         """Run the scheduler; preload models in the background (readiness does not wait);
@@ -108,8 +127,8 @@ class Services:
         self.pulls.resume_unfinished()
         self.batch_runner.start()  # resumes batches a previous run left unfinished
         self._usage_writer = asyncio.create_task(self._write_usage(), name="usage-writer")
-        declared = [r.name for r in self.registry.list() if r.params.get("preload")]
-        for name in [*self.settings.preload, *declared]:
+        self._log_writer = asyncio.create_task(self._write_log(), name="request-log-writer")
+        for name in self.preloads():
             try:
                 record = self.registry.get(name)
             except CorralError as exc:
@@ -117,6 +136,18 @@ class Services:
                 continue
             task = asyncio.create_task(self.scheduler.preload(record))
             task.add_done_callback(_log_preload_failure)
+
+    def preloads(self) -> list[str]:
+        """The models to load at startup: CORRAL_PRELOAD's and those declared so."""
+        declared = [r.name for r in self.registry.list() if r.params.get("preload")]
+        names = [*self.settings.preload, *declared]
+        resolved = []
+        for name in names:
+            try:
+                resolved.append(self.registry.get(name).name)
+            except CorralError:
+                resolved.append(name)  # reported by start(); /ready shows it missing
+        return list(dict.fromkeys(resolved))
 
     async def _write_usage(self) -> None:
         """Last-used times, written in a thread every so often (requests only note them)."""
@@ -128,14 +159,25 @@ class Services:
             except Exception:
                 log.exception("cannot record model usage")
 
+    async def _write_log(self) -> None:
+        """The request log's queued rows, written in a thread every second."""
+        while True:
+            await asyncio.sleep(REQUEST_LOG_FLUSH_SECONDS)
+            try:
+                await asyncio.to_thread(self.request_log.flush)
+            except Exception:
+                log.exception("cannot write the request log")
+
     async def close(self) -> None:
-        if self._usage_writer is not None:
-            self._usage_writer.cancel()
+        for task in (self._usage_writer, self._log_writer):
+            if task is not None:
+                task.cancel()
         await asyncio.to_thread(self.pulls.close)
         await self.batch_runner.close()
         await self.scheduler.close(self.settings.worker_stop_grace + 10)
         await self.session.close()
         await asyncio.to_thread(self.limiter.flush)
+        await asyncio.to_thread(self.request_log.flush)
         self.registry.close()
 
 

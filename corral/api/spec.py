@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel
-from starlette.routing import Route
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 Method = Literal["GET", "POST", "PATCH", "DELETE"]
 # Who may call a route once API keys exist: anyone (liveness, the docs), any key
@@ -94,3 +95,13 @@ def route(
         access=access or "inference",
     )
     return DocumentedRoute(path, endpoint, method, operation)
+
+
+def matched_route(scope: Scope) -> DocumentedRoute | None:
+    """The documented route a request's method and path match, if any."""
+    for candidate in scope["app"].routes:
+        if isinstance(candidate, DocumentedRoute):
+            match, _ = candidate.matches(scope)
+            if match == Match.FULL:
+                return candidate
+    return None

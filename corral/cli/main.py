@@ -335,6 +335,27 @@ def ps() -> None:
 
 
 @app.command()
+def logs(
+    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+    key: Annotated[str | None, typer.Option(help="Only this key id.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only the last 1h, 30m...")] = None,
+    status: Annotated[str | None, typer.Option(help="Only 2xx, 4xx or 5xx.")] = None,
+    limit: Annotated[int, typer.Option(help="How many of the newest to show.")] = 100,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new ones.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show the request log: who asked what, with which status, tokens and timings."""
+    from corral.cli.logs import show_logs
+
+    filters = {"model": model, "key": key, "since": since, "status": status}
+    query = {k: v for k, v in filters.items() if v} | {"limit": str(limit)}
+    try:
+        _admin(lambda: show_logs(_settings().base_url, console, query, follow, as_json))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+@app.command()
 def load(model: Annotated[str, typer.Argument(help="Model to load now.")]) -> None:
     """Load a model now (it stays until its keep-alive expires)."""
     from corral.cli.admin import call

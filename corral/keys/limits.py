@@ -90,6 +90,7 @@ class Limiter:
         self._wall = wall
         self._keys: dict[str, _KeyState] = {}
         self._lock = threading.Lock()
+        self.refusals: dict[str, int] = {}  # by key name: 429s given (for /metrics)
 
     # --- entry and exit -----------------------------------------------------------------
 
@@ -124,6 +125,7 @@ class Limiter:
         admission, _, refusal = self.try_enter(p)
         if admission is None:
             assert refusal is not None
+            self.refusals[p.name] = self.refusals.get(p.name, 0) + 1
             raise refusal
         return admission
 

@@ -200,6 +200,7 @@ class ModelState:
     in_flight: int = 0
     last_used: float = 0.0
     ready_at: float = 0.0
+    load_started: float = 0.0
     rss: int | None = None
     wanted_since: int | None = None  # arrival number of a load wish without requests
     drain_cutoff: int | None = None  # draining: serve tickets with arrival numbers up to it
@@ -240,6 +241,20 @@ Estimator = Callable[[ModelRecord, EngineParams], MemoryEstimate]
 ParamsFor = Callable[[ModelRecord], EngineParams]
 
 
+@dataclass
+class ModelEvents:
+    """What happened to one model since the server started, for /metrics: counts only
+    grow; ``load_seconds`` sums the loads' durations."""
+
+    loads: int = 0
+    load_failures: int = 0
+    load_seconds: float = 0.0
+    evictions: int = 0
+    crashes: int = 0  # exits nobody asked for, idle kills included
+    granted: int = 0
+    wait_seconds: float = 0.0  # summed time granted requests waited in line
+
+
 class SchedulerCore:
     def __init__(
         self, config: CoreConfig, effects: Effects, estimator: Estimator, params_for: ParamsFor
@@ -249,8 +264,15 @@ class SchedulerCore:
         self.estimator = estimator
         self.params_for = params_for
         self.models: dict[str, ModelState] = {}
+        self.events: dict[str, ModelEvents] = {}  # by model; kept after unload
         self.closed = False
         self._seq = 0
+
+    def _events(self, name: str) -> ModelEvents:
+        found = self.events.get(name)
+        if found is None:
+            found = self.events[name] = ModelEvents()
+        return found
 
     # --- messages -------------------------------------------------------------------
 
@@ -329,6 +351,9 @@ class SchedulerCore:
             return
         st.state, st.worker = WorkerState.READY, m.worker
         st.ready_at = st.last_used = self.effects.now()
+        events = self._events(st.name)
+        events.loads += 1
+        events.load_seconds += max(0.0, st.ready_at - st.load_started)
         st.wanted_since = None
         st.rss = self.effects.measure(m.worker)
         log.info(
@@ -342,6 +367,7 @@ class SchedulerCore:
     def _on_loadfailed(self, m: LoadFailed) -> None:
         st = self.models[m.model]
         st.state, st.worker, st.wanted_since = WorkerState.FAILED, None, None
+        self._events(st.name).load_failures += 1
         self._record_failure(st, m.error, stable=False)
         self._fail_queue(st, m.error)
         self._notify(st.load_waiters, m.error)
@@ -355,6 +381,7 @@ class SchedulerCore:
             self.effects.stop_worker(st.name, m.worker)  # reaps it if it lingers
         up = self.effects.now() - st.ready_at
         idle = st.in_flight == 0 and up >= SETTLED_SECONDS
+        self._events(st.name).crashes += 1
         st.state, st.worker, st.in_flight, st.rss = WorkerState.FAILED, None, 0, None
         st.drain_cutoff = None
         if idle:
@@ -499,6 +526,7 @@ class SchedulerCore:
                 break  # it fits once the stopping models are gone: wait for them
             for name in verdict.evict:
                 log.info("evicting idle %s to make room for %s", name, st.name)
+                self._events(name).evictions += 1
                 self._stop(self.models[name])
             # Grouping: the victim first serves all it had queued when draining began.
             # Strict order: only what arrived before the waiting model's oldest request.
@@ -528,6 +556,9 @@ class SchedulerCore:
                 st.in_flight += 1
                 if ticket.keep_alive is not None:
                     st.keep_alive = ticket.keep_alive
+                events = self._events(st.name)
+                events.granted += 1
+                events.wait_seconds += max(0.0, self.effects.now() - ticket.arrived)
                 self.effects.grant(ticket, Lease(st.name, st.worker, ticket.id))
 
     def _stop_drained(self) -> None:
@@ -586,6 +617,7 @@ class SchedulerCore:
     def _start(self, st: ModelState) -> None:
         log.info("loading %s (estimated %s)", st.name, format_size(st.estimate.total))
         st.state = WorkerState.STARTING
+        st.load_started = self.effects.now()
         self.effects.start_worker(st.record, st.params)
 
     def _stop(self, st: ModelState) -> None:

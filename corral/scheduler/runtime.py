@@ -34,7 +34,7 @@ from corral.errors import (
 from corral.registry.names import canonical_name
 from corral.registry.records import ModelRecord
 from corral.scheduler import core
-from corral.scheduler.core import CoreConfig, Lease, Message, SchedulerCore
+from corral.scheduler.core import CoreConfig, Lease, Message, ModelEvents, SchedulerCore
 from corral.scheduler.launch import free_port, worker_spec
 from corral.scheduler.memory import MemoryProbe, SystemMemory
 from corral.scheduler.process import WorkerProcess, WorkerState
@@ -194,6 +194,10 @@ class Scheduler:
         """The parameters ``record``'s worker runs (or would start) with."""
         st = self._core.models.get(record.name)
         return st.params if st is not None else self.catalog.params(record)
+
+    def events(self) -> dict[str, ModelEvents]:
+        """What happened to each model since the start (loads, crashes...), for /metrics."""
+        return dict(self._core.events)
 
     def workers(self) -> list[WorkerStatus]:
         """The running workers, cheaply (no memory probe): what ``/health`` reports."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from corral.engines.catalog import Catalog
@@ -38,6 +38,20 @@ log = logging.getLogger("corral.service")
 SEND_ATTEMPTS = 2  # the first, and one more on a new worker if the first found it gone
 
 
+@dataclass
+class Trace:
+    """What one HTTP request's inference came to, filled in when its reply ends: the
+    request log and the HTTP metrics read it (``Caller.trace``)."""
+
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    queued_ns: int | None = None
+    ttft_ns: int | None = None  # streams: until the first bytes of the answer
+    user: str | None = None  # the client's ``user`` field, if it sent one
+    metadata: dict[str, Any] | None = None  # and its ``metadata``
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who is asking, as the scheduler's line sees it."""
@@ -47,6 +61,7 @@ class Caller:
     patient: bool = False  # waits for room in the line, no queue timeout (batches)
     # The API key the request came with (None: no keys exist): its models and limits.
     principal: Principal | None = None
+    trace: Trace | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -62,6 +77,7 @@ class RequestDone:
     total_ns: int  # from the first wait until the reply ended
     attempts: int  # 2 when the first worker was found gone
     usage: TokenUsage | None  # when the answer said (streams: with include_usage)
+    ttft_ns: int | None = None  # streams: from the first wait to the answer's first bytes
 
 
 Observer = Callable[[RequestDone], None]
@@ -227,12 +243,23 @@ class _Accounting:
 
     def done(self, reply: WorkerReply) -> None:
         self.grant.release()
+        trace = self.caller.trace
+        if not (self.admission or trace or self.service.observers) and not log.isEnabledFor(
+            logging.DEBUG
+        ):
+            return  # nobody counts: spare the hot path the record
+        usage = reply.usage
         if self.admission is not None:
-            usage = reply.usage
             tokens = usage.prompt_tokens + usage.completion_tokens if usage else 0
             self.service.limiter.leave(self.admission, tokens)
-        if not (self.service.observers or log.isEnabledFor(logging.DEBUG)):
-            return  # nobody counts: spare the hot path the record
+        ttft = None if reply.first_chunk_ns is None else reply.first_chunk_ns - self.started_ns
+        if trace is not None:
+            trace.model = self.model
+            trace.queued_ns = self.granted_ns - self.started_ns
+            trace.ttft_ns = ttft
+            if usage is not None:
+                trace.prompt_tokens = usage.prompt_tokens
+                trace.completion_tokens = usage.completion_tokens
         total = time.perf_counter_ns() - self.started_ns
         self.service.report(
             RequestDone(
@@ -244,6 +271,7 @@ class _Accounting:
                 queued_ns=self.granted_ns - self.started_ns,
                 total_ns=total,
                 attempts=self.attempts,
-                usage=reply.usage,
+                usage=usage,
+                ttft_ns=ttft,
             )
         )

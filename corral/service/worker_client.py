@@ -18,6 +18,8 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import re
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,11 +37,14 @@ from corral.errors import (
     WorkerGone,
     WorkerUnavailable,
 )
+from corral.protocol.handoff import USAGE_COMMENT, USAGE_HEADER
 from corral.scheduler.process import WorkerProcess
 
 log = logging.getLogger("corral.worker_client")
+_USAGE_LINE = re.compile(re.escape(USAGE_COMMENT) + rb"(\{[^\n]*\})\n\n")
 _UNREAD = (errno.ECONNRESET, errno.EPIPE)
-JSON = {"Content-Type": "application/json"}
+# Every stream ends with its token counts (handoff.USAGE_HEADER), asked for or not.
+JSON = {"Content-Type": "application/json", USAGE_HEADER: "comment"}
 CRASH_WAIT_SECONDS = 1.0
 
 
@@ -108,6 +113,7 @@ class WorkerReply:
         self._on_close = on_close
         self.complete = False
         self._closed = False
+        self.first_chunk_ns: int | None = None  # perf_counter_ns of a stream's first bytes
 
     async def read(self) -> bytes:
         """The whole body, whatever the status."""
@@ -138,9 +144,17 @@ class WorkerReply:
         """The body's bytes as they arrive; a worker dying mid-answer raises."""
         try:
             async for chunk in self._response.content.iter_any():
-                if b'"usage"' in chunk:
+                if self.first_chunk_ns is None:
+                    self.first_chunk_ns = time.perf_counter_ns()
+                if USAGE_COMMENT in chunk:  # ours, not the client's: read and removed
+                    comment = _USAGE_LINE.search(chunk)
+                    if comment is not None:
+                        self._usage_text = comment.group(1)
+                        chunk = chunk[: comment.start()] + chunk[comment.end() :]
+                elif b'"usage"' in chunk:
                     self._usage_text = chunk
-                yield chunk
+                if chunk:
+                    yield chunk
             self.complete = True
         except aiohttp.ClientError as exc:
             raise await failure(self.worker, exc, answering=True) from None

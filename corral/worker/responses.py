@@ -11,6 +11,7 @@ arguments, and ``finish_reason: "tool_calls"`` at the end.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from typing import Any
 from corral.engines.base import Finished, TokenLogprob
 from corral.errors import CorralError
 from corral.httputil import json_dumps, sse
+from corral.protocol.handoff import USAGE_COMMENT
 from corral.protocol.openai import (
     ChatChoice,
     ChatChunkChoice,
@@ -114,12 +116,19 @@ class _StreamWriter:
     _prefix: str
     _wire: type[ChatCompletionChunk] | type[Completion]
 
-    def __init__(self, model: str, include_usage: bool, timings: bool = False) -> None:
+    def __init__(
+        self,
+        model: str,
+        include_usage: bool,
+        timings: bool = False,
+        usage_comment: bool = False,
+    ) -> None:
         self.id = new_id(self._prefix)
         self.created = int(time.time())
         self.model = model
         self.include_usage = include_usage
         self.timings = timings
+        self.usage_comment = usage_comment  # the gateway's counts (handoff.USAGE_HEADER)
 
     def _chunk(self, choices: list[Any], usage: Usage | None = None) -> bytes:
         chunk = self._wire(
@@ -134,9 +143,17 @@ class _StreamWriter:
         return out + self.usage(finished) if usage else out
 
     def usage(self, finished: Finished, *more: Finished) -> bytes:
-        """The usage chunk, once every choice has finished (nothing if not asked for)."""
+        """The usage chunk, once every choice has finished (if not asked for: nothing, or
+        the gateway's comment line)."""
         if not self.include_usage:
-            return b""
+            if not self.usage_comment:
+                return b""
+            usage = usage_of(finished, False, *more)
+            counts = {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+            }
+            return USAGE_COMMENT + json.dumps({"usage": counts}).encode() + b"\n\n"
         return self._chunk([], usage_of(finished, self.timings, *more))
 
 

@@ -21,6 +21,7 @@ from corral.engines.base import (
 from corral.engines.chat_template import ChatTemplate
 from corral.errors import ContextLengthExceeded, InvalidRequest, UnsupportedCapability
 from corral.httputil import SSE_DONE, event_stream, run_until_disconnect
+from corral.protocol.handoff import USAGE_HEADER
 from corral.protocol.openai import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -105,7 +106,9 @@ class WorkerService:
         gens = translate.choices(gen, req.n)
         parsers = [translate.reply_parser(req, self.call_format) for _ in gens]
         if req.stream:
-            writer = ChatStreamWriter(self.model_name, req.include_usage(), req.timings)
+            writer = ChatStreamWriter(
+                self.model_name, req.include_usage(), req.timings, wants_usage_comment(request)
+            )
             return event_stream(self._chat_stream(gens, writer, parsers))
         done = await run_until_disconnect(request, collect_many(self.engine, gens))
         parts: list[responses.ChatChoiceParts] = []
@@ -156,7 +159,9 @@ class WorkerService:
         gens = translate.choices(gen, req.n)
         echo = req.prompt if req.echo and isinstance(req.prompt, str) else ""
         if req.stream:
-            writer = CompletionStreamWriter(self.model_name, req.include_usage(), req.timings)
+            writer = CompletionStreamWriter(
+                self.model_name, req.include_usage(), req.timings, wants_usage_comment(request)
+            )
             return event_stream(self._completion_stream(gens, writer, echo))
         done = await run_until_disconnect(request, collect_many(self.engine, gens))
         top = gen.logprobs
@@ -300,3 +305,7 @@ def _encode(vector: list[float], dimensions: int | None, fmt: str) -> list[float
     if fmt == "base64":
         return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
     return vector
+
+
+def wants_usage_comment(request: Request) -> bool:
+    return request.headers.get(USAGE_HEADER) == "comment"

@@ -43,7 +43,7 @@ def new_key(home: Path, *args: str) -> str:
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CorralServer]:
     home: Path = tmp_path_factory.mktemp("keys-home")
     install_fake_models(home, {"text": {"tokens": 3}, "other": {"tokens": 3}}).close()
-    server = CorralServer(home, fake_engine=True).start()
+    server = CorralServer(home, fake_engine=True, log_prompts=1).start()
     yield server
     server.stop()
 
@@ -58,6 +58,7 @@ def keys(srv: CorralServer) -> dict[str, str]:
         "alice": new_key(srv.home, "--name", "alice"),
         "bob": new_key(srv.home, "--name", "bob", "--models", "text"),
         "slow": new_key(srv.home, "--name", "slow", "--rpm", "2"),
+        "frugal": new_key(srv.home, "--name", "frugal", "--tpm", "2"),
     }
     assert wait_until(lambda: httpx.get(srv.url + "/v1/models").status_code == 401, 5)
     return made
@@ -221,3 +222,35 @@ def test_listening_beyond_loopback_needs_a_key(tmp_path: Path) -> None:
         assert httpx.get(server.url + "/v1/models").status_code == 401
     finally:
         server.stop()
+
+
+def test_admin_actions_are_logged_with_the_key_that_made_them(
+    srv: CorralServer, keys: dict[str, str]
+) -> None:
+    admin = {"Authorization": f"Bearer {keys['admin']}"}
+    listed = httpx.get(srv.url + "/admin/keys", headers=admin).json()["data"]
+    root = next(k["id"] for k in listed if k["name"] == "root")
+    made = httpx.post(srv.url + "/admin/keys", json={"name": "audited"}, headers=admin)
+    assert made.status_code == 201
+    rows = httpx.get(srv.url + "/admin/logs", params={"key": root}, headers=admin).json()["data"]
+    create = [r for r in rows if r["method"] == "POST" and r["route"] == "/admin/keys"]
+    assert create and create[-1]["status"] == 201
+    assert create[-1]["prompt"] == '{"name":"audited"}'  # log_prompts is on here
+    assert made.json()["key"] not in str(rows)  # the secret is in no log
+    refused = httpx.get(
+        srv.url + "/admin/logs", headers={"Authorization": f"Bearer {keys['alice']}"}
+    )
+    assert refused.status_code == 403
+
+
+def test_tokens_of_a_stream_without_usage_still_count(
+    srv: CorralServer, keys: dict[str, str]
+) -> None:
+    """The client did not ask for usage; the key's token budget is charged anyway."""
+    headers = {"Authorization": f"Bearer {keys['frugal']}"}
+    body = {"model": "text", "messages": HI, "stream": True}
+    first = httpx.post(srv.openai_url + "/chat/completions", json=body, headers=headers)
+    assert first.status_code == 200 and b"usage" not in first.content
+    second = httpx.post(srv.openai_url + "/chat/completions", json=body, headers=headers)
+    assert second.status_code == 429, second.text
+    assert "2 tokens per minute" in second.json()["error"]["message"]

@@ -47,7 +47,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from corral.worker import handoff  # the fake's only import from corral
+from corral.protocol.handoff import USAGE_COMMENT, USAGE_HEADER  # the wire, as the worker
+from corral.worker import handoff  # the fake's only import of worker code
 from tests.support.fake_params import FakeParams
 
 EXIT_BAD_PARAMS = 2
@@ -400,7 +401,8 @@ class FakeWorker:
         )
         self.check_context(count_tokens(job.prompt), "messages" if job.chat else "prompt")
         if job.stream:
-            return EventStream(self.stream(job))
+            comment = request.headers.get(USAGE_HEADER) == "comment"
+            return EventStream(self.stream(job, usage_comment=comment))
         n, reason = self.planned(job)
         if await until_disconnect(request.receive, self.work(n)) is None:
             return Response(status_code=499)  # never delivered: the client is gone
@@ -418,7 +420,7 @@ class FakeWorker:
                 await self.step()
         return True
 
-    async def stream(self, job: Job) -> AsyncGenerator[bytes, None]:
+    async def stream(self, job: Job, usage_comment: bool = False) -> AsyncGenerator[bytes, None]:
         chunks = Chunks(job, self.model)
         n, reason = self.planned(job)
         async with self.slot():
@@ -431,6 +433,9 @@ class FakeWorker:
             self.crash_if_asked(job.prompt)  # only reached with no token at all
             self.served += 1
             yield chunks.finish(reason, self.usage(job, n))
+            if usage_comment and not job.include_usage:  # as the real worker (handoff.py)
+                usage = {"usage": self.usage(job, n)}
+                yield USAGE_COMMENT + json.dumps(usage).encode() + b"\n\n"
         yield sse(b"[DONE]")
 
     async def embeddings(self, request: Request) -> Response:

@@ -1,0 +1,88 @@
+"""Every HTTP request, counted and logged once it is answered (streams: once they end).
+
+The outermost middleware: it sees refusals by the guard and by key checks as well as
+answers. It leaves a ``Trace`` in the request's state, which the inference service
+fills in (model, tokens, time to first token), then records the request in the
+HTTP metrics and, unless it is a probe (``/health``, ``/ready``, ``/metrics``, the
+docs), in the request log with the key that made it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from corral.api.auth import STATE_KEY
+from corral.api.spec import matched_route
+from corral.keys.store import Principal
+from corral.service.inference import Trace
+from corral.service.request_log import MAX_PROMPT_BYTES, RequestLogRow
+
+if TYPE_CHECKING:
+    from corral.api.services import Services
+
+NOT_LOGGED = frozenset({"/health", "/ready", "/metrics", "/openapi.json", "/docs"})
+
+
+class Observe:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        services: Services = scope["app"].state.services
+        trace = Trace()
+        state = scope.setdefault("state", {})
+        state["trace"] = trace
+        arrived, started = time.time(), time.perf_counter()
+        status = 500  # if the app fails before answering
+        body = bytearray()
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        async def receiving() -> Message:
+            message = await receive()
+            if message["type"] == "http.request" and len(body) < MAX_PROMPT_BYTES:
+                body.extend(message.get("body", b"")[: MAX_PROMPT_BYTES - len(body)])
+            return message
+
+        logging_prompts = services.settings.log_prompts
+        try:
+            await self.app(scope, receiving if logging_prompts else receive, sending)
+        finally:
+            seconds = time.perf_counter() - started
+            matched = matched_route(scope)
+            template = matched.path_format if matched is not None else "(unmatched)"
+            services.metrics.observe_http(scope["method"], template, status, seconds)
+            path: str = scope["path"]
+            if template not in NOT_LOGGED and not path.startswith("/docs"):
+                principal = state.get(STATE_KEY)
+                client = scope.get("client")
+                services.request_log.add(
+                    RequestLogRow(
+                        at=arrived,
+                        key_id=principal.key_id if isinstance(principal, Principal) else None,
+                        method=scope["method"],
+                        route=template,
+                        model=trace.model,
+                        status=status,
+                        prompt_tokens=trace.prompt_tokens,
+                        completion_tokens=trace.completion_tokens,
+                        ttft_ms=None if trace.ttft_ns is None else trace.ttft_ns / 1e6,
+                        duration_ms=seconds * 1000,
+                        client=client[0] if client else None,
+                        user=trace.user,
+                        metadata_=trace.metadata,
+                        prompt=body.decode("utf-8", "replace")
+                        if logging_prompts and body
+                        else None,
+                    )
+                )
