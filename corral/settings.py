@@ -118,6 +118,10 @@ class Settings(BaseModel):
         "64MiB",
         description="Largest request body (other than a /v1/files upload); larger gets 413.",
     )
+    max_messages: int = Field(
+        4096, ge=1, description="Most messages one chat request may have (then 400)."
+    )
+    max_tools: int = Field(512, ge=1, description="Most tools one request may offer (then 400).")
     header_timeout: float = Field(
         30.0, gt=0, description="Seconds a client may take to send a request's headers."
     )

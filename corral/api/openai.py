@@ -31,7 +31,7 @@ from corral.protocol.openai import (
     ModelCard,
     ModelList,
 )
-from corral.protocol.parse import parse_json_object, validate
+from corral.protocol.parse import check_counts, parse_json_object, validate
 from corral.protocol.rerank import RerankRequest, RerankResponse
 from corral.protocol.responses import ResponsesRequest
 from corral.registry.records import Capability, ModelRecord, capability_names
@@ -151,6 +151,7 @@ async def _relay(
     services = services_of(request)
     body = await request.body()
     fields = parse_json_object(body)
+    check_counts(fields, services.settings.max_messages, services.settings.max_tools)
     req = validate(fields, wire)
     record = services.inference.resolve(req.model, capability, fields)
     caller = caller_of(request, services.settings.batch_keys)

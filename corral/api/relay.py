@@ -28,6 +28,7 @@ from corral.httputil import (
     run_until_disconnect,
     sse,
 )
+from corral.protocol.parse import check_counts
 from corral.registry.records import ModelRecord
 from corral.service.inference import Exchange
 from corral.service.worker_client import WorkerReply
@@ -64,7 +65,9 @@ async def send_json(
 ) -> Exchange:
     """A request the gateway built (an API translated into the worker's OpenAI shape),
     sent in the caller's turn; a client that leaves meanwhile cancels it."""
-    caller = caller_of(request, services.settings.batch_keys)
+    settings = services.settings
+    check_counts(payload, settings.max_messages, settings.max_tools)
+    caller = caller_of(request, settings.batch_keys)
     body = json_dumps(payload).encode()
     send = services.inference.send(record, path, body, caller, keep_alive)
     return await run_until_disconnect(request, send)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -150,3 +151,20 @@ def _jsonable(value: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+def check_counts(payload: Mapping[str, Any], max_messages: int, max_tools: int) -> None:
+    """Refuse a chat with more messages or tools than the server takes (400 naming which).
+
+    Every message and tool goes through the chat template, in the worker, before any
+    token is counted: a body of 100,000 tiny messages would occupy it long before the
+    context check could refuse it.
+    """
+    for param, most in (("messages", max_messages), ("tools", max_tools)):
+        items = payload.get(param)
+        if isinstance(items, list) and len(items) > most:
+            raise InvalidRequest(
+                f"Too many {param}: {len(items):,}, and this server takes at most {most:,} "
+                f"(CORRAL_MAX_{param.upper()}).",
+                param=param,
+            )

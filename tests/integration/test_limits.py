@@ -166,3 +166,23 @@ def test_a_batch_file_line_longer_than_a_request_is_refused_at_that_line(
     assert reply.status_code == 400, reply.text
     assert "Line 2" in reply.json()["error"]["message"]
     assert "CORRAL_MAX_BODY" in reply.json()["error"]["message"]
+
+
+def test_too_many_messages_or_tools_is_a_400_naming_which(srv: CorralServer) -> None:
+    many = [{"role": "user", "content": "hi"}] * 4097
+    openai_reply = httpx.post(
+        srv.url + "/v1/chat/completions", json={"model": "demo", "messages": many}
+    )
+    assert openai_reply.status_code == 400
+    assert openai_reply.json()["error"]["param"] == "messages"
+    assert "CORRAL_MAX_MESSAGES" in openai_reply.json()["error"]["message"]
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    tools = httpx.post(
+        srv.url + "/api/chat",
+        json={"model": "demo", "messages": many[:1], "tools": [tool] * 513, "stream": False},
+    )
+    assert tools.status_code == 400 and "tools" in tools.json()["error"]
+    claude = httpx.post(
+        srv.url + "/v1/messages", json={"model": "demo", "max_tokens": 2, "messages": many}
+    )
+    assert claude.status_code == 400 and claude.json()["type"] == "error"
