@@ -205,23 +205,29 @@ class Soak:
             raise RuntimeError(f"batch {state['status']}: {counts}")
 
 
-def rss_sample(server: psutil.Process) -> dict[str, int]:
+def rss_sample(server: psutil.Process, url: str) -> dict[str, int]:
+    """The gateway's RSS and each worker's, named by its model and pid (a worker
+    replaced mid-run starts a series of its own)."""
     sample = {"gateway": server.memory_info().rss}
-    for child in server.children(recursive=True):
+    for worker in httpx.get(url + "/health", timeout=10).json()["workers"]:
         try:
-            name = " ".join(child.cmdline()[-2:])
-            sample[f"worker {child.pid} {name}"[:60]] = child.memory_info().rss
-        except psutil.Error:
+            rss = psutil.Process(worker["pid"]).memory_info().rss
+        except (psutil.Error, TypeError):
             continue
+        sample[f"worker {worker['model']} (pid {worker['pid']})"] = rss
     return sample
 
 
-async def sampler(proc: psutil.Process, deadline: float, out: list[dict[str, Any]]) -> None:
+async def sampler(
+    proc: psutil.Process, url: str, deadline: float, out: list[dict[str, Any]]
+) -> None:
     started = time.monotonic()
     while time.monotonic() < deadline:
-        out.append({"t": round(time.monotonic() - started), **rss_sample(proc)})
+        sample = await asyncio.to_thread(rss_sample, proc, url)
+        out.append({"t": round(time.monotonic() - started), **sample})
         await asyncio.sleep(SAMPLE_EVERY)
-    out.append({"t": round(time.monotonic() - started), **rss_sample(proc)})
+    sample = await asyncio.to_thread(rss_sample, proc, url)
+    out.append({"t": round(time.monotonic() - started), **sample})
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -245,7 +251,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         try:
             soak = Soak(url, args.clients, args.minutes * 60, args.seed)
             samples: list[dict[str, Any]] = []
-            watcher = asyncio.create_task(sampler(psutil.Process(proc.pid), soak.deadline, samples))
+            watcher = asyncio.create_task(
+                sampler(psutil.Process(proc.pid), url, soak.deadline, samples)
+            )
             await soak.run()
             await watcher
             # Workers were sampled by pid; a worker replaced mid-run starts a new series.

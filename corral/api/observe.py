@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.api.auth import STATE_KEY
@@ -46,6 +47,8 @@ class Observe:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if trace.rate_headers:  # the key's limits, as OpenAI reports them
+                    MutableHeaders(scope=message).update(trace.rate_headers)
             await send(message)
 
         async def receiving() -> Message:

@@ -50,6 +50,8 @@ class Trace:
     ttft_ns: int | None = None  # streams: until the first bytes of the answer
     user: str | None = None  # the client's ``user`` field, if it sent one
     metadata: dict[str, Any] | None = None  # and its ``metadata``
+    # OpenAI's x-ratelimit-* headers for the answer, when the key has limits.
+    rate_headers: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,8 @@ class InferenceService:
                 if caller.patient
                 else limiter.enter(principal)
             )
+            if caller.trace is not None:
+                caller.trace.rate_headers = admission.headers
         try:
             return await self._send(
                 record, path, body, caller, keep_alive, headers, admission, started

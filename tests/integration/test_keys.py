@@ -169,6 +169,8 @@ def test_over_the_rate_limit_is_429_with_openais_headers(
         for _ in range(3)
     ]
     assert [r.status_code for r in replies] == [200, 200, 429]
+    assert replies[0].headers["x-ratelimit-remaining-requests"] == "1"  # on answers too
+    assert replies[1].headers["x-ratelimit-limit-requests"] == "2"
     refused = replies[2]
     assert refused.json()["error"]["type"] == "rate_limit_error"
     assert int(refused.headers["retry-after"]) >= 1
