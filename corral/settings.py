@@ -135,8 +135,8 @@ class Settings(BaseModel):
     )
     log_prompts: bool = Field(
         False,
-        description="Keep each request's body (up to 64 KiB) in the request log; "
-        "off: no prompt text is ever stored.",
+        description="Keep each request's and answer's body (up to 64 KiB each) in the "
+        "request log; off: no prompt or output text is ever stored.",
     )
     request_log_days: float = Field(30.0, gt=0, description="Days the request log keeps a request.")
     request_log_max_rows: int = Field(

@@ -9,6 +9,7 @@ docs), in the request log with the key that made it.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import TYPE_CHECKING
 
@@ -17,13 +18,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.api.auth import STATE_KEY
 from corral.api.spec import matched_route
-from corral.keys.store import Principal
+from corral.keys.store import SECRET_PREFIX, Principal
 from corral.service.inference import Trace
 from corral.service.request_log import MAX_PROMPT_BYTES, RequestLogRow
 
 if TYPE_CHECKING:
     from corral.api.services import Services
 
+_SECRET = re.compile(re.escape(SECRET_PREFIX) + r"[A-Za-z0-9_\-]+")
 NOT_LOGGED = frozenset({"/health", "/ready", "/metrics", "/openapi.json", "/docs"})
 
 
@@ -42,10 +44,15 @@ class Observe:
         arrived, started = time.time(), time.perf_counter()
         status = 500  # if the app fails before answering
         body = bytearray()
+        answer = bytearray()
+        logging_prompts = services.settings.log_prompts
 
         async def sending(message: Message) -> None:
             nonlocal status
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.body":
+                if logging_prompts and len(answer) < MAX_PROMPT_BYTES:
+                    answer.extend(message.get("body", b"")[: MAX_PROMPT_BYTES - len(answer)])
+            elif message["type"] == "http.response.start":
                 status = message["status"]
                 if trace.rate_headers:  # the key's limits, as OpenAI reports them
                     MutableHeaders(scope=message).update(trace.rate_headers)
@@ -57,7 +64,6 @@ class Observe:
                 body.extend(message.get("body", b"")[: MAX_PROMPT_BYTES - len(body)])
             return message
 
-        logging_prompts = services.settings.log_prompts
         try:
             await self.app(scope, receiving if logging_prompts else receive, sending)
         finally:
@@ -84,8 +90,15 @@ class Observe:
                         client=client[0] if client else None,
                         user=trace.user,
                         metadata_=trace.metadata,
-                        prompt=body.decode("utf-8", "replace")
-                        if logging_prompts and body
-                        else None,
+                        prompt=_logged(body) if logging_prompts else None,
+                        output=_logged(answer) if logging_prompts else None,
                     )
                 )
+
+
+def _logged(data: bytearray) -> str | None:
+    """A body as the request log keeps it: text, with any API key's secret cut out (a
+    key's creation answers with it)."""
+    if not data:
+        return None
+    return _SECRET.sub(SECRET_PREFIX + "[redacted]", data.decode("utf-8", "replace"))

@@ -3,8 +3,9 @@
 Who (key id, client address, the client's own ``user`` and ``metadata``), what (method,
 route, model, status), how much (prompt and completion tokens) and how long (time to
 first token, duration). Never the prompt or the answer, unless ``log_prompts`` is on;
-then the request body (up to 64 KiB) is kept too. Admin actions (pulls, deletes, key
-changes) are requests like any other, so they are logged with the key that made them.
+then the request's body and the answer's (up to 64 KiB each, API key secrets cut out)
+are kept too. Admin actions (pulls, deletes, key changes) are requests like any other,
+so they are logged with the key that made them.
 
 Rows are buffered and written in one transaction every second, off the event loop;
 the oldest are pruned by age (``request_log_days``) and count
@@ -47,6 +48,7 @@ class RequestLogRow(Base):
     user: Mapped[str | None] = mapped_column(String(256))
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
     prompt: Mapped[str | None] = mapped_column(Text)  # the request body; log_prompts only
+    output: Mapped[str | None] = mapped_column(Text)  # the answer's body; log_prompts only
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ class RequestLog:
         """Queue a row (cheap: the event loop calls this at the end of each request)."""
         if row.prompt is not None and len(row.prompt) > MAX_PROMPT_BYTES:
             row.prompt = row.prompt[:MAX_PROMPT_BYTES]
+        if row.output is not None and len(row.output) > MAX_PROMPT_BYTES:
+            row.output = row.output[:MAX_PROMPT_BYTES]
         self._pending.append(row)
 
     def flush(self) -> None:
@@ -134,4 +138,5 @@ def row_object(row: RequestLogRow) -> dict[str, Any]:
         "user": row.user,
         "metadata": row.metadata_,
         **({"prompt": row.prompt} if row.prompt is not None else {}),
+        **({"output": row.output} if row.output is not None else {}),
     }

@@ -33,6 +33,7 @@ def upgrade() -> None:
         sa.Column("user", sa.String(256)),
         sa.Column("metadata", sa.JSON),
         sa.Column("prompt", sa.Text),
+        sa.Column("output", sa.Text),
     )
 
 
