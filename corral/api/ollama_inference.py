@@ -73,7 +73,7 @@ async def embed(request: Request) -> Response:
         marks = await _load(request, services, record, keep_alive, start)
         body: dict[str, Any] = {}
     else:
-        payload = translate.embed_request(req.model, inputs, req.dimensions)
+        payload = translate.embed_request(req.model, inputs, req.dimensions, req.truncate)
         body, marks = await _post(request, services, record, keep_alive, start, payload)
     end = time.perf_counter_ns()
     return json_response(translate.embed_response(body, model=req.model, marks=marks, end_ns=end))

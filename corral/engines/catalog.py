@@ -35,7 +35,10 @@ from corral.errors import InvalidRequest, UnsupportedCapability
 from corral.registry.records import Capability, ModelRecord, capability_names
 from corral.settings import env_name
 
-BUILTIN: tuple[str, ...] = ("corral.engines.llamacpp.descriptor:descriptor",)
+BUILTIN: tuple[str, ...] = (
+    "corral.engines.llamacpp.descriptor:descriptor",
+    "corral.engines.transformers.descriptor:descriptor",
+)
 ENTRY_POINT_GROUP = "corral.engines"
 # corral.yaml's short names for parameters every engine has.
 DECLARED_ALIASES = {"context": "context_length"}
@@ -112,6 +115,8 @@ class Catalog:
     def check_serves(self, record: ModelRecord, capability: Capability) -> EngineDescriptor:
         """The engine for ``record`` if it can serve ``capability``, else a clear 400."""
         descriptor = self.for_record(record)
+        if (why := descriptor.unavailable(record)) is not None:
+            raise UnsupportedCapability(why, param="model")
         offered = descriptor.capabilities(record)
         if capability in offered:
             return descriptor

@@ -101,6 +101,11 @@ class EngineDescriptor(ABC):
     def capabilities(self, record: ModelRecord) -> frozenset[Capability]:
         """What this engine offers for ``record``, from its registry facts."""
 
+    def unavailable(self, record: ModelRecord) -> str | None:
+        """Why this engine cannot run ``record`` here at all (its optional dependencies
+        are missing, say), for the 400 every request for it gets; None if it can."""
+        return None
+
     def command(
         self, record: ModelRecord, params: EngineParams, ctx: LaunchContext
     ) -> WorkerCommand:

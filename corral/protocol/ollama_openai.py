@@ -250,10 +250,16 @@ def embed_inputs(value: str | list[str]) -> list[str]:
     return value
 
 
-def embed_request(model: str, inputs: list[str], dimensions: int | None) -> dict[str, Any]:
+def embed_request(
+    model: str, inputs: list[str], dimensions: int | None, truncate: bool = True
+) -> dict[str, Any]:
+    """Ollama cuts an input longer than the model's context unless ``truncate`` is
+    false (then it is a 400): the worker's ``truncate`` extension does the same."""
     body: dict[str, Any] = {"model": model, "input": inputs, "encoding_format": "float"}
     if dimensions is not None:
         body["dimensions"] = dimensions
+    if truncate:
+        body["truncate"] = True
     return body
 
 

@@ -399,6 +399,9 @@ class EmbeddingRequest(_Request):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
     user: str | None = None
+    # Extension (Ollama's /api/embed sends it, true by default there): cut an input
+    # longer than the model's context to fit, instead of refusing it with a 400.
+    truncate: bool = False
 
     def inputs(self) -> list[str | list[int]]:
         """The input as a list of items, each a text or a token list."""

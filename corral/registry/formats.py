@@ -83,19 +83,33 @@ def _hf_info(files: Mapping[str, Path]) -> ModelInfo:
         if name.endswith(".safetensors")
     )
     quant = config.get("quantization_config", {}).get("quant_method") or str(
-        config.get("torch_dtype") or config.get("dtype") or "unknown"
+        config.get("torch_dtype")
+        or config.get("dtype")
+        or _safetensors_dtype([p for n, p in files.items() if n.endswith(".safetensors")])
     )
     heads = int(text_config.get("num_attention_heads", 0))
     hidden = int(text_config.get("hidden_size", 0))
+    context = int(text_config.get("max_position_embeddings", 0))
+    # A cross-encoder: a sequence classifier with one label, the relevance score.
+    labels = config.get("id2label") or {}
+    reranker = architecture.endswith("ForSequenceClassification") and (
+        int(config.get("num_labels", len(labels) or 1)) == 1
+    )
+    sentence_transformers = "modules.json" in files
+    if sentence_transformers and "sentence_bert_config.json" in files:
+        # The length it was trained to embed, shorter than the positions it has.
+        context = int(_json(files["sentence_bert_config.json"]).get("max_seq_length") or context)
+    generative = architecture.endswith(("ForCausalLM", "ForConditionalGeneration"))
     return ModelInfo(
         format="safetensors",
         architecture=architecture,
         parameters=parameters,
         quantization=quant,
-        context_length=int(text_config.get("max_position_embeddings", 0)),
+        context_length=context,
         embedding_length=hidden,
         has_chat_template="chat_template" in tokenizer_config or "chat_template.jinja" in files,
-        embedding=not architecture.endswith(("ForCausalLM", "ForConditionalGeneration")),
+        embedding=not generative and not reranker,
+        reranker=reranker,
         block_count=int(text_config.get("num_hidden_layers", 0)),
         head_count=heads,
         head_count_kv=int(text_config.get("num_key_value_heads", heads)),
@@ -128,6 +142,27 @@ def _safetensors_parameters(path: Path) -> int:
             count *= int(dim)
         total += count
     return total
+
+
+_SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+
+
+def _safetensors_dtype(paths: list[Path]) -> str:
+    """The weights' dtype, from the first safetensors header (older configs omit it)."""
+    for path in sorted(paths)[:1]:
+        with path.open("rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if length > _SAFETENSORS_HEADER_LIMIT:
+                return "unknown"
+            header = json.loads(f.read(length))
+        kinds = {  # the weights' float type; integer buffers (position ids) aside
+            t["dtype"]
+            for n, t in header.items()
+            if n != "__metadata__" and t["dtype"] in _SAFETENSORS_DTYPES
+        }
+        if len(kinds) == 1:
+            return _SAFETENSORS_DTYPES.get(kinds.pop(), "unknown")
+    return "unknown"
 
 
 def _is_mmproj(name: str) -> bool:

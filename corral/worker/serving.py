@@ -218,7 +218,7 @@ class WorkerService:
                 f"dimensions must be at most {caps.embedding_length} for this model.",
                 param="dimensions",
             )
-        token_lists = self._embedding_tokens(req.inputs())
+        token_lists = self._embedding_tokens(req.inputs(), req.truncate)
         vectors = await run_until_disconnect(request, self.engine.embed(token_lists))
         n_tokens = sum(map(len, token_lists))
         body = EmbeddingResponse(
@@ -270,14 +270,22 @@ class WorkerService:
         )
         return self._finished(request, body)
 
-    def _embedding_tokens(self, inputs: Sequence[str | list[int]]) -> list[list[int]]:
-        limit = self.engine.capabilities.context_length
-        vocab = self.engine.capabilities.vocab_size
+    def _embedding_tokens(
+        self, inputs: Sequence[str | list[int]], truncate: bool = False
+    ) -> list[list[int]]:
+        """Each input's tokens; one longer than the context is a 400, or with
+        ``truncate`` cut to fit (its last token, the end marker a model adds, kept)."""
+        caps = self.engine.capabilities
+        limit, vocab = caps.context_length, caps.vocab_size
         out: list[list[int]] = []
         for i, item in enumerate(inputs):
             if isinstance(item, str) and not item:
                 raise InvalidRequest(f"input[{i}] is an empty string.", param="input")
-            if isinstance(item, str):
+            if isinstance(item, str) and truncate and caps.max_token_bytes:
+                # Enough text for more than ``limit`` tokens whatever they are; the rest
+                # would be cut anyway, so it is not tokenized.
+                item = item[: (limit + 1) * caps.max_token_bytes]
+            elif isinstance(item, str):
                 self.check_text_size(item, "input")
             tokens = (
                 self.engine.tokenize(item, add_special=True, parse_special=False)
@@ -286,6 +294,10 @@ class WorkerService:
             )
             if not isinstance(item, str):
                 translate.check_token_ids(tokens, vocab, param=f"input[{i}]")
+            if len(tokens) > limit and truncate:
+                tokens = (
+                    tokens[: limit - 1] + tokens[-1:] if isinstance(item, str) else tokens[:limit]
+                )
             if len(tokens) > limit:
                 raise ContextLengthExceeded(
                     f"This model's maximum context length is {limit} tokens. However, "

@@ -325,7 +325,9 @@ def test_embed_inputs_and_body() -> None:
         "input": ["hello"],
         "encoding_format": "float",
         "dimensions": 8,
+        "truncate": True,  # Ollama's default: cut to the context, do not refuse
     }
+    assert "truncate" not in t.embed_request("e", ["hello"], None, truncate=False)
 
 
 # --- the template override ----------------------------------------------------------

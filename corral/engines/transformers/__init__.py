@@ -1,0 +1,1 @@
+"""The transformers engine: Hugging Face safetensors repos, on PyTorch (an extra)."""

@@ -1,0 +1,110 @@
+"""The gateway's side of the transformers engine: safetensors repos, their parameters,
+their memory. Imports neither torch nor transformers: those are the worker's, and an
+optional extra (``pip install 'corral[transformers]'``).
+
+What a repo can do is read from its registry facts (``config.json`` and, for
+sentence-transformers repos, ``modules.json``): a ``*ForSequenceClassification``
+model with one label is a cross-encoder (reranking), a sentence-transformers repo or
+an encoder is an embedding model. Causal language models (chat) are the next step of
+this engine; until then they are refused by name.
+
+The memory estimate: the weights at the dtype the worker will use (float32 on CPU
+unless asked otherwise), activations for a batch of ``batch_inputs`` sequences of the
+model's length, and the process with PyTorch loaded (measured: ``WORKER_BASE_BYTES``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Literal
+
+from pydantic import Field
+
+from corral.engines.descriptor import EngineDescriptor, EngineParams, MemoryEstimate
+from corral.registry.records import Capability, ModelRecord
+
+MiB = 1 << 20
+# A worker with torch, transformers and sentence-transformers imported, no model yet
+# (measured on this machine: ~330 MiB RSS with torch 2.13 CPU).
+WORKER_BASE_BYTES = 360 * MiB
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+EMBEDDINGS = frozenset({Capability.EMBEDDINGS})
+RERANK = frozenset({Capability.RERANK})
+EXTRA = "pip install 'corral[transformers]'"
+
+
+def default_threads() -> int:
+    import os
+
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+class TransformersParams(EngineParams):
+    threads: int = Field(
+        default_factory=default_threads, ge=1, description="CPU threads PyTorch may use."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the model runs; auto = CUDA when present, else CPU."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights' dtype; auto = float16 on CUDA, float32 on CPU."
+    )
+    batch_inputs: int = Field(
+        32, ge=1, le=4096, description="Most inputs one forward pass takes (embeddings)."
+    )
+
+
+def engine_installed() -> bool:
+    """Whether this environment has the extra (checked without importing torch)."""
+    return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
+
+
+class TransformersDescriptor(EngineDescriptor):
+    name = "transformers"
+    formats = frozenset({"safetensors"})
+    params_model = TransformersParams
+    worker_engine = "corral.engines.transformers.engine:TransformersEngine"
+
+    def capabilities(self, record: ModelRecord) -> frozenset[Capability]:
+        if record.info.reranker:
+            return RERANK
+        if record.info.embedding:
+            return EMBEDDINGS
+        return frozenset()  # causal LMs: chat on this engine is not built yet
+
+    def estimate(self, record: ModelRecord, params: EngineParams) -> MemoryEstimate:
+        assert isinstance(params, TransformersParams)
+        info = record.info
+        dtype = "float32" if params.dtype == "auto" else params.dtype
+        weights = info.parameters * DTYPE_BYTES[dtype] if info.parameters else record.size
+        length = min(info.context_length or 512, params.context_length or 512)
+        # Activations of one forward pass: hidden states and attention scores per layer
+        # kept by inference mode only layer by layer (two of them alive at a time).
+        hidden = info.embedding_length or 768
+        heads = info.head_count or 12
+        per_sequence = length * (hidden * 4 + heads * length) * DTYPE_BYTES[dtype]
+        buffers = 2 * params.batch_inputs * per_sequence
+        return MemoryEstimate(
+            weights=weights, kv_cache=0, buffers=buffers, process=WORKER_BASE_BYTES
+        )
+
+    def unavailable(self, record: ModelRecord) -> str | None:
+        if not engine_installed():
+            return (
+                f"The model '{record.name}' runs on the transformers engine, which is not "
+                f"installed here: {EXTRA}."
+            )
+        if not (record.info.embedding or record.info.reranker):
+            return (
+                f"The model '{record.name}' is a {record.info.architecture}: generating text "
+                "with safetensors models on the transformers engine is not built yet. "
+                "Use a GGUF of it (llama.cpp), or an embedding or reranking model here."
+            )
+        return None
+
+    def context_length(self, record: ModelRecord, params: EngineParams) -> int:
+        trained, asked = record.info.context_length, params.context_length
+        return min(asked, trained) if asked and trained else asked or trained
+
+
+descriptor = TransformersDescriptor()

@@ -1,0 +1,273 @@
+"""The worker's side of the transformers engine: sentence-transformers embedding models
+and cross-encoders, on PyTorch.
+
+The model is loaded with sentence-transformers (``SentenceTransformer`` or
+``CrossEncoder``), so its modules (pooling, a dense layer, normalisation: whatever its
+``modules.json`` lists) run as their authors configured them. The worker hands over
+token ids, tokenized by the model's own tokenizer; they are padded into tensors here
+and run through the model's own forward pass.
+
+Concurrent requests share forward passes: each ``embed``/``rerank`` call queues its
+inputs and one batcher task takes everything queued (up to ``batch_inputs`` inputs) into
+one forward pass on a thread, while the next requests gather behind it. So 32 clients
+sending one sentence each cost a few forward passes, not 32.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from corral.engines.base import (
+    Capabilities,
+    Engine,
+    EventSink,
+    GenerationRequest,
+    RequestHandle,
+)
+from corral.engines.transformers.descriptor import TransformersParams
+from corral.errors import EngineLoadError, UnsupportedCapability
+from corral.registry.records import Capability
+
+log = logging.getLogger("corral.transformers")
+
+
+def _device(params: TransformersParams) -> str:
+    if params.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if params.device == "cuda" and not torch.cuda.is_available():
+        raise EngineLoadError("device is cuda, but PyTorch sees no CUDA device here.")
+    return params.device
+
+
+def _dtype(params: TransformersParams, device: str) -> torch.dtype:
+    if params.dtype == "auto":
+        return torch.float16 if device == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        params.dtype
+    ]
+
+
+@dataclass
+class _Job:
+    inputs: list[list[int]]
+    done: asyncio.Future[list[Any]]
+
+
+@dataclass
+class _Batcher:
+    """Gathers the inputs of concurrent requests into forward passes of at most
+    ``limit`` inputs, run one at a time on a thread."""
+
+    run: Callable[[list[list[int]]], list[Any]]
+    limit: int
+    queue: list[_Job] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    passes: int = 0
+    inputs: int = 0
+    forward_ns: int = 0
+
+    async def submit(self, inputs: list[list[int]]) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        if self.task is None or self.task.done():
+            self.task = loop.create_task(self._serve())
+        job = _Job(inputs, loop.create_future())
+        self.queue.append(job)
+        self.wake.set()
+        return await job.done
+
+    async def _serve(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.queue:
+                taken: list[_Job] = []
+                count = 0
+                while self.queue and (not taken or count + len(self.queue[0].inputs) <= self.limit):
+                    job = self.queue.pop(0)
+                    if job.done.cancelled():
+                        continue  # its client left while it waited
+                    taken.append(job)
+                    count += len(job.inputs)
+                if not taken:
+                    continue
+                flat = [ids for job in taken for ids in job.inputs]
+                started = time.perf_counter_ns()
+                try:
+                    results = await asyncio.to_thread(self._chunked, flat)
+                except Exception as exc:  # the engine's failure is each request's
+                    for job in taken:
+                        if not job.done.done():
+                            job.done.set_exception(exc)
+                    continue
+                self.forward_ns += time.perf_counter_ns() - started
+                self.passes += 1
+                self.inputs += len(flat)
+                offset = 0
+                for job in taken:
+                    part = results[offset : offset + len(job.inputs)]
+                    offset += len(job.inputs)
+                    if not job.done.done():
+                        job.done.set_result(part)
+
+    def _chunked(self, flat: list[list[int]]) -> list[Any]:
+        """One request may bring more than ``limit`` inputs: it gets several passes."""
+        out: list[Any] = []
+        for start in range(0, len(flat), self.limit):
+            out.extend(self.run(flat[start : start + self.limit]))
+        return out
+
+
+class TransformersEngine(Engine):
+    def __init__(self, model_path: Path, params: TransformersParams) -> None:
+        from sentence_transformers import CrossEncoder, SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # log noise
+
+        torch.set_num_threads(params.threads)
+        self.device = _device(params)
+        self.dtype = _dtype(params, self.device)
+        directory = model_path if model_path.is_dir() else model_path.parent
+        config = _read_json(directory / "config.json")
+        architecture = str((config.get("architectures") or [""])[0])
+        self.reranker = architecture.endswith("ForSequenceClassification")
+        kwargs = {"torch_dtype": self.dtype}
+        try:
+            if self.reranker:
+                self._cross = CrossEncoder(
+                    str(directory), device=self.device, local_files_only=True, model_kwargs=kwargs
+                )
+                self._tokenizer = self._cross.tokenizer
+                max_length = self._cross.max_length or int(
+                    config.get("max_position_embeddings", 512)
+                )
+                self._sentence = None
+                width = 1
+            else:
+                self._sentence = SentenceTransformer(
+                    str(directory), device=self.device, local_files_only=True, model_kwargs=kwargs
+                )
+                self._tokenizer = self._sentence.tokenizer
+                max_length = self._sentence.max_seq_length
+                width = int(self._sentence.get_sentence_embedding_dimension() or 0)
+                self._cross = None
+        except (OSError, ValueError) as exc:
+            raise EngineLoadError(
+                f"cannot load {directory} with sentence-transformers: {exc}"
+            ) from exc
+        context = min(params.context_length, max_length) if params.context_length else max_length
+        self._sep = self._tokenizer.sep_token_id
+        self._pad = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
+        self._needs_types = "token_type_ids" in self._tokenizer.model_input_names
+        vocab = len(self._tokenizer)
+        self.capabilities = Capabilities(
+            offers=frozenset({Capability.RERANK if self.reranker else Capability.EMBEDDINGS}),
+            context_length=context,
+            slots=params.slots,
+            embedding_length=width,
+            vocab_size=vocab,
+            max_token_bytes=max((len(t.encode()) for t in self._tokenizer.get_vocab()), default=0),
+        )
+        self.chat_template = None
+        self.bos_text = self._tokenizer.bos_token or ""
+        self.eos_text = self._tokenizer.eos_token or ""
+        run = self._score if self.reranker else self._embed
+        self._batcher = _Batcher(run, params.batch_inputs)
+        log.info(
+            "loaded %s on %s (%s) as a %s, context %d",
+            directory.name,
+            self.device,
+            str(self.dtype).removeprefix("torch."),
+            "cross-encoder" if self.reranker else "sentence-transformers model",
+            context,
+        )
+
+    # --- tokens ---------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        ids: list[int] = self._tokenizer(text, add_special_tokens=add_special)["input_ids"]
+        return ids
+
+    def rerank_tokens(self, query: str, document: str) -> list[int]:
+        if not self.reranker:
+            return super().rerank_tokens(query, document)
+        ids: list[int] = self._tokenizer(query, document)["input_ids"]
+        return ids
+
+    # --- embeddings and scores --------------------------------------------------------
+
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        if self._sentence is None:
+            raise UnsupportedCapability("This model is a reranker; it scores documents.")
+        return await self._batcher.submit([list(ids) for ids in inputs])
+
+    async def rerank(self, inputs: Sequence[Sequence[int]]) -> list[float]:
+        if self._cross is None:
+            return await super().rerank(inputs)
+        return await self._batcher.submit([list(ids) for ids in inputs])
+
+    def _features(self, batch: list[list[int]]) -> dict[str, torch.Tensor]:
+        longest = max(len(ids) for ids in batch)
+        input_ids = torch.full((len(batch), longest), self._pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        types = torch.zeros((len(batch), longest), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[row, : len(ids)] = 1
+            if self._needs_types and self._sep is not None and self._sep in ids:
+                # A pair: the second segment starts after the first separator (BERT).
+                start = ids.index(self._sep) + 1
+                types[row, start : len(ids)] = 1
+        features = {"input_ids": input_ids, "attention_mask": mask}
+        if self._needs_types:
+            features["token_type_ids"] = types
+        return {k: v.to(self.device) for k, v in features.items()}
+
+    def _embed(self, batch: list[list[int]]) -> list[list[float]]:
+        assert self._sentence is not None
+        with torch.inference_mode():
+            out = self._sentence(self._features(batch))["sentence_embedding"]
+        vectors: list[list[float]] = out.float().cpu().tolist()
+        return vectors
+
+    def _score(self, batch: list[list[int]]) -> list[float]:
+        assert self._cross is not None
+        with torch.inference_mode():
+            logits = self._cross(self._features(batch))["scores"]
+            scores = self._cross.activation_fn(logits).float().cpu()
+        return [float(s) for s in scores.reshape(len(batch), -1)[:, 0]]
+
+    # --- generation: not on this engine yet --------------------------------------------
+
+    def submit(self, request: GenerationRequest, sink: EventSink) -> RequestHandle:
+        raise UnsupportedCapability(
+            "This model is an embedding or reranking model; it cannot generate text.",
+            param="model",
+        )
+
+    def stats(self) -> dict[str, int]:
+        b = self._batcher
+        return {"forward_passes": b.passes, "batched_inputs": b.inputs, "forward_ns": b.forward_ns}
+
+    def close(self) -> None:
+        if self._batcher.task is not None:
+            self._batcher.task.cancel()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise EngineLoadError(f"cannot read {path.name}: {exc}") from exc
+    return data if isinstance(data, dict) else {}
