@@ -25,15 +25,18 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# This file's own directory first on the path would make ``import transformers`` find
+# this file, not the library: the repository root instead.
+sys.path = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 from corral.registry.store import Registry  # noqa: E402
 from corral.scheduler.launch import free_port  # noqa: E402
 
-WORDS = (
-    "the a quick brown fox jumps over lazy dog while seven tired otters watch river "
-    "bank music guitar rain market kitchen pasta football library airport phone snow"
-).split()
+WORDS = [
+    *("the", "a", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "while"),
+    *("seven", "tired", "otters", "watch", "river", "bank", "music", "guitar", "rain"),
+    *("market", "kitchen", "pasta", "football", "library", "airport", "phone", "snow"),
+]
 
 
 def sentences(n: int, seed: int = 0) -> list[str]:
