@@ -52,6 +52,13 @@ class TransformersParams(EngineParams):
     batch_inputs: int = Field(
         32, ge=1, le=4096, description="Most inputs one forward pass takes (embeddings)."
     )
+    batch_wait_ms: float = Field(
+        5.0,
+        ge=0,
+        le=1000,
+        description="How long a forward pass that is not full waits for more inputs "
+        "(0 = never): a few ms of latency for much larger passes under load.",
+    )
 
 
 def engine_installed() -> bool:

@@ -68,6 +68,7 @@ class _Batcher:
 
     run: Callable[[list[list[int]]], list[Any]]
     limit: int
+    wait: float = 0.0  # seconds to gather more inputs before a pass that is not full
     queue: list[_Job] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -89,6 +90,7 @@ class _Batcher:
             await self.wake.wait()
             self.wake.clear()
             while self.queue:
+                await self._gather()
                 taken: list[_Job] = []
                 count = 0
                 while self.queue and (not taken or count + len(self.queue[0].inputs) <= self.limit):
@@ -117,6 +119,20 @@ class _Batcher:
                     offset += len(job.inputs)
                     if not job.done.done():
                         job.done.set_result(part)
+
+    async def _gather(self) -> None:
+        """Let more inputs join a pass that is not full yet, for at most ``wait``: a
+        pass of one input costs nearly as much as one of many."""
+        deadline = time.monotonic() + self.wait
+        while sum(len(j.inputs) for j in self.queue) < self.limit:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.wake.clear()
+            try:
+                await asyncio.wait_for(self.wake.wait(), left)
+            except TimeoutError:
+                return
 
     def _chunked(self, flat: list[list[int]]) -> list[Any]:
         """One request may bring more than ``limit`` inputs: it gets several passes."""
@@ -181,7 +197,7 @@ class TransformersEngine(Engine):
         self.bos_text = self._tokenizer.bos_token or ""
         self.eos_text = self._tokenizer.eos_token or ""
         run = self._score if self.reranker else self._embed
-        self._batcher = _Batcher(run, params.batch_inputs)
+        self._batcher = _Batcher(run, params.batch_inputs, params.batch_wait_ms / 1000)
         log.info(
             "loaded %s on %s (%s) as a %s, context %d",
             directory.name,
