@@ -40,6 +40,12 @@ def default_threads() -> int:
 
 
 class TransformersParams(EngineParams):
+    # Requests at once: an embedding model's forward pass takes many inputs, so as many
+    # requests may be in the worker as one pass takes (4 held it to 4 per pass: 0.5x
+    # sentence-transformers' own throughput, bench/RESULTS.md).
+    slots: int = Field(
+        32, ge=1, le=256, description="Requests one model takes at once (inputs of one pass)."
+    )
     threads: int = Field(
         default_factory=default_threads, ge=1, description="CPU threads PyTorch may use."
     )
@@ -53,7 +59,7 @@ class TransformersParams(EngineParams):
         32, ge=1, le=4096, description="Most inputs one forward pass takes (embeddings)."
     )
     batch_wait_ms: float = Field(
-        5.0,
+        0.0,
         ge=0,
         le=1000,
         description="How long a forward pass that is not full waits for more inputs "
