@@ -12,7 +12,7 @@ import pytest
 from corral.engines.catalog import load_catalog
 from corral.engines.transformers import descriptor as module
 from corral.engines.transformers.descriptor import TransformersParams
-from corral.errors import UnsupportedCapability
+from corral.errors import InvalidRequest, UnsupportedCapability
 from corral.registry.formats import detect_format, read_info
 from corral.registry.gguf_info import ModelInfo
 from corral.registry.records import Capability, ModelRecord
@@ -87,10 +87,15 @@ def test_safetensors_models_go_to_the_transformers_engine_and_say_what_they_do()
     assert catalog.check_serves(embedder, Capability.EMBEDDINGS).name == "transformers"
     with pytest.raises(UnsupportedCapability, match="does not produce embeddings"):
         catalog.check_serves(record(info(embedding=False, reranker=True)), Capability.EMBEDDINGS)
-    with pytest.raises(UnsupportedCapability, match="not built yet"):
-        catalog.check_serves(
-            record(info(architecture="LlamaForCausalLM", embedding=False)), Capability.CHAT
-        )
+    chat = record(info(architecture="LlamaForCausalLM", embedding=False, has_chat_template=True))
+    assert catalog.check_serves(chat, Capability.CHAT).name == "transformers"
+    plain = record(info(architecture="GPT2LMHeadModel", embedding=False))
+    with pytest.raises(UnsupportedCapability, match="cannot serve chat"):
+        catalog.check_serves(plain, Capability.CHAT)  # no chat template: completions only
+    with pytest.raises(InvalidRequest, match="min_p is not supported") as refused:
+        catalog.precheck(chat, Capability.CHAT, {"model": "m", "min_p": 0.1})
+    assert refused.value.param == "min_p"
+    catalog.precheck(chat, Capability.CHAT, {"model": "m", "temperature": 0.3, "seed": None})
 
 
 def test_without_the_extra_every_request_says_how_to_install_it(
@@ -108,3 +113,15 @@ def test_the_estimate_counts_weights_at_the_dtype_used() -> None:
     bf16 = d.estimate(record(info()), TransformersParams(dtype="bfloat16"))
     assert fp32.weights == 22_000_000 * 4 and bf16.weights == 22_000_000 * 2
     assert fp32.process == module.WORKER_BASE_BYTES and fp32.kv_cache == 0
+    llama = info(
+        architecture="LlamaForCausalLM",
+        embedding=False,
+        block_count=2,
+        head_count=4,
+        head_count_kv=2,
+        embedding_length=64,
+        vocab_size=400,
+    )
+    generation = d.estimate(record(llama), TransformersParams(slots=8, context_length=256))
+    pages = module.kv_blocks(8, 256)
+    assert generation.kv_cache == pages * module.PAGE_SIZE * 2 * 2 * 2 * 16 * 4  # K and V

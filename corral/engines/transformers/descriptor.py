@@ -16,19 +16,24 @@ model's length, and the process with PyTorch loaded (measured: ``WORKER_BASE_BYT
 from __future__ import annotations
 
 import importlib.util
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import Field
 
 from corral.engines.descriptor import EngineDescriptor, EngineParams, MemoryEstimate
+from corral.errors import InvalidRequest
 from corral.registry.records import Capability, ModelRecord
 
 MiB = 1 << 20
+PAGE_SIZE = 256  # tokens per page of the continuous-batching KV cache
 # A worker with torch, transformers and sentence-transformers imported, no model yet
 # (measured on this machine: ~330 MiB RSS with torch 2.13 CPU).
 WORKER_BASE_BYTES = 360 * MiB
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 EMBEDDINGS = frozenset({Capability.EMBEDDINGS})
+TEXT = frozenset({Capability.CHAT, Capability.COMPLETION})
+COMPLETION = frozenset({Capability.COMPLETION})
 RERANK = frozenset({Capability.RERANK})
 EXTRA = "pip install 'corral[transformers]'"
 
@@ -67,6 +72,32 @@ class TransformersParams(EngineParams):
     )
 
 
+# Request fields continuous batching cannot apply per request, with their neutral value.
+UNSUPPORTED = {
+    "min_p": 0.0,
+    "repeat_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "logit_bias": None,
+    "seed": None,
+    "logprobs": None,
+    "top_logprobs": None,
+}
+
+
+def refusal(param: str) -> str:
+    return (
+        f"{param} is not supported by the transformers engine (its continuous batching "
+        "applies temperature, top_p and top_k per request); leave it out, or use a GGUF "
+        "of this model on llama.cpp."
+    )
+
+
+def kv_blocks(slots: int, context: int, page_size: int = PAGE_SIZE) -> int:
+    """Pages of KV cache for ``slots`` requests of ``context`` tokens each."""
+    return max(2, -(-slots * context // page_size) + 1)
+
+
 def engine_installed() -> bool:
     """Whether this environment has the extra (checked without importing torch)."""
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
@@ -76,14 +107,14 @@ class TransformersDescriptor(EngineDescriptor):
     name = "transformers"
     formats = frozenset({"safetensors"})
     params_model = TransformersParams
-    worker_engine = "corral.engines.transformers.engine:TransformersEngine"
+    worker_engine = "corral.engines.transformers.engine:load"
 
     def capabilities(self, record: ModelRecord) -> frozenset[Capability]:
         if record.info.reranker:
             return RERANK
         if record.info.embedding:
             return EMBEDDINGS
-        return frozenset()  # causal LMs: chat on this engine is not built yet
+        return TEXT if record.info.has_chat_template else COMPLETION
 
     def estimate(self, record: ModelRecord, params: EngineParams) -> MemoryEstimate:
         assert isinstance(params, TransformersParams)
@@ -95,6 +126,15 @@ class TransformersDescriptor(EngineDescriptor):
         # kept by inference mode only layer by layer (two of them alive at a time).
         hidden = info.embedding_length or 768
         heads = info.head_count or 12
+        if not (info.embedding or info.reranker):  # generation: the paged KV cache
+            context = self.context_length(record, params) or 4096
+            head_dim = info.key_length or (hidden // heads)
+            per_token = info.block_count * 2 * (info.head_count_kv or heads) * head_dim
+            kv = kv_blocks(params.slots, context) * PAGE_SIZE * per_token * DTYPE_BYTES[dtype]
+            logits = max(256, params.slots * 16) * (info.vocab_size or 32000) * 4 * 2
+            return MemoryEstimate(
+                weights=weights, kv_cache=kv, buffers=logits, process=WORKER_BASE_BYTES
+            )
         per_sequence = length * (hidden * 4 + heads * length) * DTYPE_BYTES[dtype]
         buffers = 2 * params.batch_inputs * per_sequence
         return MemoryEstimate(
@@ -107,13 +147,18 @@ class TransformersDescriptor(EngineDescriptor):
                 f"The model '{record.name}' runs on the transformers engine, which is not "
                 f"installed here: {EXTRA}."
             )
-        if not (record.info.embedding or record.info.reranker):
-            return (
-                f"The model '{record.name}' is a {record.info.architecture}: generating text "
-                "with safetensors models on the transformers engine is not built yet. "
-                "Use a GGUF of it (llama.cpp), or an embedding or reranking model here."
-            )
         return None
+
+    def precheck(
+        self, record: ModelRecord, capability: Capability, body: Mapping[str, Any]
+    ) -> None:
+        """Refuse, by name, a sampling parameter continuous batching cannot apply."""
+        if capability not in (Capability.CHAT, Capability.COMPLETION):
+            return
+        for param, neutral in UNSUPPORTED.items():
+            value = body.get(param)
+            if value is not None and value != neutral and value is not False and value != {}:
+                raise InvalidRequest(refusal(param), param=param)
 
     def context_length(self, record: ModelRecord, params: EngineParams) -> int:
         trained, asked = record.info.context_length, params.context_length

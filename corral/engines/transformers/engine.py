@@ -39,6 +39,24 @@ from corral.registry.records import Capability
 log = logging.getLogger("corral.transformers")
 
 
+def load(model_path: Path, params: TransformersParams) -> Engine:
+    """The engine for a repo: generation for a causal language model, else embeddings
+    or reranking (sentence-transformers)."""
+    directory = model_path if model_path.is_dir() else model_path.parent
+    config = _read_json(directory / "config.json")
+    architecture = str((config.get("architectures") or [""])[0])
+    if architecture.endswith(("ForCausalLM", "ForConditionalGeneration")):
+        from corral.engines.transformers.chat import ChatEngine
+
+        return ChatEngine(directory, params)
+    return TransformersEngine(directory, params)
+
+
+def device_and_dtype(params: TransformersParams) -> tuple[str, torch.dtype]:
+    device = _device(params)
+    return device, _dtype(params, device)
+
+
 def _device(params: TransformersParams) -> str:
     if params.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

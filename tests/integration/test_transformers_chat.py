@@ -1,0 +1,153 @@
+"""Text generation on the transformers engine: a tiny random Llama, made offline.
+
+Greedy output through Corral equals ``model.generate`` on the same prompt; eight
+streams are in progress at once (continuous batching); what the engine cannot apply
+per request is a 400 naming it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from corral.registry.store import Registry  # noqa: E402
+from tests.support.hf_models import tiny_llama  # noqa: E402
+from tests.support.server import CorralServer  # noqa: E402
+
+HI = [{"role": "user", "content": "hello world"}]
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CorralServer]:
+    home: Path = tmp_path_factory.mktemp("hf-chat-home")
+    registry = Registry(home)
+    registry.import_path(tiny_llama(), "tiny")
+    registry.close()
+    server = CorralServer(home, threads=1, slots=8, context_length=256).start()
+    yield server
+    server.stop()
+
+
+def reference(messages: list[dict[str, str]], max_new_tokens: int) -> str:
+    directory = tiny_llama()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory))
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(directory))
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    if not isinstance(ids, list):
+        ids = ids["input_ids"]
+    out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False)
+    text: str = tokenizer.decode(out[0][len(ids) :], skip_special_tokens=True)
+    return text
+
+
+def test_greedy_output_equals_model_generate(srv: CorralServer) -> None:
+    with openai.OpenAI(base_url=srv.openai_url, api_key="none", max_retries=0) as c:
+        reply = c.chat.completions.create(
+            model="tiny",
+            messages=HI,
+            max_tokens=12,
+            temperature=0,  # type: ignore[arg-type]
+        )
+        streamed = "".join(
+            chunk.choices[0].delta.content or ""
+            for chunk in c.chat.completions.create(
+                model="tiny",
+                messages=HI,
+                max_tokens=12,
+                temperature=0,
+                stream=True,  # type: ignore[arg-type]
+            )
+            if chunk.choices
+        )
+    expected = reference(HI, 12)
+    assert reply.choices[0].message.content == expected == streamed
+    assert reply.usage is not None and reply.usage.completion_tokens <= 12
+    assert reply.choices[0].finish_reason in ("length", "stop")
+
+
+def test_eight_streams_run_at_once(srv: CorralServer) -> None:
+    events: list[tuple[int, str]] = []
+    lock = threading.Lock()
+
+    def stream(i: int) -> None:
+        body = {
+            "model": "tiny",
+            "messages": HI,
+            "max_tokens": 200,
+            "stream": True,
+            "temperature": 0.8,
+            "ignore_eos": True,
+        }
+        with httpx.stream(
+            "POST", srv.openai_url + "/chat/completions", json=body, timeout=120
+        ) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {") and '"content"' in line:
+                    with lock:
+                        if not any(e == (i, "first") for e in events):
+                            events.append((i, "first"))
+        with lock:
+            events.append((i, "done"))
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    first_done = next(k for k, (_, what) in enumerate(events) if what == "done")
+    started_before = {i for i, what in events[:first_done] if what == "first"}
+    assert len(started_before) == 8, events  # every stream had output before any ended
+
+
+def test_what_the_engine_cannot_apply_is_refused_by_name(srv: CorralServer) -> None:
+    for param, value in (
+        ("min_p", 0.1),
+        ("frequency_penalty", 0.5),
+        ("seed", 7),
+        ("logprobs", True),
+    ):
+        body = {"model": "tiny", "messages": HI, "max_tokens": 2, param: value}
+        reply = httpx.post(srv.openai_url + "/chat/completions", json=body, timeout=60)
+        assert reply.status_code == 400, (param, reply.text)
+        assert reply.json()["error"]["param"] == param
+    schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+    constrained = httpx.post(
+        srv.openai_url + "/chat/completions",
+        json={"model": "tiny", "messages": HI, "max_tokens": 2, "response_format": schema},
+        timeout=60,
+    )
+    assert constrained.status_code == 400
+
+
+def test_stop_strings_and_a_client_that_leaves(srv: CorralServer) -> None:
+    expected = reference(HI, 12)
+    stop = expected[3:6] if len(expected) > 6 else None
+    if stop:
+        with openai.OpenAI(base_url=srv.openai_url, api_key="none", max_retries=0) as c:
+            reply = c.chat.completions.create(
+                model="tiny",
+                messages=HI,
+                max_tokens=12,
+                temperature=0,
+                stop=[stop],  # type: ignore[arg-type]
+            )
+        assert reply.choices[0].message.content == expected[: expected.index(stop)]
+        assert reply.choices[0].finish_reason == "stop"
+    body = {"model": "tiny", "messages": HI, "max_tokens": 200, "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", srv.openai_url + "/chat/completions", json=body, timeout=60) as r:
+        for n, _ in enumerate(r.iter_lines()):
+            if n > 3:
+                break  # leaves mid-stream
+    time.sleep(0.5)
+    # The slot is free again: a new request is served.
+    with openai.OpenAI(base_url=srv.openai_url, api_key="none", max_retries=0) as c:
+        assert c.chat.completions.create(model="tiny", messages=HI, max_tokens=2).choices  # type: ignore[arg-type]

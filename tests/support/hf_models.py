@@ -1,0 +1,68 @@
+"""Tiny random-weight Hugging Face models, made offline and cached like the GGUFs.
+
+A Llama with a byte-level BPE tokenizer trained here with ``tokenizers`` and a ChatML
+template: small enough to load in a second, real enough for transformers' own
+generation and continuous batching.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from tests.support.models import CACHE
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+TRAINING_TEXT = [
+    "the quick brown fox jumps over the lazy dog while the cat sleeps " * 20,
+    "hello world how are you today i am fine thank you and you " * 20,
+    "one two three four five six seven eight nine ten " * 20,
+]
+
+
+def tiny_llama() -> Path:
+    directory = CACHE / "hf-tiny-llama"
+    if (directory / "config.json").exists():
+        return directory
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tmp = directory.parent / f"{directory.name}.{os.getpid()}.partial"  # test processes race
+    tmp.mkdir(parents=True, exist_ok=True)
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<s>", "</s>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(TRAINING_TEXT, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
+    tokenizer.chat_template = CHATML
+    tokenizer.save_pretrained(tmp)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp)
+    try:
+        tmp.rename(directory)
+    except OSError:  # another test process finished first: theirs is the same model
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
