@@ -151,3 +151,11 @@ def test_stop_strings_and_a_client_that_leaves(srv: CorralServer) -> None:
     # The slot is free again: a new request is served.
     with openai.OpenAI(base_url=srv.openai_url, api_key="none", max_retries=0) as c:
         assert c.chat.completions.create(model="tiny", messages=HI, max_tokens=2).choices  # type: ignore[arg-type]
+
+
+def test_the_memory_estimate_is_near_the_measured_rss(srv: CorralServer) -> None:
+    with openai.OpenAI(base_url=srv.openai_url, api_key="none", max_retries=0) as c:
+        c.chat.completions.create(model="tiny", messages=HI, max_tokens=2)  # type: ignore[arg-type]
+    ps = {m["model"]: m for m in httpx.get(srv.url + "/admin/ps").json()["models"]}
+    memory = ps["tiny:latest"]["memory"]
+    assert memory["actual"] and 0.7 < memory["actual"] / memory["estimated"] < 1.3, memory
