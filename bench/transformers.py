@@ -89,6 +89,7 @@ def start(home: Path, model_dir: Path, threads: int) -> tuple[subprocess.Popen[b
         "CORRAL_HOME": str(home),
         "CORRAL_PORT": str(port),
         "CORRAL_THREADS": str(threads),
+        "CORRAL_DTYPE": "float32",  # as the in-process peer runs it
         "CORRAL_DEMO_MODEL": "0",
         "CORRAL_LOG_LEVEL": "warning",
     }
@@ -227,6 +228,7 @@ def chat_bench(args: argparse.Namespace) -> dict[str, Any]:
             "CORRAL_THREADS": str(args.threads),
             "CORRAL_SLOTS": "8",
             "CORRAL_CONTEXT_LENGTH": "512",
+            "CORRAL_DTYPE": "float32",  # transformers serve's auto keeps the weights' float32
             "CORRAL_DEMO_MODEL": "0",
             "CORRAL_LOG_LEVEL": "warning",
         }

@@ -70,7 +70,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CorralServer]:
     registry.import_path(minilm.get_model_path(), "minilm")
     registry.import_path(cross_encoder(tmp_path_factory.mktemp("ce")), "ce")
     registry.close()
-    server = CorralServer(home, threads=1).start()
+    server = CorralServer(home, threads=1, dtype="float32").start()  # as the reference runs
     yield server
     server.stop()
 

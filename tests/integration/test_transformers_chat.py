@@ -32,7 +32,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CorralServer]:
     registry = Registry(home)
     registry.import_path(tiny_llama(), "tiny")
     registry.close()
-    server = CorralServer(home, threads=1, slots=8, context_length=256).start()
+    server = CorralServer(home, threads=1, slots=8, context_length=256, dtype="float32").start()
     yield server
     server.stop()
 

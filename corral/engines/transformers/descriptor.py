@@ -61,7 +61,9 @@ class TransformersParams(EngineParams):
         "auto", description="Where the model runs; auto = CUDA when present, else CPU."
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weights' dtype; auto = float16 on CUDA, float32 on CPU."
+        "auto",
+        description="Weights' dtype; auto = float16 on CUDA; on CPU bfloat16 if this CPU "
+        "runs it clearly faster than float32 (measured at load), else float32.",
     )
     batch_inputs: int = Field(
         32, ge=1, le=4096, description="Most inputs one forward pass takes (embeddings)."
