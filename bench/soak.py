@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import statistics
 import subprocess
@@ -33,9 +32,9 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.serving import start_corral  # noqa: E402
 from corral.registry.store import Registry  # noqa: E402
 from corral.registry.synthetic import SyntheticSpec, write_model  # noqa: E402
-from corral.scheduler.launch import free_port  # noqa: E402
 
 KINDS = ("chat", "stream", "embed", "disconnect", "batch")
 WEIGHTS = (0.35, 0.3, 0.2, 0.13, 0.02)
@@ -65,31 +64,8 @@ def start(home: Path, slots: int) -> tuple[subprocess.Popen[bytes], str]:
     spec = SyntheticSpec(seed=2, embedding=True, name="embed")
     registry.import_path(write_model(home / "embed.gguf", spec), "embed")
     registry.close()
-    port = free_port()
-    env = {
-        **os.environ,
-        "CORRAL_HOME": str(home),
-        "CORRAL_PORT": str(port),
-        "CORRAL_THREADS": "1",
-        "CORRAL_SLOTS": str(slots),
-        "CORRAL_CONTEXT_LENGTH": "512",
-        "CORRAL_DEMO_MODEL": "0",
-        "CORRAL_LOG_LEVEL": "warning",
-        "CORRAL_MAX_QUEUE": "1024",
-    }
-    log = (home / "server.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "corral", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError("server did not start")
+    extra = {"CORRAL_CONTEXT_LENGTH": "512", "CORRAL_MAX_QUEUE": "1024"}
+    return start_corral(home, threads=1, slots=slots, extra_env=extra)
 
 
 def prompt(rng: random.Random) -> str:

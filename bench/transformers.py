@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # this file, not the library: the repository root instead.
 sys.path = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
+from bench.serving import start_corral, wait_http  # noqa: E402
 from corral.registry.store import Registry  # noqa: E402
 from corral.scheduler.launch import free_port  # noqa: E402
 
@@ -83,30 +84,8 @@ def start(home: Path, model_dir: Path, threads: int) -> tuple[subprocess.Popen[b
     registry = Registry(home)
     registry.import_path(model_dir, "minilm")
     registry.close()
-    port = free_port()
-    env = {
-        **os.environ,
-        "CORRAL_HOME": str(home),
-        "CORRAL_PORT": str(port),
-        "CORRAL_THREADS": str(threads),
-        "CORRAL_DTYPE": "float32",  # as the in-process peer runs it
-        "CORRAL_DEMO_MODEL": "0",
-        "CORRAL_LOG_LEVEL": "warning",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "corral", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError("server did not start")
+    # float32, as the in-process peer runs it.
+    return start_corral(home, threads, slots=32, extra_env={"CORRAL_DTYPE": "float32"})
 
 
 # --- chat -----------------------------------------------------------------------------
@@ -115,32 +94,19 @@ BENCH_MODEL = Path.home() / ".cache" / "corral-bench" / "hf-bench-llama"
 
 
 def bench_llama() -> Path:
-    """A 27M-parameter random Llama (8 layers, 512 wide) with the tests' tiny BPE
-    tokenizer and ChatML template: big enough that the forward pass is most of a step."""
-    if (BENCH_MODEL / "config.json").exists():
-        return BENCH_MODEL
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    """A 27M-parameter random Llama (8 layers, 512 wide) with the tests' BPE tokenizer
+    and ChatML template: big enough that the forward pass is most of a step."""
+    from tests.support.hf_models import random_llama
 
-    from tests.support.hf_models import tiny_llama
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_llama()))
-    BENCH_MODEL.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(BENCH_MODEL)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    return random_llama(
+        BENCH_MODEL,
         hidden_size=512,
         intermediate_size=1376,
         num_hidden_layers=8,
         num_attention_heads=8,
         num_key_value_heads=4,
         max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
     )
-    LlamaForCausalLM(config).save_pretrained(BENCH_MODEL)
-    return BENCH_MODEL
 
 
 async def chat_run(
@@ -193,19 +159,6 @@ async def chat_run(
     }
 
 
-def wait_up(url: str, proc: subprocess.Popen[bytes], path: str = "/health") -> None:
-    for _ in range(1200):
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(url + path, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("server did not start")
-
-
 def chat_bench(args: argparse.Namespace) -> dict[str, Any]:
     model_dir = bench_llama()
     runs = ((1, 8), (8, 32))
@@ -219,28 +172,13 @@ def chat_bench(args: argparse.Namespace) -> dict[str, Any]:
         registry = Registry(home)
         registry.import_path(model_dir, "bench")
         registry.close()
-        port = free_port()
-        env = {
-            **os.environ,
+        extra = {
             **threads_env,
-            "CORRAL_HOME": str(home),
-            "CORRAL_PORT": str(port),
-            "CORRAL_THREADS": str(args.threads),
-            "CORRAL_SLOTS": "8",
             "CORRAL_CONTEXT_LENGTH": "512",
             "CORRAL_DTYPE": "float32",  # transformers serve's auto keeps the weights' float32
-            "CORRAL_DEMO_MODEL": "0",
-            "CORRAL_LOG_LEVEL": "warning",
         }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "corral", "serve"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}"
+        proc, url = start_corral(home, args.threads, slots=8, extra_env=extra)
         try:
-            wait_up(url, proc)
             asyncio.run(chat_run(url, "bench", 1, 1, 8))  # load and warm up
             results["corral"] = {
                 f"{c}_clients": asyncio.run(chat_run(url, "bench", c, n, args.tokens))
@@ -273,7 +211,7 @@ def chat_bench(args: argparse.Namespace) -> dict[str, Any]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_up(url, proc)
+        wait_http(url + "/health", proc)
         name = str(model_dir)
         asyncio.run(chat_run(url, name, 1, 1, 8))
         results["transformers_serve"] = {

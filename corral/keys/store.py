@@ -233,17 +233,17 @@ class KeyStore:
 
 
 def _principal(row: ApiKeyRow) -> Principal:
-    scope: Scope = "admin" if row.scope == "admin" else "inference"
+    info = _info(row)
     return Principal(
-        key_id=row.id,
-        name=row.name,
-        scope=scope,
-        models=frozenset(row.models or ()),
-        rpm=row.rpm,
-        tpm=row.tpm,
-        daily_tokens=row.daily_tokens,
-        max_concurrent=row.max_concurrent,
-        expires_at=row.expires_at,
+        key_id=info.id,
+        name=info.name,
+        scope=info.scope,
+        models=frozenset(info.models),
+        rpm=info.rpm,
+        tpm=info.tpm,
+        daily_tokens=info.daily_tokens,
+        max_concurrent=info.max_concurrent,
+        expires_at=info.expires_at,
     )
 
 
