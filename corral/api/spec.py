@@ -97,11 +97,33 @@ def route(
     return DocumentedRoute(path, endpoint, method, operation)
 
 
+_ROUTE_CACHE_SIZE = 4096
+
+
 def matched_route(scope: Scope) -> DocumentedRoute | None:
-    """The documented route a request's method and path match, if any."""
-    for candidate in scope["app"].routes:
+    """The documented route a request's method and path match, if any.
+
+    Every request asks twice (its access, then its metrics and log line), and the
+    routes never change: the answer is kept per (method, path), up to a few thousand
+    paths (model names in paths make them many), so most requests match no regex.
+    """
+    app = scope["app"]
+    cache: dict[tuple[str, str], DocumentedRoute | None] | None = getattr(
+        app.state, "route_cache", None
+    )
+    if cache is None:
+        cache = app.state.route_cache = {}
+    key = (scope["method"], scope["path"])
+    if key in cache:
+        return cache[key]
+    found = None
+    for candidate in app.routes:
         if isinstance(candidate, DocumentedRoute):
             match, _ = candidate.matches(scope)
             if match == Match.FULL:
-                return candidate
-    return None
+                found = candidate
+                break
+    if len(cache) >= _ROUTE_CACHE_SIZE:
+        cache.clear()
+    cache[key] = found
+    return found
