@@ -35,6 +35,7 @@ from corral.engines.base import (
 )
 from corral.engines.text import TextAssembler
 from corral.engines.transformers.descriptor import PAGE_SIZE, TransformersParams, kv_blocks, refusal
+from corral.engines.transformers.guided import GrammarMasks
 from corral.errors import EngineError, EngineLoadError, InvalidRequest
 from corral.registry.records import Capability
 
@@ -55,15 +56,19 @@ class _Request(RequestHandle):
 
     def cancel(self) -> None:
         if not self.done:
-            self.done = True
+            self._end()
             self.engine.manager.cancel_request(self.id)
+
+    def _end(self) -> None:
+        self.done = True
+        self.engine.guide.detach(self.id)
 
     def on_result(self, result: Any) -> None:
         """The manager's answer so far (on the worker's event loop)."""
         if self.done:
             return
         if result.error is not None:
-            self.done = True
+            self._end()
             self.sink(Failed(EngineError(f"generation failed: {result.error}")))
             return
         tokens: list[int] = list(result.generated_tokens)
@@ -78,12 +83,12 @@ class _Request(RequestHandle):
                 if piece:
                     self.sink(TextDelta(piece))
         if self.assembler.stopped:
-            self.done = True
+            self._end()
             self.engine.manager.cancel_request(self.id)
             self._finish("stop", len(visible))
             return
         if result.is_finished():
-            self.done = True
+            self._end()
             tail = self.assembler.finish()
             if tail:
                 self.sink(TextDelta(tail))
@@ -141,6 +146,7 @@ class ChatEngine(Engine):
             slots=params.slots,
             vocab_size=vocab,
             max_token_bytes=max((len(t.encode()) for t in self.tokenizer.get_vocab()), default=0),
+            structured_output=True,
         )
         # Sampling processors exist only if the base config enables them (a temperature
         # other than 1, a top_k, a top_p): each request then sets its own values.
@@ -165,6 +171,13 @@ class ChatEngine(Engine):
         self.manager = self.model.init_continuous_batching(
             generation_config=generation, continuous_batching_config=batching
         )
+        # Structured output: llguidance's masks, first among the batch's processors so
+        # that sampling acts within the grammar (guided.py).
+        self.guide = GrammarMasks(self.tokenizer, int(config.vocab_size))
+        processors = self.manager.logit_processor
+        processors.logits_processor.insert(0, self.guide)
+        processors.tensors_required += 1
+        processors.do_processing = True
         self.manager.start()
         self.context = context
         self._served = 0
@@ -181,6 +194,9 @@ class ChatEngine(Engine):
         ids: list[int] = self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
         return ids
 
+    def check_grammar(self, grammar: str, *, param: str) -> None:
+        self.guide.compile(grammar, param)
+
     def decode(self, tokens: Sequence[int]) -> str:
         text = self.tokenizer.decode(list(tokens), skip_special_tokens=True)
         return text if isinstance(text, str) else "".join(text)
@@ -193,6 +209,8 @@ class ChatEngine(Engine):
         if refused is not None:
             raise InvalidRequest(refused[1], param=refused[0])
         job = _Request(self, request, sink)
+        if request.grammar is not None:
+            self.guide.attach(job.id, self.guide.compile(request.grammar, "response_format"))
         sampling = request.sampling
         kwargs: dict[str, Any] = (
             {"top_k": 1}
@@ -214,6 +232,7 @@ class ChatEngine(Engine):
             **kwargs,
         )
         if added is None:
+            self.guide.detach(job.id)
             raise EngineError("the transformers engine is not accepting requests")
         self._served += 1
         return job

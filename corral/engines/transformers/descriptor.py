@@ -22,7 +22,9 @@ from typing import Any, Literal
 from pydantic import Field
 
 from corral.engines.descriptor import EngineDescriptor, EngineParams, MemoryEstimate
+from corral.engines.structured import output_constraint
 from corral.errors import InvalidRequest
+from corral.protocol.openai import ChatCompletionRequest, CompletionRequest
 from corral.registry.records import Capability, ModelRecord
 
 MiB = 1 << 20
@@ -90,11 +92,15 @@ UNSUPPORTED = {
 }
 
 
+# Request fields that may constrain the output (``structured.output_constraint``).
+CONSTRAINING = ("response_format", "tools", "grammar", "json_schema", "structured_outputs")
+
+
 def refusal(param: str) -> str:
     return (
         f"{param} is not supported by the transformers engine (its continuous batching "
-        "applies temperature, top_p and top_k per request); leave it out, or use a GGUF "
-        "of this model on llama.cpp."
+        "applies temperature, top_p, top_k and output constraints per request); leave it "
+        "out, or use a GGUF of this model on llama.cpp."
     )
 
 
@@ -157,13 +163,17 @@ class TransformersDescriptor(EngineDescriptor):
     def precheck(
         self, record: ModelRecord, capability: Capability, body: Mapping[str, Any]
     ) -> None:
-        """Refuse, by name, a sampling parameter continuous batching cannot apply."""
+        """Refuse, by name, a sampling parameter continuous batching cannot apply, and an
+        output constraint llguidance would not enforce, before any load."""
         if capability not in (Capability.CHAT, Capability.COMPLETION):
             return
         for param, neutral in UNSUPPORTED.items():
             value = body.get(param)
             if value is not None and value != neutral and value is not False and value != {}:
                 raise InvalidRequest(refusal(param), param=param)
+        if any(body.get(key) for key in CONSTRAINING):
+            wire = ChatCompletionRequest if capability == Capability.CHAT else CompletionRequest
+            output_constraint(wire.model_validate(body))
 
     def context_length(self, record: ModelRecord, params: EngineParams) -> int:
         trained, asked = record.info.context_length, params.context_length
