@@ -203,3 +203,43 @@ def test_structured_output_holds_the_model_to_the_schema(srv: CorralServer) -> N
     except ValueError:
         free = None
     assert not isinstance(free, dict)  # the same model without the grammar: no object
+
+
+def test_one_request_at_a_time_without_continuous_batching(tmp_path: Path) -> None:
+    """The fallback for models continuous batching cannot run (here: switched off)."""
+    registry = Registry(tmp_path)
+    registry.import_path(tiny_llama(), "tiny")
+    registry.close()
+    settings = {"threads": 1, "context_length": 256, "dtype": "float32"}
+    server = CorralServer(tmp_path, continuous_batching=0, **settings).start()
+    try:
+        with openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0) as c:
+            whole = c.chat.completions.create(
+                model="tiny",
+                messages=HI,
+                max_tokens=12,
+                temperature=0,  # type: ignore[arg-type]
+            )
+            streamed = "".join(
+                chunk.choices[0].delta.content or ""
+                for chunk in c.chat.completions.create(
+                    model="tiny",
+                    messages=HI,  # type: ignore[arg-type]
+                    max_tokens=12,
+                    temperature=0,
+                    stream=True,
+                )
+                if chunk.choices
+            )
+        assert whole.choices[0].message.content == reference(HI, 12) == streamed
+        schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+        refused = httpx.post(
+            server.openai_url + "/chat/completions",
+            json={"model": "tiny", "messages": HI, "max_tokens": 4, "response_format": schema},
+            timeout=60,
+        )
+        assert refused.status_code == 400  # masks need the batch's processors
+        worker_log = "".join(p.read_text() for p in (tmp_path / "logs").glob("*.log"))
+        assert "one request at a time" in worker_log  # the worker says how it generates
+    finally:
+        server.stop()

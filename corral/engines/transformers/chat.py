@@ -16,12 +16,17 @@ fails with the same 400, never silently ignored.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from corral.engines.base import (
     Capabilities,
@@ -108,10 +113,104 @@ class _Request(RequestHandle):
         )
 
 
+@dataclass
+class _Result:
+    """What ``_Request.on_result`` reads from a result of either backend."""
+
+    generated_tokens: list[int]
+    error: str | None = None
+    finished: bool = False
+
+    def is_finished(self) -> bool:
+        return self.finished
+
+
+class _Sequential:
+    """One request at a time through ``model.generate``: for a model continuous
+    batching cannot run (logged at load), or when ``continuous_batching`` is off."""
+
+    def __init__(self, model: Any, pad_token_id: int) -> None:
+        self.model = model
+        self.pad_token_id = pad_token_id
+        self.cancelled: set[str] = set()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="generate")
+
+    def add(
+        self,
+        job: _Request,
+        prompt: list[int],
+        max_new: int,
+        eos: list[int] | int,
+        sampling: dict[str, Any],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self._pool.submit(self._run, job, prompt, max_new, eos, sampling, loop)
+
+    def cancel_request(self, request_id: str) -> None:
+        self.cancelled.add(request_id)
+
+    def _run(
+        self,
+        job: _Request,
+        prompt: list[int],
+        max_new: int,
+        eos: list[int] | int,
+        sampling: dict[str, Any],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers.generation.streamers import BaseStreamer
+
+        tokens: list[int] = []
+        cancelled = self.cancelled
+
+        class Stream(BaseStreamer):
+            first = True
+
+            def put(self, value: torch.Tensor) -> None:
+                if self.first:  # the prompt
+                    self.first = False
+                    return
+                tokens.extend(int(t) for t in value.reshape(-1))
+                loop.call_soon_threadsafe(job.on_result, _Result(list(tokens)))
+
+            def end(self) -> None:
+                pass
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **_: Any) -> bool:
+                return job.id in cancelled
+
+        greedy = sampling == {"top_k": 1}
+        options: dict[str, Any] = {"do_sample": not greedy}
+        if not greedy:
+            options.update(sampling)
+        error = None
+        try:
+            with torch.inference_mode():
+                self.model.generate(
+                    torch.tensor([prompt], device=self.model.device),
+                    max_new_tokens=max_new,
+                    eos_token_id=None if eos == -1 else eos,
+                    pad_token_id=self.pad_token_id,
+                    streamer=Stream(),
+                    stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                    **options,
+                )
+        except Exception as exc:  # the request's failure, not the worker's
+            log.exception("generate() failed")
+            error = str(exc)
+        finally:
+            cancelled.discard(job.id)
+        loop.call_soon_threadsafe(job.on_result, _Result(list(tokens), error, finished=True))
+
+    def stop(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 class ChatEngine(Engine):
     def __init__(self, directory: Path, params: TransformersParams) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-        from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
         from corral.engines.transformers.engine import device_and_dtype
 
@@ -161,6 +260,38 @@ class ChatEngine(Engine):
             if self.tokenizer.pad_token_id is not None
             else next(iter(self.eos_ids), 0),
         )
+        pad = generation.pad_token_id
+        self.guide = GrammarMasks(self.tokenizer, int(config.vocab_size))
+        self.manager: Any
+        self.batched = False
+        if params.continuous_batching:
+            try:
+                self.manager = self._batching(generation, params, context)
+                self.batched = True
+            except Exception as exc:  # an architecture its paged attention cannot run
+                log.warning(
+                    "continuous batching cannot run %s (%s): generating one request at a time",
+                    directory.name,
+                    exc,
+                )
+        if not self.batched:
+            self.manager = _Sequential(self.model, pad)
+            self.capabilities = replace(self.capabilities, structured_output=False)
+        self.context = context
+        self._served = 0
+        log.info(
+            "loaded %s on %s (%s) for generation, context %d, %d slots, %s",
+            directory.name,
+            self.device,
+            str(self.dtype).removeprefix("torch."),
+            context,
+            params.slots,
+            "continuous batching" if self.batched else "one request at a time",
+        )
+
+    def _batching(self, generation: Any, params: TransformersParams, context: int) -> Any:
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
         batching = ContinuousBatchingConfig(
             page_size=PAGE_SIZE,
             num_blocks=kv_blocks(params.slots, context, PAGE_SIZE),
@@ -168,33 +299,25 @@ class ChatEngine(Engine):
             per_request_processors=True,
             auto_switch_to_flash=False,
         )
-        self.manager = self.model.init_continuous_batching(
+        manager = self.model.init_continuous_batching(
             generation_config=generation, continuous_batching_config=batching
         )
         # Structured output: llguidance's masks, first among the batch's processors so
         # that sampling acts within the grammar (guided.py).
-        self.guide = GrammarMasks(self.tokenizer, int(config.vocab_size))
-        processors = self.manager.logit_processor
+        processors = manager.logit_processor
         processors.logits_processor.insert(0, self.guide)
         processors.tensors_required += 1
         processors.do_processing = True
-        self.manager.start()
-        self.context = context
-        self._served = 0
-        log.info(
-            "loaded %s on %s (%s) for generation, context %d, %d slots, continuous batching",
-            directory.name,
-            self.device,
-            str(self.dtype).removeprefix("torch."),
-            context,
-            params.slots,
-        )
+        manager.start()
+        return manager
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         ids: list[int] = self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
         return ids
 
     def check_grammar(self, grammar: str, *, param: str) -> None:
+        if not self.batched:
+            super().check_grammar(grammar, param=param)  # the refusal: no masks here
         self.guide.compile(grammar, param)
 
     def decode(self, tokens: Sequence[int]) -> str:
@@ -222,13 +345,18 @@ class ChatEngine(Engine):
             }
         )
         max_new = min(request.max_tokens or self.room(request), self.room(request))
+        eos: list[int] | int = -1 if request.ignore_eos else sorted(self.eos_ids) or -1
+        if not self.batched:
+            self.manager.add(job, list(request.prompt_tokens), max_new, eos, kwargs)
+            self._served += 1
+            return job
         self.manager.register_result_handler(job.id, job.on_result)
         added = self.manager.add_request(
             list(request.prompt_tokens),
             request_id=job.id,
             max_new_tokens=max_new,
             streaming=True,
-            eos_token_id=-1 if request.ignore_eos else sorted(self.eos_ids) or -1,
+            eos_token_id=eos,
             **kwargs,
         )
         if added is None:
@@ -245,7 +373,10 @@ class ChatEngine(Engine):
 
     def close(self) -> None:
         try:
-            self.manager.stop(block=True, timeout=5)
+            if self.batched:
+                self.manager.stop(block=True, timeout=5)
+            else:
+                self.manager.stop()
         except Exception:  # closing: nothing to report to
             log.exception("stopping the continuous batching manager")
 

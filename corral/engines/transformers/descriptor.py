@@ -70,6 +70,11 @@ class TransformersParams(EngineParams):
     batch_inputs: int = Field(
         32, ge=1, le=4096, description="Most inputs one forward pass takes (embeddings)."
     )
+    continuous_batching: bool = Field(
+        True,
+        description="Generate through transformers' continuous batching; off (or a model "
+        "it cannot run) = one request at a time through generate().",
+    )
     batch_wait_ms: float = Field(
         0.0,
         ge=0,
