@@ -114,6 +114,19 @@ def kv_blocks(slots: int, context: int, page_size: int = PAGE_SIZE) -> int:
     return max(2, -(-slots * context // page_size) + 1)
 
 
+def torch_build_bytes() -> int:
+    """What a CUDA build of torch adds to every worker's RSS, GPU or not: its CUDA
+    libraries are mapped at import (measured: +417 MiB against the CPU build). Read
+    from the installed version ("2.13.0+cpu" is the CPU build), without importing it."""
+    import importlib.metadata
+
+    try:
+        version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return 0
+    return 0 if "+cpu" in version else 420 * MiB
+
+
 def engine_installed() -> bool:
     """Whether this environment has the extra (checked without importing torch)."""
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
@@ -149,12 +162,18 @@ class TransformersDescriptor(EngineDescriptor):
             kv = kv_blocks(params.slots, context) * PAGE_SIZE * per_token * DTYPE_BYTES[dtype]
             logits = max(256, params.slots * 16) * (info.vocab_size or 32000) * 4 * 2
             return MemoryEstimate(
-                weights=weights, kv_cache=kv, buffers=logits, process=GENERATION_BASE_BYTES
+                weights=weights,
+                kv_cache=kv,
+                buffers=logits,
+                process=GENERATION_BASE_BYTES + torch_build_bytes(),
             )
         per_sequence = length * (hidden * 4 + heads * length) * DTYPE_BYTES[dtype]
         buffers = 2 * params.batch_inputs * per_sequence
         return MemoryEstimate(
-            weights=weights, kv_cache=0, buffers=buffers, process=WORKER_BASE_BYTES
+            weights=weights,
+            kv_cache=0,
+            buffers=buffers,
+            process=WORKER_BASE_BYTES + torch_build_bytes(),
         )
 
     def unavailable(self, record: ModelRecord) -> str | None:
