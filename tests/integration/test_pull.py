@@ -18,6 +18,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from corral.engines.transformers.descriptor import engine_installed
 from corral.scheduler.launch import free_port
 from tests.support import models
 from tests.support.fake_hub import FakeHub
@@ -275,16 +276,20 @@ def test_whole_repo_pull_of_safetensors_and_onnx(start: Any, hub: FakeHub) -> No
     assert job["state"] == "completed", job
     onnx = httpx.get(f"{srv.url}/admin/models/org/iris-onnx").json()
     assert onnx["format"] == "onnx" and Path(onnx["path"]).read_bytes() == b"\x08\x07onnx-graph"
-    # The transformers engine takes it; these stand-in weights (no tokenizer, two
-    # tensors) cannot load, and the answer says so instead of hanging or a bare 500.
+    # The transformers engine takes it. Without its extra, every request says how to
+    # install it; with it, these stand-in weights (no tokenizer, two tensors) cannot
+    # load, and the answer says so instead of hanging or a bare 500.
     refused = httpx.post(
         srv.openai_url + "/chat/completions",
         json={"model": "org/tiny-llama", "messages": [{"role": "user", "content": "x"}]},
         timeout=120,
     )
     error = refused.json()["error"]
-    assert refused.status_code == 500 and error["code"] == "model_load_failed", error
-    assert "transformers" in error["message"]
+    if engine_installed():
+        assert refused.status_code == 500 and error["code"] == "model_load_failed", error
+        assert "transformers" in error["message"]
+    else:
+        assert refused.status_code == 400 and "corral[transformers]" in error["message"]
 
 
 def test_private_hub_needs_hf_token(tmp_path: Path) -> None:
