@@ -21,6 +21,7 @@ engine is a new package plus one line there.
 
 from __future__ import annotations
 
+import os
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -31,6 +32,16 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from corral.registry.records import Capability, ModelRecord
+
+
+def default_threads() -> int:
+    """Half the cores, at least one: every engine's default thread count.
+
+    llama.cpp slows 20-60x when its threads compete with any other load for the same
+    cores (measured on a 2-core machine), so the default leaves room for the gateway,
+    the clients and a second worker.
+    """
+    return max(1, (os.cpu_count() or 2) // 2)
 
 
 class EngineParams(BaseModel):

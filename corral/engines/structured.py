@@ -18,7 +18,7 @@ structured output runs with its own tokenizer.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,6 +31,7 @@ from corral.protocol.openai import (
     SamplingFields,
     Tool,
 )
+from corral.registry.records import Capability
 
 ToolMode = Literal["off", "auto", "forced"]
 
@@ -209,3 +210,18 @@ def _renamed(pointer: str, prefix: str) -> str:
     if len(parts) > 2 and parts[1] in ("$defs", "definitions"):
         parts[2] = prefix + parts[2]
     return "/".join(parts)
+
+
+# Request fields that may constrain the output (``output_constraint``).
+CONSTRAINING = ("response_format", "tools", "grammar", "json_schema", "structured_outputs")
+
+
+def precheck_constraint(capability: Capability, body: Mapping[str, Any]) -> None:
+    """An engine descriptor's refusal, before any load, of an output constraint
+    llguidance would not enforce (chat and completion bodies; others have none)."""
+    if not any(body.get(key) for key in CONSTRAINING):
+        return
+    if capability == Capability.CHAT:
+        output_constraint(ChatCompletionRequest.model_validate(body))
+    elif capability == Capability.COMPLETION:
+        output_constraint(CompletionRequest.model_validate(body))

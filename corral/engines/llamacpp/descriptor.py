@@ -13,15 +13,18 @@ shows both in ``ps``. Calibration figures are in ``corral/scheduler/design.md``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import Field
 
-from corral.engines.descriptor import EngineDescriptor, EngineParams, MemoryEstimate
-from corral.engines.structured import output_constraint
-from corral.protocol.openai import ChatCompletionRequest, CompletionRequest
+from corral.engines.descriptor import (
+    EngineDescriptor,
+    EngineParams,
+    MemoryEstimate,
+    default_threads,
+)
+from corral.engines.structured import precheck_constraint
 from corral.registry.records import Capability, ModelRecord
 
 MiB = 1 << 20
@@ -34,16 +37,6 @@ PROMPT_CACHE_AUTO_CAP = 1024 * MiB
 TEXT = frozenset({Capability.CHAT, Capability.COMPLETION})
 EMBEDDINGS = frozenset({Capability.EMBEDDINGS})
 RERANK = frozenset({Capability.RERANK})
-
-
-def default_threads() -> int:
-    """Half the cores, at least one.
-
-    llama.cpp slows 20-60x when its threads compete with any other load for the same
-    cores (measured on a 2-core machine), so the default leaves room for the gateway,
-    the clients and a second worker.
-    """
-    return max(1, (os.cpu_count() or 2) // 2)
 
 
 class LlamaCppParams(EngineParams):
@@ -123,16 +116,7 @@ class LlamaCppDescriptor(EngineDescriptor):
         self, record: ModelRecord, capability: Capability, body: Mapping[str, Any]
     ) -> None:
         """Refuse an output constraint llguidance would not enforce, before any load."""
-        if not any(body.get(key) for key in _CONSTRAINING):
-            return
-        if capability == Capability.CHAT:
-            output_constraint(ChatCompletionRequest.model_validate(body))
-        elif capability == Capability.COMPLETION:
-            output_constraint(CompletionRequest.model_validate(body))
-
-
-# Request fields that may constrain the output (``structured.output_constraint``).
-_CONSTRAINING = ("response_format", "tools", "grammar", "json_schema", "structured_outputs")
+        precheck_constraint(capability, body)
 
 
 def _pad(n: int) -> int:

@@ -21,10 +21,14 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from corral.engines.descriptor import EngineDescriptor, EngineParams, MemoryEstimate
-from corral.engines.structured import output_constraint
+from corral.engines.descriptor import (
+    EngineDescriptor,
+    EngineParams,
+    MemoryEstimate,
+    default_threads,
+)
+from corral.engines.structured import precheck_constraint
 from corral.errors import InvalidRequest
-from corral.protocol.openai import ChatCompletionRequest, CompletionRequest
 from corral.registry.records import Capability, ModelRecord
 
 MiB = 1 << 20
@@ -41,12 +45,6 @@ TEXT = frozenset({Capability.CHAT, Capability.COMPLETION})
 COMPLETION = frozenset({Capability.COMPLETION})
 RERANK = frozenset({Capability.RERANK})
 EXTRA = "pip install 'corral[transformers]'"
-
-
-def default_threads() -> int:
-    import os
-
-    return max(1, (os.cpu_count() or 2) // 2)
 
 
 class TransformersParams(EngineParams):
@@ -95,10 +93,6 @@ UNSUPPORTED = {
     "logprobs": None,
     "top_logprobs": None,
 }
-
-
-# Request fields that may constrain the output (``structured.output_constraint``).
-CONSTRAINING = ("response_format", "tools", "grammar", "json_schema", "structured_outputs")
 
 
 def refusal(param: str) -> str:
@@ -195,13 +189,7 @@ class TransformersDescriptor(EngineDescriptor):
             value = body.get(param)
             if value is not None and value != neutral and value is not False and value != {}:
                 raise InvalidRequest(refusal(param), param=param)
-        if any(body.get(key) for key in CONSTRAINING):
-            wire = ChatCompletionRequest if capability == Capability.CHAT else CompletionRequest
-            output_constraint(wire.model_validate(body))
-
-    def context_length(self, record: ModelRecord, params: EngineParams) -> int:
-        trained, asked = record.info.context_length, params.context_length
-        return min(asked, trained) if asked and trained else asked or trained
+        precheck_constraint(capability, body)
 
 
 descriptor = TransformersDescriptor()
