@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import jsonschema
-from llguidance import LLMatcher, LLParserLimits
+from llguidance import LLMatcher, LLParserLimits, LLTokenizer
 from llguidance.gbnf_to_lark import any_to_lark
 
 from corral.errors import InvalidRequest, UnsupportedSchema
@@ -249,3 +251,39 @@ def _place(node: Any, key: str, path: str = "$", depth: int = 0) -> str | None:
         if (found := _place(child, key, path + step, depth + 1)) is not None:
             return found
     return None
+
+
+class CompiledGrammars:
+    """Grammars compiled for one model's tokenizer, kept by text (``size`` of them), so a
+    schema sent again, or checked on the request's thread and then used by the engine,
+    compiles once. ``tokenizer`` is called when the first grammar compiles (an engine may
+    still be building it as the model loads)."""
+
+    def __init__(self, tokenizer: Callable[[], LLTokenizer], size: int = 32) -> None:
+        self._tokenizer = tokenizer
+        self._size = size
+        self._lock = threading.Lock()
+        self._compiled: OrderedDict[str, LLMatcher] = OrderedDict()
+
+    def matcher(self, grammar: str, *, param: str) -> LLMatcher:
+        """A fresh matcher for ``grammar``; a 400 naming ``param`` if it does not compile."""
+        with self._lock:
+            proto = self._compiled.get(grammar)
+            if proto is None:
+                proto = self._compile(grammar, param)
+                self._compiled[grammar] = proto
+                while len(self._compiled) > self._size:
+                    self._compiled.popitem(last=False)
+            else:
+                self._compiled.move_to_end(grammar)
+            return proto.deep_copy()
+
+    def _compile(self, grammar: str, param: str) -> LLMatcher:
+        matcher = LLMatcher(self._tokenizer(), grammar, log_level=0, limits=LIMITS)
+        if matcher.is_error():
+            raise UnsupportedSchema(
+                f"The output constraint in {param} does not compile for this model: "
+                f"{matcher.get_error()}",
+                param=param,
+            )
+        return matcher

@@ -19,7 +19,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -28,8 +27,8 @@ import llama_cpp as lc
 import numpy as np
 from llguidance import LLExecutor, LLMatcher, LLTokenizer
 
-from corral.engines.guidance import LIMITS
-from corral.errors import EngineError, UnsupportedSchema
+from corral.engines.guidance import CompiledGrammars
+from corral.errors import EngineError
 
 _COMPILED = 32
 log = logging.getLogger("corral.engine")
@@ -46,8 +45,7 @@ class Guide:
             target=self._build, args=(vocab, sorted(eog)), name="llguidance-vocab", daemon=True
         )
         self._built.start()
-        self._lock = threading.Lock()
-        self._compiled: OrderedDict[str, LLMatcher] = OrderedDict()
+        self._grammars = CompiledGrammars(self._built_tokenizer, size=_COMPILED)
         self._masks = np.zeros((rows, (n_vocab + 31) // 32), dtype=np.int32)
         self._executor = LLExecutor(num_threads=1)
         self._pool: ThreadPoolExecutor | None = None
@@ -61,29 +59,13 @@ class Guide:
 
     def matcher(self, grammar: str, *, param: str) -> LLMatcher:
         """A fresh matcher for ``grammar``; a 400 naming ``param`` if it does not compile."""
-        with self._lock:
-            proto = self._compiled.get(grammar)
-            if proto is None:
-                proto = self._compile(grammar, param)
-                self._compiled[grammar] = proto
-                while len(self._compiled) > _COMPILED:
-                    self._compiled.popitem(last=False)
-            else:
-                self._compiled.move_to_end(grammar)
-            return proto.deep_copy()
+        return self._grammars.matcher(grammar, param=param)
 
-    def _compile(self, grammar: str, param: str) -> LLMatcher:
+    def _built_tokenizer(self) -> LLTokenizer:
         self._built.join()
         if self._tokenizer is None:
             raise EngineError(f"structured output is unavailable here: {self._build_error}")
-        matcher = LLMatcher(self._tokenizer, grammar, log_level=0, limits=LIMITS)
-        if matcher.is_error():
-            raise UnsupportedSchema(
-                f"The output constraint in {param} does not compile for this model: "
-                f"{matcher.get_error()}",
-                param=param,
-            )
-        return matcher
+        return self._tokenizer
 
     def start_masks(self, rows: Sequence[tuple[LLMatcher, int]]) -> Future[None] | None:
         """Begin computing each matcher's mask into its row; wait on the result."""

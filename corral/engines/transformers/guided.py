@@ -31,8 +31,7 @@ from transformers.generation.continuous_batching.cb_logits_processors import (
     ContinuousBatchingLogitsProcessor,
 )
 
-from corral.engines.guidance import LIMITS
-from corral.errors import UnsupportedSchema
+from corral.engines.guidance import CompiledGrammars
 
 
 class GrammarMasks(ContinuousBatchingLogitsProcessor):
@@ -41,6 +40,7 @@ class GrammarMasks(ContinuousBatchingLogitsProcessor):
 
     def __init__(self, tokenizer: Any, vocab_size: int) -> None:
         self.lltokenizer: LLTokenizer = from_tokenizer(tokenizer, n_vocab=vocab_size)
+        self._grammars = CompiledGrammars(lambda: self.lltokenizer)
         self.vocab_size = vocab_size
         self._lock = threading.Lock()
         self._matchers: dict[str, tuple[LLMatcher, list[int]]] = {}  # id -> (matcher, consumed)
@@ -50,15 +50,9 @@ class GrammarMasks(ContinuousBatchingLogitsProcessor):
     # --- requests ---------------------------------------------------------------------
 
     def compile(self, grammar: str, param: str) -> LLMatcher:
-        """A matcher for ``grammar``, or the 400 naming ``param`` if it does not compile."""
-        matcher = LLMatcher(self.lltokenizer, grammar, log_level=0, limits=LIMITS)
-        if matcher.is_error():
-            raise UnsupportedSchema(
-                f"The output constraint in {param} does not compile for this model: "
-                f"{matcher.get_error()}",
-                param=param,
-            )
-        return matcher
+        """A fresh matcher for ``grammar``, or the 400 naming ``param`` if it does not
+        compile; compiled once per grammar text (the request's check, then its slot)."""
+        return self._grammars.matcher(grammar, param=param)
 
     def attach(self, request_id: str, matcher: LLMatcher) -> None:
         with self._lock:
