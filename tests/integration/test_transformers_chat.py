@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -49,25 +50,21 @@ def reference(messages: list[dict[str, str]], max_new_tokens: int) -> str:
     return text
 
 
-def test_greedy_output_equals_model_generate(srv: CorralServer) -> None:
-    with openai.OpenAI(base_url=srv.openai_url, api_key="none", max_retries=0) as c:
-        reply = c.chat.completions.create(
-            model="tiny",
-            messages=HI,
-            max_tokens=12,
-            temperature=0,  # type: ignore[arg-type]
-        )
+def greedy_whole_and_streamed(server: CorralServer) -> tuple[Any, str]:
+    """The same greedy 12-token chat, asked whole and streamed: (reply, streamed text)."""
+    with openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0) as c:
+        ask: dict[str, Any] = {"model": "tiny", "messages": HI, "max_tokens": 12, "temperature": 0}
+        reply = c.chat.completions.create(**ask)
         streamed = "".join(
             chunk.choices[0].delta.content or ""
-            for chunk in c.chat.completions.create(
-                model="tiny",
-                messages=HI,
-                max_tokens=12,
-                temperature=0,
-                stream=True,  # type: ignore[arg-type]
-            )
+            for chunk in c.chat.completions.create(**ask, stream=True)
             if chunk.choices
         )
+    return reply, streamed
+
+
+def test_greedy_output_equals_model_generate(srv: CorralServer) -> None:
+    reply, streamed = greedy_whole_and_streamed(srv)
     expected = reference(HI, 12)
     assert reply.choices[0].message.content == expected == streamed
     assert reply.usage is not None and reply.usage.completion_tokens <= 12
@@ -213,24 +210,7 @@ def test_one_request_at_a_time_without_continuous_batching(tmp_path: Path) -> No
     settings = {"threads": 1, "context_length": 256, "dtype": "float32"}
     server = CorralServer(tmp_path, continuous_batching=0, **settings).start()
     try:
-        with openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0) as c:
-            whole = c.chat.completions.create(
-                model="tiny",
-                messages=HI,
-                max_tokens=12,
-                temperature=0,  # type: ignore[arg-type]
-            )
-            streamed = "".join(
-                chunk.choices[0].delta.content or ""
-                for chunk in c.chat.completions.create(
-                    model="tiny",
-                    messages=HI,  # type: ignore[arg-type]
-                    max_tokens=12,
-                    temperature=0,
-                    stream=True,
-                )
-                if chunk.choices
-            )
+        whole, streamed = greedy_whole_and_streamed(server)
         assert whole.choices[0].message.content == reference(HI, 12) == streamed
         schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
         refused = httpx.post(

@@ -114,7 +114,7 @@ class ChatEngine(Engine):
     def __init__(self, directory: Path, params: TransformersParams) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-        from corral.engines.transformers.engine import device_and_dtype
+        from corral.engines.transformers.engine import device_and_dtype, longest_token_bytes
 
         self.device, self.dtype = device_and_dtype(params)
         try:
@@ -146,7 +146,7 @@ class ChatEngine(Engine):
             context_length=context,
             slots=params.slots,
             vocab_size=vocab,
-            max_token_bytes=max((len(t.encode()) for t in self.tokenizer.get_vocab()), default=0),
+            max_token_bytes=longest_token_bytes(self.tokenizer),
             structured_output=True,
         )
         # Sampling processors exist only if the base config enables them (a temperature

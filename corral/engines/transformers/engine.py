@@ -50,6 +50,12 @@ def load(model_path: Path, params: TransformersParams) -> Engine:
     return TransformersEngine(directory, params)
 
 
+def longest_token_bytes(tokenizer: Any) -> int:
+    """The longest token's text in bytes (``Capabilities.max_token_bytes``); for
+    byte-level vocabularies an overestimate, which only makes the size bound laxer."""
+    return max((len(t.encode()) for t in tokenizer.get_vocab()), default=0)
+
+
 def device_and_dtype(params: TransformersParams) -> tuple[str, torch.dtype]:
     device = _device(params)
     return device, _dtype(params, device)
@@ -147,7 +153,7 @@ class TransformersEngine(Engine):
             slots=params.slots,
             embedding_length=width,
             vocab_size=vocab,
-            max_token_bytes=max((len(t.encode()) for t in self._tokenizer.get_vocab()), default=0),
+            max_token_bytes=longest_token_bytes(self._tokenizer),
         )
         self.chat_template = None
         self.bos_text = self._tokenizer.bos_token or ""
