@@ -34,18 +34,20 @@ class Authenticate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        keys: KeyStore = scope["app"].state.services.keys
+        services = scope["app"].state.services
         try:
-            principal = self._check(scope, keys)
+            principal = self._check(scope, services.keys, services.settings.metrics_need_key)
         except CorralError as error:
             await refusal(scope["path"], error)(scope, receive, send)
             return
         scope.setdefault("state", {})[STATE_KEY] = principal
         await self.app(scope, receive, send)
 
-    def _check(self, scope: Scope, keys: KeyStore) -> Principal | None:
+    def _check(self, scope: Scope, keys: KeyStore, metrics_need_key: bool) -> Principal | None:
         access = _access(scope)
-        secret = _secret(scope)
+        if access == "metrics":
+            access = "admin" if metrics_need_key else "public"
+        secret = api_key_of(scope)
         if access == "public":
             return None
         if not keys.any():
@@ -71,7 +73,9 @@ def _access(scope: Scope) -> Access:
     return route.operation.access if route is not None else "public"
 
 
-def _secret(scope: Scope) -> str:
+def api_key_of(scope: Scope) -> str:
+    """The API key a request carries, as each API's clients send it: ``Authorization:
+    Bearer`` (OpenAI, Ollama) or ``x-api-key`` (Anthropic); "" if none."""
     bearer = ""
     api_key = ""
     for name, value in scope["headers"]:

@@ -32,7 +32,6 @@ from starlette.responses import Response
 
 from corral.api.spec import HEALTH, route
 from corral.batch.tables import BatchRow
-from corral.errors import PermissionDenied
 from corral.service.inference import RequestDone
 
 if TYPE_CHECKING:
@@ -273,13 +272,7 @@ async def fetch_worker_stats(services: Services) -> dict[str, dict[str, Any]]:
 
 
 async def metrics(request: Request) -> Response:
-    services: Services = request.app.state.services
-    if services.settings.metrics_need_key and services.keys.any():
-        auth = request.headers.get("authorization", "")
-        secret = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-        principal = services.keys.authenticate(secret)  # 401 if missing or wrong
-        if not principal.admin:
-            raise PermissionDenied("/metrics needs an admin key (CORRAL_METRICS_NEED_KEY).")
+    services: Services = request.app.state.services  # who may ask: auth.py ("metrics")
     services.metrics.state.worker_stats = await fetch_worker_stats(services)
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE)
 
@@ -292,5 +285,6 @@ routes = [
         "Prometheus metrics (the gateway's and every worker's)",
         tag=HEALTH,
         reply_media=CONTENT_TYPE,
+        access="metrics",
     )
 ]

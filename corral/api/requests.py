@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 from starlette.requests import Request
 
-from corral.api.auth import principal_of
+from corral.api.auth import api_key_of, principal_of
 from corral.errors import InvalidRequest
 from corral.scheduler.queue import Priority
 from corral.service.inference import Caller, Trace
@@ -67,7 +67,7 @@ def bearer_token(request: Request) -> str:
 
 def client_key(request: Request) -> str:
     """A stable, non-secret name for the caller's API key (a hash, never the key)."""
-    token = bearer_token(request) or request.headers.get("x-api-key", "")  # Anthropic's
+    token = api_key_of(request.scope)
     if not token:
         return "anonymous"
     return "key-" + hashlib.sha256(token.encode()).hexdigest()[:12]

@@ -18,8 +18,9 @@ from starlette.types import Scope
 
 Method = Literal["GET", "POST", "PATCH", "DELETE"]
 # Who may call a route once API keys exist: anyone (liveness, the docs), any key
-# (inference, and the files and batches the key owns), or an admin key.
-Access = Literal["public", "inference", "admin"]
+# (inference, and the files and batches the key owns), or an admin key. "metrics" is
+# public or admin as CORRAL_METRICS_NEED_KEY says.
+Access = Literal["public", "inference", "admin", "metrics"]
 
 # Tags group the operations in /docs; each API answers errors in its own shape.
 OPENAI, OLLAMA, ANTHROPIC, FILES, BATCH, ADMIN, HEALTH = (

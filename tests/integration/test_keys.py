@@ -43,7 +43,7 @@ def new_key(home: Path, *args: str) -> str:
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CorralServer]:
     home: Path = tmp_path_factory.mktemp("keys-home")
     install_fake_models(home, {"text": {"tokens": 3}, "other": {"tokens": 3}}).close()
-    server = CorralServer(home, fake_engine=True, log_prompts=1).start()
+    server = CorralServer(home, fake_engine=True, log_prompts=1, metrics_need_key=1).start()
     yield server
     server.stop()
 
@@ -259,3 +259,13 @@ def test_tokens_of_a_stream_without_usage_still_count(
     second = httpx.post(srv.openai_url + "/chat/completions", json=body, headers=headers)
     assert second.status_code == 429, second.text
     assert "2 tokens per minute" in second.json()["error"]["message"]
+
+
+def test_metrics_can_ask_for_an_admin_key(srv: CorralServer, keys: dict[str, str]) -> None:
+    assert httpx.get(srv.url + "/metrics").status_code == 401
+    inference = httpx.get(
+        srv.url + "/metrics", headers={"Authorization": f"Bearer {keys['alice']}"}
+    )
+    assert inference.status_code == 403
+    admin = httpx.get(srv.url + "/metrics", headers={"Authorization": f"Bearer {keys['admin']}"})
+    assert admin.status_code == 200 and "corral_http_requests_total" in admin.text
