@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,16 +66,23 @@ def direct(model_dir: Path, texts: list[str], threads: int) -> float:
 
 
 async def through_corral(url: str, texts: list[str], clients: int) -> float:
+    """aiohttp, the lighter client: on two cores the clients' own CPU is taken from
+    the server's (httpx measured 5-8% lower here)."""
     queue = list(texts)
 
-    async def client(http: httpx.AsyncClient) -> None:
+    async def client(http: aiohttp.ClientSession) -> None:
         while queue:
             text = queue.pop()
-            reply = await http.post("/v1/embeddings", json={"model": "minilm", "input": text})
-            reply.raise_for_status()
+            body = {"model": "minilm", "input": text}
+            async with http.post("/v1/embeddings", json=body) as reply:
+                reply.raise_for_status()
+                await reply.read()
 
-    async with httpx.AsyncClient(base_url=url, timeout=120) as http:
-        await http.post("/v1/embeddings", json={"model": "minilm", "input": texts[:64]})  # load
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(url, timeout=timeout) as http:
+        load = {"model": "minilm", "input": texts[:64]}
+        async with http.post("/v1/embeddings", json=load) as reply:
+            reply.raise_for_status()
         started = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(clients)))
         return len(texts) / (time.perf_counter() - started)

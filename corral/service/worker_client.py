@@ -186,20 +186,30 @@ class WorkerReply:
     def usage(self) -> TokenUsage | None:
         """Token counts, when the answer gave them (streams: with include_usage).
         Parsed only when asked: most replies are relayed without anyone counting."""
-        for event in reversed(self._usage_text.split(b"\n\n")):
-            event = event.removeprefix(b"data: ")
-            if b'"usage"' not in event:
-                continue
+        return usage_in(self._usage_text)
+
+
+_USAGE_KEY = re.compile(rb'"usage"\s*:\s*')
+_JSON = json.JSONDecoder()
+
+
+def usage_in(text: bytes) -> TokenUsage | None:
+    """The last ``"usage": {...}`` object in a body or events, decoded alone: an
+    embeddings body is mostly floats that a whole-body parse would decode for nothing.
+    The key's quotes cannot come from inside a JSON string, where quotes are escaped."""
+    for key in reversed(list(_USAGE_KEY.finditer(text))):
+        try:
+            usage, _ = _JSON.raw_decode(text[key.end() :].decode("utf-8", "replace"))
+        except ValueError:
+            continue  # cut short (an event split across chunks)
+        if isinstance(usage, dict):
             try:
-                usage = json.loads(event).get("usage")
-                if isinstance(usage, dict):
-                    return TokenUsage(
-                        int(usage.get("prompt_tokens") or 0),
-                        int(usage.get("completion_tokens") or 0),
-                    )
-            except (ValueError, AttributeError, TypeError):
-                pass  # not JSON after all (an event split across chunks)
-        return None
+                return TokenUsage(
+                    int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+                )
+            except (TypeError, ValueError):
+                continue
+    return None
 
 
 @dataclass(frozen=True)

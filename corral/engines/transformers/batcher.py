@@ -4,6 +4,12 @@ Each request queues its inputs; one task takes everything queued (up to ``limit`
 inputs, after at most ``wait`` for more) into one forward pass on a thread, while the
 next requests gather behind it. So 32 clients sending one sentence each cost a few
 forward passes, not 32.
+
+Inputs of different lengths are padded to the longest in their pass, and on a CPU
+that padding is most of the waste: a pass of random-length sentences costs 30% more
+than the same sentences sorted. So a pass is sorted by length and cut into chunks
+where a new forward call costs less than the padding it saves (``plan_chunks``), with
+the price of a forward call measured on the model itself (``measure_call_cost``).
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ class Batcher:
     run: Callable[[list[list[int]]], list[Any]]
     limit: int
     wait: float = 0.0  # seconds to gather more inputs before a pass that is not full
+    # What one more forward call costs, in padded token positions: the chunks'
+    # trade-off (see plan_chunks). Infinite: every pass is one call, as on a GPU.
+    call_cost: float = float("inf")
     queue: list[_Job] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -95,8 +104,59 @@ class Batcher:
                 return
 
     def _chunked(self, flat: list[list[int]]) -> list[Any]:
-        """One request may bring more than ``limit`` inputs: it gets several passes."""
-        out: list[Any] = []
-        for start in range(0, len(flat), self.limit):
-            out.extend(self.run(flat[start : start + self.limit]))
+        """Runs the pass as length-sorted chunks (at most ``limit`` inputs each, for one
+        request that brings more) and returns the results in the inputs' order."""
+        order = sorted(range(len(flat)), key=lambda i: len(flat[i]))
+        lengths = [len(flat[i]) for i in order]
+        out: list[Any] = [None] * len(flat)
+        for start, end in plan_chunks(lengths, self.call_cost, self.limit):
+            chunk = order[start:end]
+            for index, result in zip(chunk, self.run([flat[i] for i in chunk]), strict=True):
+                out[index] = result
         return out
+
+
+def plan_chunks(lengths: list[int], call_cost: float, limit: int) -> list[tuple[int, int]]:
+    """The cheapest cut of length-sorted inputs into forward calls of at most ``limit``.
+
+    A call on inputs ``[i, j)`` costs ``call_cost + (j - i) * lengths[j - 1]``: a fixed
+    price plus every input padded to the chunk's longest. Dynamic programming over the
+    cut points; a pass holds at most a few dozen inputs, so the quadratic cost is
+    nothing beside one forward call."""
+    n = len(lengths)
+    if n and call_cost == float("inf"):
+        return [(start, min(start + limit, n)) for start in range(0, n, limit)]
+    best = [0.0] + [float("inf")] * n
+    cut = [0] * (n + 1)
+    for end in range(1, n + 1):
+        for start in range(max(0, end - limit), end):
+            cost = best[start] + call_cost + (end - start) * lengths[end - 1]
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    chunks: list[tuple[int, int]] = []
+    end = n
+    while end:
+        chunks.append((cut[end], end))
+        end = cut[end]
+    return chunks[::-1]
+
+
+def measure_call_cost(run: Callable[[list[list[int]]], object], ids: list[int]) -> float:
+    """What one more forward call costs, in padded token positions, on this model and
+    device: ``run`` timed on one input and on sixteen of ``ids`` (best of three each,
+    after a warm-up), the difference giving the price of a position."""
+
+    def best(batch: list[list[int]]) -> float:
+        run(batch)
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            run(batch)
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    one, sixteen = best([ids]), best([ids] * 16)
+    if sixteen - one <= 0.05 * one:  # width nearly free (a GPU): never split
+        return float("inf")
+    per_position = (sixteen - one) / (15 * len(ids))
+    return max(0.0, one - len(ids) * per_position) / per_position

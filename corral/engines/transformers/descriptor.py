@@ -121,9 +121,18 @@ def torch_build_bytes() -> int:
     return 0 if "+cpu" in version else 420 * MiB
 
 
+_installed = False
+
+
 def engine_installed() -> bool:
-    """Whether this environment has the extra (checked without importing torch)."""
-    return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
+    """Whether this environment has the extra (checked without importing torch).
+    Asked on every request for a safetensors model: once found, remembered, since a
+    path search costs more than the rest of the routing. Not found is asked again, so
+    that installing the extra needs no restart."""
+    global _installed
+    if not _installed:
+        _installed = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
+    return _installed
 
 
 class TransformersDescriptor(EngineDescriptor):

@@ -29,7 +29,7 @@ from corral.engines.base import (
     GenerationRequest,
     RequestHandle,
 )
-from corral.engines.transformers.batcher import Batcher
+from corral.engines.transformers.batcher import Batcher, measure_call_cost
 from corral.engines.transformers.descriptor import TransformersParams
 from corral.errors import EngineLoadError, UnsupportedCapability
 from corral.registry.records import Capability
@@ -160,13 +160,16 @@ class TransformersEngine(Engine):
         self.eos_text = self._tokenizer.eos_token or ""
         run = self._score if self.reranker else self._embed
         self._batcher = Batcher(run, params.batch_inputs, params.batch_wait_ms / 1000)
+        probe = self.tokenize(" ".join(["the"] * 14), add_special=True, parse_special=False)
+        self._batcher.call_cost = measure_call_cost(run, probe)
         log.info(
-            "loaded %s on %s (%s) as a %s, context %d",
+            "loaded %s on %s (%s) as a %s, context %d, a forward call worth %.0f positions",
             directory.name,
             self.device,
             str(self.dtype).removeprefix("torch."),
             "cross-encoder" if self.reranker else "sentence-transformers model",
             context,
+            self._batcher.call_cost,
         )
 
     # --- tokens ---------------------------------------------------------------------
