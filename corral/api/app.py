@@ -25,6 +25,7 @@ from corral.api import (
     openai,
     openapi,
     registry,
+    v2,
 )
 from corral.api.auth import Authenticate
 from corral.api.guard import Guard
@@ -63,6 +64,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> Starlette:
             *registry.routes,
             *files.routes,
             *batches.routes,
+            *v2.routes,
             *openapi.routes(),
         ],
         # First of the middleware: a refused request reaches no route (see guard.py);

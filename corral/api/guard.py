@@ -226,6 +226,8 @@ def refusal(path: str, error: CorralError) -> Response:
     before it reaches a route."""
     if path == "/" or path.startswith("/api/"):
         return error_response(error)
+    if path == "/v2" or path.startswith(("/v2/models/", "/v2/health/")):
+        return json_response({"error": error.message}, status=error.status, headers=error.headers)
     if path == ANTHROPIC_PATH:
         return json_response(error.to_anthropic(), status=error.status, headers=error.headers)
     return openai_error_response(error)

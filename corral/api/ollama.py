@@ -170,6 +170,8 @@ def capabilities(offered: frozenset[Capability], template: str) -> list[str]:
         names.append("embedding")
     if Capability.RERANK in offered:
         names.append("rerank")
+    if Capability.TENSOR in offered:
+        names.append("tensor")
     return names
 
 

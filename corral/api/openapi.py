@@ -22,7 +22,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from corral import __version__
-from corral.api.spec import ANTHROPIC, OLLAMA, DocumentedRoute, Operation
+from corral.api.spec import ANTHROPIC, OLLAMA, V2, DocumentedRoute, Operation
 from corral.httputil import json_dumps
 
 OPENAPI_VERSION = "3.1.0"
@@ -63,7 +63,17 @@ class AnthropicError(BaseModel):
     error: AnthropicErrorDetail
 
 
-ERROR_MODELS: dict[str, type[BaseModel]] = {OLLAMA: OllamaError, ANTHROPIC: AnthropicError}
+class V2Error(BaseModel):
+    """The Open Inference Protocol's error body."""
+
+    error: str
+
+
+ERROR_MODELS: dict[str, type[BaseModel]] = {
+    OLLAMA: OllamaError,
+    ANTHROPIC: AnthropicError,
+    V2: V2Error,
+}
 
 
 def error_model(tag: str) -> type[BaseModel]:

@@ -23,7 +23,7 @@ Method = Literal["GET", "POST", "PATCH", "DELETE"]
 Access = Literal["public", "inference", "admin", "metrics"]
 
 # Tags group the operations in /docs; each API answers errors in its own shape.
-OPENAI, OLLAMA, ANTHROPIC, FILES, BATCH, ADMIN, HEALTH = (
+OPENAI, OLLAMA, ANTHROPIC, FILES, BATCH, ADMIN, HEALTH, V2 = (
     "OpenAI",
     "Ollama",
     "Anthropic",
@@ -31,6 +31,7 @@ OPENAI, OLLAMA, ANTHROPIC, FILES, BATCH, ADMIN, HEALTH = (
     "Batch",
     "Admin",
     "Health",
+    "Open Inference Protocol (V2)",
 )
 
 

@@ -2,8 +2,9 @@
 
 An engine lives inside a worker process. It owns the model and runs generation on
 its own thread; the worker's HTTP layer talks to it through ``submit`` (generation,
-pushed event by event) and ``embed``. Engines declare what they can do in
-``Capabilities`` rather than being probed with ``hasattr``.
+pushed event by event), ``embed``, ``rerank`` and, for tensor models, ``infer``.
+Engines declare what they can do in ``Capabilities`` rather than being probed with
+``hasattr``; what an engine does not do answers a 400 by default.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+import numpy as np
 
 from corral.errors import CorralError, EngineError, InvalidRequest, UnsupportedCapability
+from corral.protocol.v2 import TensorSpec
 from corral.registry.records import Capability
 
 
@@ -128,17 +132,30 @@ class RequestHandle(ABC):
         """Stop generating and free the slot; no further events are sent."""
 
 
+@dataclass(frozen=True)
+class TensorModel:
+    """A tensor model's inputs and outputs, and its platform's name (V2 metadata)."""
+
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+Tensors = dict[str, np.ndarray[Any, Any]]
+
+
 class Engine(ABC):
-    """A loaded model that generates text and/or embeddings."""
+    """A loaded model: it generates text, embeds, reranks, or maps tensors to tensors."""
 
     capabilities: Capabilities
-    chat_template: str | None
-    bos_text: str
-    eos_text: str
+    chat_template: str | None = None
+    bos_text: str = ""
+    eos_text: str = ""
+    tensor_model: TensorModel | None = None  # set by engines that offer TENSOR
 
-    @abstractmethod
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         """Text to token ids, as the model's own tokenizer does it."""
+        raise UnsupportedCapability("This model takes tensors, not text.", param="model")
 
     def check_grammar(self, grammar: str, *, param: str) -> None:
         """Refuse (a 400 naming ``param``) a grammar this model cannot run.
@@ -152,13 +169,18 @@ class Engine(ABC):
             param=param,
         )
 
-    @abstractmethod
     def submit(self, request: GenerationRequest, sink: EventSink) -> RequestHandle:
         """Queue a generation; ``sink`` is called from the engine thread for each event."""
+        raise UnsupportedCapability("This model cannot generate text.", param="model")
 
-    @abstractmethod
     async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
         """One L2-normalised embedding per input token list."""
+        raise UnsupportedCapability("This model does not produce embeddings.", param="model")
+
+    async def infer(self, inputs: Tensors, outputs: Sequence[str]) -> Tensors:
+        """The ``outputs`` named, for ``inputs`` already checked against
+        ``tensor_model`` (names, datatypes, shapes)."""
+        raise UnsupportedCapability("This model does not take tensors.", param="model")
 
     async def rerank(self, inputs: Sequence[Sequence[int]]) -> list[float]:
         """One relevance score per (query, document) input from ``rerank_tokens``."""

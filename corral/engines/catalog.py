@@ -38,6 +38,7 @@ from corral.settings import env_name
 BUILTIN: tuple[str, ...] = (
     "corral.engines.llamacpp.descriptor:descriptor",
     "corral.engines.transformers.descriptor:descriptor",
+    "corral.engines.onnx.descriptor:descriptor",
 )
 ENTRY_POINT_GROUP = "corral.engines"
 # corral.yaml's short names for parameters every engine has.
@@ -126,6 +127,16 @@ class Catalog:
             )
         elif capability == Capability.RERANK:
             message = f"The model '{record.name}' is not a reranker; use a reranking model."
+        elif capability == Capability.TENSOR:
+            message = (
+                f"The model '{record.name}' is not a tensor model; the Open Inference "
+                "Protocol (/v2) serves ONNX models."
+            )
+        elif offered == {Capability.TENSOR}:
+            message = (
+                f"The model '{record.name}' is a tensor model; call it with the Open "
+                f"Inference Protocol: POST /v2/models/{record.name}/infer."
+            )
         elif offered == {Capability.RERANK}:
             message = f"The model '{record.name}' is a reranker; it can only score documents."
         elif offered == {Capability.EMBEDDINGS}:

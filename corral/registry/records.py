@@ -24,6 +24,7 @@ class Capability(enum.StrEnum):
     CHAT = "chat"
     EMBEDDINGS = "embeddings"
     RERANK = "rerank"
+    TENSOR = "tensor"  # tensors in, tensors out: the Open Inference Protocol (V2)
 
 
 def capability_names(capabilities: Iterable[Capability]) -> list[str]:

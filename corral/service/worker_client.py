@@ -183,6 +183,10 @@ class WorkerReply:
             self._on_close(self)
 
     @property
+    def headers(self) -> Mapping[str, str]:
+        return self._response.headers
+
+    @property
     def usage(self) -> TokenUsage | None:
         """Token counts, when the answer gave them (streams: with include_usage).
         Parsed only when asked: most replies are relayed without anyone counting."""

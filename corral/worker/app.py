@@ -18,10 +18,12 @@ from corral.engines.base import Engine
 from corral.httputil import json_response, openai_error_handlers
 from corral.registry.records import capability_names
 from corral.worker.serving import WorkerService
+from corral.worker.tensors import TensorService
 
 
 def create_worker_app(engine: Engine, model_name: str) -> Starlette:
     service = WorkerService(engine, model_name)
+    tensors = TensorService(engine)
     started = int(time.time())
 
     async def health(_: Request) -> Response:
@@ -47,5 +49,16 @@ def create_worker_app(engine: Engine, model_name: str) -> Starlette:
         Route("/v1/completions", service.completion, methods=["POST"]),
         Route("/v1/embeddings", service.embeddings, methods=["POST"]),
         Route("/v1/rerank", service.rerank, methods=["POST"]),
+        # The Open Inference Protocol, as Triton or MLServer serve it: the name in the
+        # path is the one the client used, echoed in the answer.
+        Route("/v2/models/{name:path}/versions/{version}/infer", tensors.infer, methods=["POST"]),
+        Route("/v2/models/{name:path}/infer", tensors.infer, methods=["POST"]),
+        # GET as V2 has it; POST is how the gateway asks (it posts every request).
+        Route(
+            "/v2/models/{name:path}/versions/{version}",
+            tensors.metadata,
+            methods=["GET", "POST"],
+        ),
+        Route("/v2/models/{name:path}", tensors.metadata, methods=["GET", "POST"]),
     ]
     return Starlette(routes=routes, exception_handlers=openai_error_handlers())

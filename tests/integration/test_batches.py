@@ -233,7 +233,8 @@ def test_interactive_requests_wait_only_for_the_slots_in_use(
     batch = submit(client, [chat_line(i, MODEL, max_tokens=48) for i in range(120)])
 
     def batch_done() -> int:
-        return sum(1 for x in log.read_text().split() if x.startswith(batch.id))
+        text = log.read_text() if log.exists() else ""  # nothing has run yet
+        return sum(1 for x in text.split() if x.startswith(batch.id))
 
     deadline = time.monotonic() + 60
     while batch_done() < 8:  # the batch is running and its queue is full

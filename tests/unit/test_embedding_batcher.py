@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
+
+import pytest
 
 from corral.engines.transformers.batcher import Batcher, measure_call_cost, plan_chunks
 
@@ -51,13 +52,29 @@ def test_results_come_back_in_each_request_s_order() -> None:
     assert max(len(c) for c in calls) <= 8 and len(calls) > 1
 
 
-def test_the_call_cost_is_measured_in_positions() -> None:
-    def run(batch: list[list[int]]) -> None:  # 2 ms a call plus 0.01 ms a position
-        time.sleep(0.002 + 0.00001 * sum(len(ids) for ids in batch))
+class _Clock:
+    """A clock that ``run`` moves: timings without the machine's load in them."""
 
-    cost = measure_call_cost(run, [1] * 16)
-    assert 100 < cost < 400  # about 200 positions; sleep is coarse
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_call_cost_is_measured_in_positions() -> None:
+    clock = _Clock()
+
+    def run(batch: list[list[int]]) -> None:  # 2 ms a call plus 0.01 ms a position
+        clock.now += 0.002 + 0.00001 * sum(len(ids) for ids in batch)
+
+    assert measure_call_cost(run, [1] * 16, clock) == pytest.approx(200.0)
 
 
 def test_a_device_where_width_is_free_never_splits() -> None:
-    assert measure_call_cost(lambda batch: None, [1] * 16) == float("inf")
+    clock = _Clock()
+
+    def run(batch: list[list[int]]) -> None:  # the same time however many inputs
+        clock.now += 0.002
+
+    assert measure_call_cost(run, [1] * 16, clock) == float("inf")

@@ -1,0 +1,1 @@
+"""The ONNX Runtime engine: tensor models behind the Open Inference Protocol."""

@@ -1,0 +1,347 @@
+"""The onnx engine behind the Open Inference Protocol (V2) over REST.
+
+Real scikit-learn models (trained on its bundled datasets, converted with skl2onnx)
+are called with ``tritonclient.http``, the client Triton's users run, and with plain
+HTTP for the ugly cases. Answers are checked against scikit-learn's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import re
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import httpx
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("skl2onnx")
+httpclient = pytest.importorskip("tritonclient.http")
+
+from corral.registry.store import Registry  # noqa: E402
+from tests.support.models import EMBED, model_file  # noqa: E402
+from tests.support.onnx_models import (  # noqa: E402
+    SklearnModel,
+    diabetes_regressor,
+    digits_classifier,
+    iris_classifier,
+    word_ids,
+)
+from tests.support.server import CorralServer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SklearnModel]:
+    directory = tmp_path_factory.mktemp("onnx-models")
+    return {
+        "iris": iris_classifier(directory),
+        "iris-names": iris_classifier(directory, string_labels=True),
+        "digits": digits_classifier(directory),
+        "diabetes": diabetes_regressor(directory),
+    }
+
+
+@pytest.fixture(scope="module")
+def srv(
+    tmp_path_factory: pytest.TempPathFactory, models: dict[str, SklearnModel]
+) -> Iterator[CorralServer]:
+    home: Path = tmp_path_factory.mktemp("v2-home")
+    registry = Registry(home)
+    for name, model in models.items():
+        # digits waits up to 50 ms to fill a call: the batching test must not depend on
+        # how fast this (2-core, busy) machine's clients can send.
+        params = {"max_queue_delay_ms": 50} if name == "digits" else None
+        registry.import_path(model.path, name, params=params)
+    registry.import_path(models["iris"].path, "iris:2")
+    registry.import_path(word_ids(tmp_path_factory.mktemp("words")), "words")
+    registry.import_path(model_file(EMBED), "chatty")
+    registry.close()
+    server = CorralServer(home, intra_op_threads=1, threads=1).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(srv: CorralServer) -> httpclient.InferenceServerClient:
+    return httpclient.InferenceServerClient(srv.url.removeprefix("http://"), network_timeout=120)
+
+
+def _input(name: str, array: np.ndarray, datatype: str, binary: bool) -> object:
+    tensor = httpclient.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array, binary_data=binary)
+    return tensor
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_iris_labels_and_probabilities_equal_scikit_learn(
+    client: httpclient.InferenceServerClient, models: dict[str, SklearnModel], binary: bool
+) -> None:
+    model = models["iris"]
+    x = model.x[::7]
+    outputs = [
+        httpclient.InferRequestedOutput("output_label", binary_data=binary),
+        httpclient.InferRequestedOutput("output_probability", binary_data=binary),
+    ]
+    result = client.infer("iris", [_input("X", x, "FP32", binary)], outputs=outputs)
+    assert result.as_numpy("output_label").tolist() == model.estimator.predict(x).tolist()
+    np.testing.assert_allclose(
+        result.as_numpy("output_probability"), model.estimator.predict_proba(x), atol=1e-5
+    )
+
+
+def test_string_labels_come_back_as_bytes(
+    client: httpclient.InferenceServerClient, models: dict[str, SklearnModel]
+) -> None:
+    model = models["iris-names"]
+    x = model.x[::25]
+    expected = model.estimator.predict(x).tolist()
+    binary = client.infer("iris-names", [_input("X", x, "FP32", True)])  # all outputs binary
+    assert [v.decode() for v in binary.as_numpy("output_label")] == expected
+    as_json = client.infer(
+        "iris-names",
+        [_input("X", x, "FP32", False)],
+        outputs=[httpclient.InferRequestedOutput("output_label", binary_data=False)],
+    )
+    assert as_json.as_numpy("output_label").tolist() == expected  # JSON: str
+    assert as_json.as_numpy("output_probability") is None  # only what was asked for
+
+
+def test_bytes_inputs_binary_and_json(client: httpclient.InferenceServerClient) -> None:
+    words = np.array([b"guitar", b"otter", b"nothing", "caf\u00e9".encode()], dtype=object)
+    for binary in (True, False):
+        result = client.infer("words", [_input("word", words, "BYTES", binary)])
+        assert result.as_numpy("id").tolist() == [1, 2, -1, 3]
+
+
+def test_digits_and_a_regressor(
+    client: httpclient.InferenceServerClient, models: dict[str, SklearnModel]
+) -> None:
+    digits = models["digits"]
+    x = digits.x[:64]
+    result = client.infer("digits", [_input("X", x, "FP32", True)])
+    assert result.as_numpy("output_label").tolist() == digits.estimator.predict(x).tolist()
+    diabetes = models["diabetes"]
+    x = diabetes.x[:50]
+    result = client.infer("diabetes", [_input("X", x, "FP32", False)])
+    np.testing.assert_allclose(
+        result.as_numpy("variable").ravel(), diabetes.estimator.predict(x), rtol=1e-5, atol=1e-3
+    )
+
+
+def test_health_metadata_and_versions(client: httpclient.InferenceServerClient) -> None:
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("iris") and client.is_model_ready("iris", "2")
+    assert not client.is_model_ready("no-such-model")
+    meta = client.get_model_metadata("iris")
+    assert meta["platform"] == "onnxruntime_onnx"
+    assert meta["versions"] == ["2", "latest"]
+    assert meta["inputs"] == [{"name": "X", "datatype": "FP32", "shape": [-1, 4]}]
+    assert [o["name"] for o in meta["outputs"]] == ["output_label", "output_probability"]
+    server = client.get_server_metadata()
+    assert server["name"] == "corral" and "binary_tensor_data" in server["extensions"]
+
+
+def test_a_pinned_version_answers_with_its_name(
+    client: httpclient.InferenceServerClient, models: dict[str, SklearnModel]
+) -> None:
+    x = models["iris"].x[:2]
+    result = client.infer("iris", [_input("X", x, "FP32", True)], model_version="2")
+    assert result.get_response()["model_name"] == "iris"
+    assert result.get_response()["model_version"] == "2"
+    assert result.as_numpy("output_label").tolist() == [0, 0]
+
+
+def test_gzip_and_deflate_request_bodies(
+    client: httpclient.InferenceServerClient, models: dict[str, SklearnModel]
+) -> None:
+    x = models["iris"].x[:5]
+    for algorithm in ("gzip", "deflate"):
+        result = client.infer(
+            "iris", [_input("X", x, "FP32", True)], request_compression_algorithm=algorithm
+        )
+        assert result.as_numpy("output_label").tolist() == [0] * 5
+
+
+def _post(srv: CorralServer, body: object, model: str = "iris", **kw: object) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(
+        f"{srv.url}/v2/models/{model}/infer",
+        content=content,
+        timeout=60,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def _x(shape: list[int], datatype: str = "FP32", name: str = "X") -> dict[str, object]:
+    count = int(np.prod(shape))
+    return {"name": name, "shape": shape, "datatype": datatype, "data": [1.0] * count}
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"inputs": [_x([2, 3])]}, ["'X'", "shape [2, 3]", "[-1, 4]"]),
+        ({"inputs": [_x([2, 4], "FP64")]}, ["'X'", "FP32", "FP64"]),
+        ({"inputs": [_x([2, 4], name="Y")]}, ["no input 'Y'"]),
+        ({"inputs": [_x([2, 4])], "outputs": [{"name": "nope"}]}, ["no output 'nope'"]),
+        (
+            {"inputs": [{"name": "X", "shape": [2, 4], "datatype": "FP32", "data": [1] * 7}]},
+            ["'X'", "8 elements", "7"],
+        ),
+        (
+            {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": ["a"] * 4}]},
+            ["'X'", "numbers"],
+        ),
+        (
+            {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "INT8", "data": [300] * 4}]},
+            ["'X'", "-128..127"],
+        ),
+        (
+            {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "BF17", "data": [1] * 4}]},
+            ["'BF17'"],
+        ),
+        (
+            {"inputs": [{"name": "X", "shape": [10**9, 10**9], "datatype": "FP32", "data": [1]}]},
+            ["'X'", "elements"],
+        ),
+        ({"inputs": []}, ["inputs"]),
+        ({"inputs": [_x([1, 4])], "surprise": 1}, ["surprise"]),
+    ],
+)
+def test_bad_requests_get_v2_errors_naming_the_tensor(
+    srv: CorralServer, body: object, words: list[str]
+) -> None:
+    reply = _post(srv, body)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert isinstance(error, str)
+    for word in words:
+        assert word in error, error
+
+
+def test_broken_bodies_and_binary_framing(srv: CorralServer) -> None:
+    assert _post(srv, b"{not json").status_code == 400
+    assert "error" in _post(srv, b"[1, 2]").json()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "X",
+                    "shape": [1, 4],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": 16},
+                }
+            ]
+        }
+    ).encode()
+    raw = np.ones((1, 4), np.float32).tobytes()
+    ok = _post(srv, header + raw, headers={"Inference-Header-Content-Length": str(len(header))})
+    assert ok.status_code == 200, ok.text
+    for length, tail in (
+        ("999999", raw),
+        ("abc", raw),
+        (str(len(header)), raw[:-3]),
+        (str(len(header)), raw + b"xx"),
+    ):
+        reply = _post(srv, header + tail, headers={"Inference-Header-Content-Length": length})
+        assert reply.status_code == 400, (length, reply.text)
+        assert isinstance(reply.json()["error"], str)
+    bad_gzip = _post(srv, b"\x1f\x8bnot gzip", headers={"Content-Encoding": "gzip"})
+    assert bad_gzip.status_code == 400
+    bomb = gzip.compress(b"{" + b" " * (80 << 20) + b"}")  # inflates past the body limit
+    assert _post(srv, bomb, headers={"Content-Encoding": "gzip"}).status_code == 413
+    words_header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "word",
+                    "shape": [2],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": 9},
+                }
+            ]
+        }
+    ).encode()
+    cut = struct.pack("<I", 100) + b"short"  # a length that runs past the data
+    reply = _post(
+        srv,
+        words_header + cut,
+        "words",
+        headers={"Inference-Header-Content-Length": str(len(words_header))},
+    )
+    assert reply.status_code == 400 and "BYTES" in reply.json()["error"]
+    # After all that, the model still answers.
+    assert _post(srv, {"inputs": [_x([1, 4])]}).status_code == 200
+
+
+def test_wrong_kind_of_model_either_way(srv: CorralServer) -> None:
+    reply = _post(srv, {"inputs": [_x([1, 4])]}, model="chatty")
+    assert reply.status_code == 400 and "not a tensor model" in reply.json()["error"]
+    chat = httpx.post(
+        srv.url + "/v1/chat/completions",
+        json={"model": "iris", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=30,
+    )
+    assert chat.status_code == 400 and "/v2/models/iris" in chat.text
+    missing = httpx.get(srv.url + "/v2/models/nope", timeout=30)
+    assert missing.status_code == 404 and isinstance(missing.json()["error"], str)
+
+
+def _calls(srv: CorralServer, model: str) -> tuple[float, float]:
+    text = httpx.get(srv.url + "/metrics", timeout=30).text
+
+    def figure(name: str) -> float:
+        found = re.search(rf'corral_engine_{name}{{model="{model}"}} ([0-9.e+]+)', text)
+        assert found, text[-2000:]
+        return float(found.group(1))
+
+    return figure("infer_calls"), figure("infer_requests")
+
+
+def test_concurrent_requests_are_stacked_into_shared_calls(
+    srv: CorralServer, models: dict[str, SklearnModel]
+) -> None:
+    """32 clients at once (aiohttp: tritonclient's gevent pool sends too slowly here to
+    keep 32 in flight), each sending one row: the engine's calls take several each."""
+    model = models["digits"]
+    rows = [model.x[i : i + 1] for i in range(256)]
+    assert _post(srv, {"inputs": [_x([1, 64])]}, model="digits").status_code == 200  # loaded
+    before_calls, before_requests = _calls(srv, "digits:latest")
+
+    async def send_all() -> list[int]:
+        labels: dict[int, int] = {}
+        queue = list(range(len(rows)))
+        async with aiohttp.ClientSession(srv.url) as session:
+
+            async def client() -> None:
+                while queue:
+                    i = queue.pop()
+                    body = {
+                        "inputs": [
+                            {
+                                "name": "X",
+                                "shape": [1, 64],
+                                "datatype": "FP32",
+                                "data": rows[i].ravel().tolist(),
+                            }
+                        ]
+                    }
+                    async with session.post("/v2/models/digits/infer", json=body) as reply:
+                        assert reply.status == 200, await reply.text()
+                        answer = await reply.json()
+                    labels[i] = answer["outputs"][0]["data"][0]
+
+            await asyncio.gather(*(client() for _ in range(32)))
+        return [labels[i] for i in range(len(rows))]
+
+    labels = asyncio.run(send_all())
+    assert labels == model.estimator.predict(model.x[:256]).tolist()
+    calls, requests = _calls(srv, "digits:latest")
+    assert requests - before_requests == 256
+    assert calls - before_calls < 256 / 2, calls - before_calls  # most calls were shared
