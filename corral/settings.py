@@ -45,6 +45,13 @@ class Settings(BaseModel):
     )
     host: str = Field("127.0.0.1", description="Address the server listens on.")
     port: int = Field(11435, ge=0, le=65535, description="Port the server listens on.")
+    grpc_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the Open Inference Protocol over gRPC (0: off; needs "
+        "pip install 'corral[grpc]').",
+    )
     engines: list[str] = Field(
         default_factory=list,
         description="Engines to add to the built-in and installed ones, as module:attribute "

@@ -46,9 +46,16 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> Starlette:
         services = Services.build(settings, catalog)
         app.state.services = services
         services.start()
+        stop_grpc = None
+        if settings.grpc_port:
+            from corral.api import grpc_v2  # grpcio is imported only when it is asked for
+
+            stop_grpc = await grpc_v2.serve(services, settings.host, settings.grpc_port)
         try:
             yield
         finally:
+            if stop_grpc is not None:
+                await stop_grpc()
             await services.close()
 
     return Starlette(

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -22,12 +24,13 @@ from starlette.responses import Response
 
 from corral import __version__
 from corral.api.requests import caller_of
-from corral.api.services import services_of
+from corral.api.services import Services, services_of
 from corral.api.spec import V2, route
 from corral.errors import InvalidRequest, RequestTooLarge
 from corral.httputil import errors_shaped, json_response, run_until_disconnect
 from corral.protocol import v2
 from corral.registry.records import Capability, ModelRecord
+from corral.service.inference import Caller
 from corral.service.worker_client import worker_error
 
 log = logging.getLogger("corral.v2")
@@ -66,38 +69,78 @@ async def ready(request: Request) -> Response:
     return json_response({"ready": True})
 
 
-def _record(request: Request) -> ModelRecord:
-    """The model the path names, at the version it names, if it is a tensor model."""
-    name: str = request.path_params["name"]
-    version: str | None = request.path_params.get("version")
-    if version is not None:
+def resolve(services: Services, name: str, version: str | None) -> ModelRecord:
+    """The model ``name`` names, at ``version`` (its tag), if it is a tensor model."""
+    if version:
         if ":" in name:
             raise InvalidRequest(
                 f"'{name}' already names a tag; give the version in the path or the tag, not both."
             )
         name = f"{name}:{version}"
-    return services_of(request).inference.resolve(name, Capability.TENSOR)
+    return services.inference.resolve(name, Capability.TENSOR)
+
+
+@dataclass(frozen=True)
+class WorkerAnswer:
+    content: bytes
+    content_type: str
+    header_length: str | None  # when binary tensors follow the JSON
+
+
+async def ask_worker(
+    services: Services,
+    caller: Caller,
+    record: ModelRecord,
+    name: str,
+    version: str | None,
+    suffix: str = "",
+    body: bytes = b"",
+    headers: Mapping[str, str] | None = None,
+) -> WorkerAnswer:
+    """A V2 request to the model's worker (loaded if need be), under the name and
+    version the client used; a worker's refusal raises the error it names."""
+    path = f"/v2/models/{name}" + (f"/versions/{version}" if version else "") + suffix
+    exchange = await services.inference.send(record, path, body, caller, headers=headers)
+    reply = exchange.reply
+    content = await reply.read()
+    if reply.status != 200:
+        raise worker_error(reply.status, content)
+    return WorkerAnswer(content, reply.content_type, reply.headers.get(v2.HEADER_LENGTH))
+
+
+async def metadata(
+    services: Services, caller: Caller, name: str, version: str | None
+) -> v2.ModelMetadata:
+    """The model's tensors, from its worker, and its versions, from the registry."""
+    record = resolve(services, name, version)
+    answer = await ask_worker(services, caller, record, name, version)
+    meta = v2.ModelMetadata.model_validate_json(answer.content)
+    base = record.name.rsplit(":", 1)[0]
+    meta.versions = sorted(
+        r.name.rsplit(":", 1)[1] for r in services.registry.list() if r.name.startswith(base + ":")
+    )
+    return meta
+
+
+def _path(request: Request) -> tuple[str, str | None]:
+    return request.path_params["name"], request.path_params.get("version")
 
 
 @v2_errors
 async def model_ready(request: Request) -> Response:
     """Ready when the model exists and its engine can run here; it loads on demand."""
-    record = _record(request)
-    return json_response({"name": request.path_params["name"], "ready": True, "id": record.name})
+    name, version = _path(request)
+    record = resolve(services_of(request), name, version)
+    return json_response({"name": name, "ready": True, "id": record.name})
 
 
 @v2_errors
 async def model_metadata(request: Request) -> Response:
     """The model's inputs and outputs, from its loaded worker (loading it if need be)."""
-    record = _record(request)
-    body = await _send(request, record, "", b"", {})
-    meta = v2.ModelMetadata.model_validate_json(body.content)
     services = services_of(request)
-    base = record.name.rsplit(":", 1)[0]
-    versions = sorted(
-        r.name.rsplit(":", 1)[1] for r in services.registry.list() if r.name.startswith(base + ":")
-    )
-    meta.versions = versions
+    name, version = _path(request)
+    caller = caller_of(request, services.settings.batch_keys)
+    meta = await run_until_disconnect(request, metadata(services, caller, name, version))
     return json_response(meta.model_dump())
 
 
@@ -105,41 +148,21 @@ async def model_metadata(request: Request) -> Response:
 async def infer(request: Request) -> Response:
     """Tensors in, tensors out. JSON tensors, or Triton's binary tensor extension
     (``Inference-Header-Content-Length``); see the Open Inference Protocol."""
-    record = _record(request)
+    services = services_of(request)
+    name, version = _path(request)
+    record = resolve(services, name, version)
     body = await _body(request)
     headers = {}
     if (length := request.headers.get(v2.HEADER_LENGTH)) is not None:
         headers[v2.HEADER_LENGTH] = length
-    reply = await _send(request, record, "/infer", body, headers)
-    out_headers = {}
-    if reply.header_length is not None:
-        out_headers[v2.HEADER_LENGTH] = reply.header_length
-    return Response(reply.content, media_type=reply.content_type, headers=out_headers)
-
-
-class _Reply:
-    def __init__(self, content: bytes, content_type: str, header_length: str | None) -> None:
-        self.content = content
-        self.content_type = content_type
-        self.header_length = header_length
-
-
-async def _send(
-    request: Request, record: ModelRecord, suffix: str, body: bytes, headers: dict[str, str]
-) -> _Reply:
-    services = services_of(request)
-    name = request.path_params["name"]
-    version = request.path_params.get("version")
-    path = f"/v2/models/{name}" + (f"/versions/{version}" if version else "") + suffix
     caller = caller_of(request, services.settings.batch_keys)
-    exchange = await run_until_disconnect(
-        request, services.inference.send(record, path, body, caller, headers=headers)
+    answer = await run_until_disconnect(
+        request, ask_worker(services, caller, record, name, version, "/infer", body, headers)
     )
-    reply = exchange.reply
-    content = await reply.read()
-    if reply.status != 200:
-        raise worker_error(reply.status, content)
-    return _Reply(content, reply.content_type, reply.headers.get(v2.HEADER_LENGTH))
+    out_headers = {}
+    if answer.header_length is not None:
+        out_headers[v2.HEADER_LENGTH] = answer.header_length
+    return Response(answer.content, media_type=answer.content_type, headers=out_headers)
 
 
 async def _body(request: Request) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import os
 import re
 import struct
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ pytest.importorskip("skl2onnx")
 httpclient = pytest.importorskip("tritonclient.http")
 
 from corral.registry.store import Registry  # noqa: E402
+from corral.scheduler.launch import free_port  # noqa: E402
 from tests.support.models import EMBED, model_file  # noqa: E402
 from tests.support.onnx_models import (  # noqa: E402
     SklearnModel,
@@ -62,7 +64,7 @@ def srv(
     registry.import_path(word_ids(tmp_path_factory.mktemp("words")), "words")
     registry.import_path(model_file(EMBED), "chatty")
     registry.close()
-    server = CorralServer(home, intra_op_threads=1, threads=1).start()
+    server = CorralServer(home, intra_op_threads=1, threads=1, grpc_port=free_port()).start()
     yield server
     server.stop()
 
@@ -345,3 +347,137 @@ def test_concurrent_requests_are_stacked_into_shared_calls(
     calls, requests = _calls(srv, "digits:latest")
     assert requests - before_requests == 256
     assert calls - before_calls < 256 / 2, calls - before_calls  # most calls were shared
+
+
+# --- gRPC ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def grpc_client(srv: CorralServer) -> object:
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    return grpcclient.InferenceServerClient(f"127.0.0.1:{srv.env['CORRAL_GRPC_PORT']}")
+
+
+def test_grpc_health_metadata_and_infer(
+    grpc_client: object, models: dict[str, SklearnModel]
+) -> None:
+    import tritonclient.grpc as grpcclient
+
+    client: grpcclient.InferenceServerClient = grpc_client  # type: ignore[assignment]
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("iris") and not client.is_model_ready("nope")
+    meta = client.get_model_metadata("iris", as_json=True)
+    assert meta["platform"] == "onnxruntime_onnx" and meta["versions"] == ["2", "latest"]
+    assert meta["inputs"] == [{"name": "X", "datatype": "FP32", "shape": ["-1", "4"]}]
+    model = models["iris"]
+    x = model.x[::9]
+    tensor = grpcclient.InferInput("X", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)  # raw_input_contents
+    result = client.infer("iris", [tensor], request_id="r7")
+    assert result.get_response().id == "r7"
+    assert result.as_numpy("output_label").tolist() == model.estimator.predict(x).tolist()
+    np.testing.assert_allclose(
+        result.as_numpy("output_probability"), model.estimator.predict_proba(x), atol=1e-5
+    )
+    only = client.infer(
+        "iris",
+        [tensor],
+        outputs=[grpcclient.InferRequestedOutput("output_label")],
+        model_version="2",
+    )
+    assert only.as_numpy("output_probability") is None
+    assert only.as_numpy("output_label").tolist() == model.estimator.predict(x).tolist()
+
+
+def test_grpc_bytes_both_ways(grpc_client: object, models: dict[str, SklearnModel]) -> None:
+    import tritonclient.grpc as grpcclient
+
+    client: grpcclient.InferenceServerClient = grpc_client  # type: ignore[assignment]
+    words = np.array([b"otter", b"caf\xc3\xa9", b"x"], dtype=object)
+    tensor = grpcclient.InferInput("word", [3], "BYTES")
+    tensor.set_data_from_numpy(words)
+    assert client.infer("words", [tensor]).as_numpy("id").tolist() == [2, 3, -1]
+    model = models["iris-names"]
+    x = model.x[::50]
+    tensor = grpcclient.InferInput("X", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    labels = client.infer("iris-names", [tensor]).as_numpy("output_label")
+    assert [v.decode() for v in labels] == model.estimator.predict(x).tolist()
+
+
+def test_grpc_errors_are_status_codes_and_the_server_stays_up(grpc_client: object) -> None:
+    import grpc
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client: grpcclient.InferenceServerClient = grpc_client  # type: ignore[assignment]
+
+    def status_of(model: str, shape: list[int], datatype: str = "FP32") -> str:
+        tensor = grpcclient.InferInput("X", shape, datatype)
+        dtype = np.float64 if datatype == "FP64" else np.float32
+        tensor.set_data_from_numpy(np.ones(shape, dtype))
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer(model, [tensor])
+        return f"{caught.value.status()} {caught.value.message()}"
+
+    assert "INVALID_ARGUMENT" in status_of("iris", [2, 3]) and "[-1, 4]" in status_of(
+        "iris", [2, 3]
+    )
+    assert "FP64" in status_of("iris", [1, 4], "FP64")
+    assert "NOT_FOUND" in status_of("nope", [1, 4])
+    assert "not a tensor model" in status_of("chatty", [1, 4])
+    assert grpc.StatusCode.INVALID_ARGUMENT.name in status_of("iris", [1, 4, 1])
+    tensor = grpcclient.InferInput("X", [1, 4], "FP32")
+    tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
+    assert client.infer("iris", [tensor]).as_numpy("output_label").shape == (1,)
+
+
+def test_grpc_and_rest_take_api_keys(tmp_path: Path, models: dict[str, SklearnModel]) -> None:
+    """With keys: gRPC reads one from the call's metadata, REST from Authorization."""
+    import subprocess
+    import sys
+
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    home = tmp_path / "home"
+    registry = Registry(home)
+    registry.import_path(models["iris"].path, "iris")
+    registry.import_path(models["digits"].path, "digits")
+    registry.close()
+
+    def key(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "corral", "keys", "create", *args],
+            env={**os.environ, "CORRAL_HOME": str(home)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    secret = key("--name", "tensors", "--models", "iris")
+    server = CorralServer(home, intra_op_threads=1, grpc_port=free_port()).start()
+    try:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.env['CORRAL_GRPC_PORT']}")
+        tensor = grpcclient.InferInput("X", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
+        assert client.is_server_live()  # liveness needs no key
+        with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
+            client.infer("iris", [tensor])
+        with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
+            client.infer("iris", [tensor], headers={"authorization": "Bearer wrong"})
+        good = {"authorization": f"Bearer {secret}"}
+        assert client.infer("iris", [tensor], headers=good).as_numpy("output_label").shape == (1,)
+        with pytest.raises(InferenceServerException, match="NOT_FOUND"):  # not its model
+            client.infer("digits", [tensor], headers=good)
+        url = f"{server.url}/v2/models/iris/infer"
+        body = {"inputs": [_x([1, 4])]}
+        assert httpx.post(url, json=body, timeout=60).status_code == 401
+        assert "error" in httpx.post(url, json=body, timeout=60).json()
+        reply = httpx.post(url, json=body, timeout=60, headers=good)
+        assert reply.status_code == 200, reply.text
+        assert httpx.get(f"{server.url}/v2/health/live", timeout=10).status_code == 200
+    finally:
+        server.stop()
