@@ -6,6 +6,7 @@ API's own error format), so FastAPI's layers would only add per-request cost.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -48,7 +49,12 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> Starlette:
         services.start()
         stop_grpc = None
         if settings.grpc_port:
-            from corral.api import grpc_v2  # grpcio is imported only when it is asked for
+            # gRPC's fork handlers run in every child the gateway forks to start a
+            # worker, and with calls in flight they crash it (SIGSEGV between fork and
+            # exec: grpc/grpc#13998). Workers exec at once and use no gRPC: turned off
+            # before grpcio is imported, which is only when it is asked for.
+            os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
+            from corral.api import grpc_v2
 
             stop_grpc = await grpc_v2.serve(services, settings.host, settings.grpc_port)
         try:

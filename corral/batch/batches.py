@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from corral.batch.files import FileStore
-from corral.batch.lines import ENDPOINTS
+from corral.batch.lines import ENDPOINT_NAMES, known_endpoint
 from corral.batch.pages import newest_first, visible_to
 from corral.batch.tables import BatchRow
 from corral.errors import BatchNotFound, InvalidRequest
@@ -85,9 +85,9 @@ class Batches:
         metadata: dict[str, str] | None = None,
         viewer: Principal | None = None,
     ) -> BatchRow:
-        if endpoint not in ENDPOINTS:
+        if not known_endpoint(endpoint):
             raise InvalidRequest(
-                f"endpoint must be one of {', '.join(ENDPOINTS)}, not {endpoint!r}.",
+                f"endpoint must be one of {ENDPOINT_NAMES}, not {endpoint!r}.",
                 param="endpoint",
             )
         window = window_seconds(completion_window)

@@ -2,11 +2,16 @@
 
 Pure functions: the upload route checks every line as the bytes arrive and names the
 first bad one; batch creation checks the lines against the batch (endpoint, model).
+
+Besides OpenAI's endpoints, a line may be an Open Inference Protocol (V2) request
+(``"url": "/v2/models/NAME[/versions/V]/infer"``, a V2 infer body): its model is named
+by the URL, and its results are JSON (a line asking for binary tensors is refused).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +20,26 @@ from corral.protocol.parse import check_parsed, too_deep
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 MAX_CUSTOM_ID = 512
+# A V2 infer URL: the model, and its version (a tag) if pinned.
+_V2_INFER = re.compile(
+    r"/v2/models/(?P<name>[^/]+(?:/[^/]+)*?)(?:/versions/(?P<version>[^/]+))?/infer"
+)
+
+
+def v2_model(url: str) -> str | None:
+    """The model (``name`` or ``name:version``) a V2 infer URL names; None for others."""
+    found = _V2_INFER.fullmatch(url)
+    if found is None:
+        return None
+    version = found.group("version")
+    return found.group("name") + (f":{version}" if version else "")
+
+
+def known_endpoint(url: str) -> bool:
+    return url in ENDPOINTS or v2_model(url) is not None
+
+
+ENDPOINT_NAMES = ", ".join(ENDPOINTS) + " or /v2/models/NAME/infer"
 
 
 @dataclass(frozen=True)
@@ -26,6 +51,9 @@ class BatchLine:
 
     @property
     def model(self) -> str | None:
+        named = v2_model(self.url)
+        if named is not None:
+            return named
         model = self.body.get("model")
         return model if isinstance(model, str) else None
 
@@ -53,17 +81,35 @@ def parse_line(raw: bytes, number: int) -> BatchLine:
     if data.get("method") != "POST":
         raise BadLine(number, "'method' must be \"POST\".")
     url = data.get("url")
-    if url not in ENDPOINTS:
-        raise BadLine(number, f"'url' must be one of {', '.join(ENDPOINTS)}, not {url!r}.")
+    if not isinstance(url, str) or not known_endpoint(url):
+        raise BadLine(number, f"'url' must be one of {ENDPOINT_NAMES}, not {url!r}.")
     body = data.get("body")
     if not isinstance(body, dict):
         raise BadLine(number, "'body' must be a JSON object.")
-    if not isinstance(body.get("model"), str) or not body["model"]:
+    if v2_model(url) is not None:
+        _check_json_outputs(body, number)
+    elif not isinstance(body.get("model"), str) or not body["model"]:
         raise BadLine(number, "'body.model' must name a model.")
     unknown = set(data) - {"custom_id", "method", "url", "body"}
     if unknown:
         raise BadLine(number, f"unknown field(s) {', '.join(sorted(unknown))}.")
     return BatchLine(number, custom_id, str(url), body)
+
+
+def _check_json_outputs(body: dict[str, Any], number: int) -> None:
+    """A batch's results are JSON lines: no binary tensors in or out."""
+    params = body.get("parameters")
+    asks = isinstance(params, dict) and bool(params.get("binary_data_output"))
+    outputs = body.get("outputs")
+    if isinstance(outputs, list):
+        asks = asks or any(
+            isinstance(o, dict)
+            and isinstance(o.get("parameters"), dict)
+            and o["parameters"].get("binary_data")
+            for o in outputs
+        )
+    if asks:
+        raise BadLine(number, "batch results are JSON; binary_data outputs cannot be asked for.")
 
 
 class LineChecker:

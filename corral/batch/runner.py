@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 from corral.batch.batches import Batches
 from corral.batch.files import FileStore
 from corral.batch.journal import Journal, Result
-from corral.batch.lines import BatchLine, parse_line
+from corral.batch.lines import BatchLine, parse_line, v2_model
 from corral.batch.tables import BatchDoneRow, BatchRow
 from corral.errors import CorralError, InternalError, new_request_id
 from corral.keys.store import KeyStore
@@ -40,7 +40,7 @@ from corral.protocol.handoff import BATCH_HEADER, REQUEST_ID_HEADER
 from corral.registry.records import Capability
 from corral.scheduler.queue import Priority
 from corral.service.inference import Caller, InferenceService
-from corral.service.worker_client import json_object_of
+from corral.service.worker_client import json_object_of, worker_error
 
 log = logging.getLogger("corral.batch")
 COMMIT_GROUP = 512  # most results per fsync + transaction
@@ -49,6 +49,11 @@ CAPABILITY = {
     "/v1/completions": Capability.COMPLETION,
     "/v1/embeddings": Capability.EMBEDDINGS,
 }
+
+
+def capability_of(endpoint: str) -> Capability:
+    """What a batch's endpoint asks of its model: V2 infer URLs ask for tensors."""
+    return Capability.TENSOR if v2_model(endpoint) is not None else CAPABILITY[endpoint]
 
 
 @dataclass
@@ -188,7 +193,7 @@ class BatchRunner:
                 break
         if not errors and model is not None:
             try:
-                model = self.inference.resolve(model, CAPABILITY[row.endpoint]).name
+                model = self.inference.resolve(model, capability_of(row.endpoint)).name
             except CorralError as exc:
                 errors.append(_error(exc.code or "invalid_request", exc.message, 1, "body.model"))
         if errors:
@@ -294,18 +299,23 @@ class BatchRunner:
         It waits for room in the model's line rather than failing when interactive
         traffic fills it (``patient``)."""
         assert row.model is not None
+        tensors = v2_model(line.url) is not None
         try:
-            body = {**line.body, "model": row.model, "stream": False}
-            record = self.inference.resolve(row.model, CAPABILITY[row.endpoint], body)
+            # A V2 body names no model (its URL does) and never streams.
+            body = line.body if tensors else {**line.body, "model": row.model, "stream": False}
+            record = self.inference.resolve(row.model, capability_of(row.endpoint), body)
             owner = self.keys.by_id(row.owner) if self.keys and row.owner else None
             caller = Caller(Priority.BATCH, key=row.id, patient=True, principal=owner)
             headers = {REQUEST_ID_HEADER: f"{row.id}/{line.custom_id}", BATCH_HEADER: row.id}
             data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
             exchange = await self.inference.send(record, line.url, data, caller, headers=headers)
             content = await exchange.reply.read()
-            return exchange.reply.status, json_object_of(content)
+            status = exchange.reply.status
+            if tensors and status != 200:  # the worker's error, in V2's shape
+                return status, {"error": worker_error(status, content).message}
+            return status, json_object_of(content)
         except CorralError as exc:
-            return exc.status, exc.to_openai()
+            return exc.status, {"error": exc.message} if tensors else exc.to_openai()
         except Exception as exc:  # a bug fails this line (error file), not the batch
             error = InternalError(new_request_id())
             log.exception(
@@ -316,7 +326,7 @@ class BatchRunner:
                 error.request_id,
                 exc_info=exc,
             )
-            return error.status, error.to_openai()
+            return error.status, {"error": error.message} if tensors else error.to_openai()
 
     async def _commit_loop(
         self,

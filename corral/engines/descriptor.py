@@ -21,6 +21,7 @@ engine is a new package plus one line there.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from abc import ABC, abstractmethod
@@ -42,6 +43,22 @@ def default_threads() -> int:
     the clients and a second worker.
     """
     return max(1, (os.cpu_count() or 2) // 2)
+
+
+_found: set[str] = set()
+
+
+def modules_installed(*names: str) -> bool:
+    """Whether these modules can be imported here (an engine's optional extra),
+    checked without importing them. Asked on every request for the engine's models:
+    once found, remembered, since a path search costs more than the rest of the
+    routing. Not found is asked again, so installing the extra needs no restart."""
+    missing = [n for n in names if n not in _found]
+    for name in missing:
+        if importlib.util.find_spec(name) is None:
+            return False
+        _found.add(name)
+    return True
 
 
 class EngineParams(BaseModel):

@@ -481,3 +481,64 @@ def test_grpc_and_rest_take_api_keys(tmp_path: Path, models: dict[str, SklearnMo
         assert httpx.get(f"{server.url}/v2/health/live", timeout=10).status_code == 200
     finally:
         server.stop()
+
+
+def test_a_batch_of_v2_infer_lines(srv: CorralServer, models: dict[str, SklearnModel]) -> None:
+    """The Batch API takes V2 infer lines (the model named by the URL): results are V2
+    JSON answers equal to scikit-learn's; a bad line fails alone, in V2's error shape."""
+    import openai
+
+    from tests.support.batches import output_of, submit, wait_batch
+
+    client = openai.OpenAI(base_url=srv.openai_url, api_key="unused")
+    model = models["iris"]
+    url = "/v2/models/iris/versions/2/infer"
+    lines = [
+        {
+            "custom_id": f"row-{i}",
+            "method": "POST",
+            "url": url,
+            "body": {
+                "inputs": [
+                    {"name": "X", "shape": [1, 4], "datatype": "FP32", "data": model.x[i].tolist()}
+                ]
+            },
+        }
+        for i in range(0, 150, 10)
+    ]
+    lines.append({**lines[0], "custom_id": "bad", "body": {"inputs": [_x([1, 3])]}})
+    batch = submit(client, lines, endpoint=url)
+    done = wait_batch(client, batch.id)
+    assert done.status == "completed", done
+    assert done.request_counts.completed == 15 and done.request_counts.failed == 1
+    by_id = {r["custom_id"]: r for r in output_of(client, done.output_file_id)}
+    for i in range(0, 150, 10):
+        answer = by_id[f"row-{i}"]["response"]["body"]
+        label = next(o for o in answer["outputs"] if o["name"] == "output_label")
+        assert label["data"] == [int(model.estimator.predict(model.x[i : i + 1])[0])]
+    [bad] = output_of(client, done.error_file_id)
+    assert bad["custom_id"] == "bad" and bad["response"]["status_code"] == 400
+    assert "[-1, 4]" in bad["response"]["body"]["error"]
+
+
+def test_batch_v2_lines_are_checked_at_upload(srv: CorralServer) -> None:
+    import io
+
+    import openai
+
+    client = openai.OpenAI(base_url=srv.openai_url, api_key="unused")
+    binary = {
+        "custom_id": "a",
+        "method": "POST",
+        "url": "/v2/models/iris/infer",
+        "body": {"inputs": [_x([1, 4])], "parameters": {"binary_data_output": True}},
+    }
+    with pytest.raises(openai.BadRequestError, match="binary_data"):
+        client.files.create(
+            file=("in.jsonl", io.BytesIO(json.dumps(binary).encode() + b"\n")), purpose="batch"
+        )
+    wrong = {**binary, "url": "/v2/models/iris/ready", "body": {"inputs": []}}
+    with pytest.raises(openai.BadRequestError, match="/v2/models/NAME/infer"):
+        client.files.create(
+            file=("in.jsonl", io.BytesIO(json.dumps(wrong).encode() + b"\n")), purpose="batch"
+        )

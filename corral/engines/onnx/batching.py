@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from corral.engines.gathering import Gathering
+
 Tensors = dict[str, np.ndarray[Any, Any]]
 Run = Callable[[Tensors, Sequence[str]], Tensors]
 
@@ -36,8 +38,8 @@ class _Job:
 
 
 @dataclass
-class TensorBatcher:
-    run: Run
+class TensorBatcher(Gathering[_Job]):
+    run_call: Run
     stackable: bool
     max_rows: int
     delay: float = 0.0
@@ -48,46 +50,28 @@ class TensorBatcher:
     requests: int = 0  # requests they served
     busy_ns: int = 0
 
+    @property
+    def gather_limit(self) -> int:  # type: ignore[override]
+        return self.max_rows
+
+    @property
+    def gather_wait(self) -> float:  # type: ignore[override]
+        return self.delay if self.stackable else 0.0
+
     async def submit(self, inputs: Tensors, outputs: Sequence[str]) -> Tensors:
-        loop = asyncio.get_running_loop()
-        if self.task is None or self.task.done():
-            self.task = loop.create_task(self._serve())
         rows = next(iter(inputs.values())).shape[0] if self.stackable and inputs else 0
         key = (
             tuple(outputs),
             tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(inputs.items())),
         )
-        job = _Job(inputs, tuple(outputs), rows, key, loop.create_future())
-        self.queue.append(job)
-        self.wake.set()
+        job = _Job(inputs, tuple(outputs), rows, key, asyncio.get_running_loop().create_future())
+        self.enqueue(job)
         return await job.done
 
-    async def _serve(self) -> None:
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            while self.queue:
-                await self._gather()
-                taken = self._take()
-                if taken:
-                    await self._call(taken)
+    def queued(self) -> int:
+        return sum(j.rows for j in self.queue)
 
-    async def _gather(self) -> None:
-        """Let more requests join a call that is not full, for at most ``delay``."""
-        if not self.stackable or self.delay <= 0:
-            return
-        deadline = time.monotonic() + self.delay
-        while sum(j.rows for j in self.queue) < self.max_rows:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            self.wake.clear()
-            try:
-                await asyncio.wait_for(self.wake.wait(), left)
-            except TimeoutError:
-                return
-
-    def _take(self) -> list[_Job]:
+    def take(self) -> list[_Job]:
         first = self.queue.pop(0)
         if first.done.cancelled():
             return []
@@ -107,6 +91,9 @@ class TensorBatcher:
         self.queue = keep
         return taken
 
+    async def run(self, taken: list[_Job]) -> None:
+        await self._call(taken)
+
     async def _call(self, taken: list[_Job]) -> None:
         if len(taken) == 1:
             inputs = taken[0].inputs
@@ -117,7 +104,7 @@ class TensorBatcher:
             }
         started = time.perf_counter_ns()
         try:
-            results = await asyncio.to_thread(self.run, inputs, taken[0].outputs)
+            results = await asyncio.to_thread(self.run_call, inputs, taken[0].outputs)
         except Exception as exc:
             if len(taken) > 1:  # one request's bad values must not fail the others
                 for job in taken:
@@ -140,7 +127,3 @@ class TensorBatcher:
             offset += job.rows
             if not job.done.done():
                 job.done.set_result(part)
-
-    def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()

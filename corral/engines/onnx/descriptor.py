@@ -10,7 +10,6 @@ process with onnxruntime imported (``WORKER_BASE_BYTES``), and room for a batch.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Literal
 
 from pydantic import Field
@@ -20,6 +19,7 @@ from corral.engines.descriptor import (
     EngineParams,
     MemoryEstimate,
     default_threads,
+    modules_installed,
 )
 from corral.registry.records import Capability, ModelRecord
 
@@ -67,16 +67,9 @@ class OnnxParams(EngineParams):
     )
 
 
-_installed = False
-
-
 def engine_installed() -> bool:
-    """Whether this environment has the extra (checked without importing it; once
-    found, remembered: the path search is asked on every request)."""
-    global _installed
-    if not _installed:
-        _installed = importlib.util.find_spec("onnxruntime") is not None
-    return _installed
+    """Whether this environment has the extra (checked without importing it)."""
+    return modules_installed("onnxruntime")
 
 
 class OnnxDescriptor(EngineDescriptor):

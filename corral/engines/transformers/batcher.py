@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from corral.engines.gathering import Gathering
+
 
 @dataclass
 class _Job:
@@ -28,11 +30,11 @@ class _Job:
 
 
 @dataclass
-class Batcher:
+class Batcher(Gathering[_Job]):
     """Gathers the inputs of concurrent requests into forward passes of at most
     ``limit`` inputs, run one at a time on a thread."""
 
-    run: Callable[[list[list[int]]], list[Any]]
+    run_pass: Callable[[list[list[int]]], list[Any]]
     limit: int
     wait: float = 0.0  # seconds to gather more inputs before a pass that is not full
     # What one more forward call costs, in padded token positions: the chunks'
@@ -45,63 +47,52 @@ class Batcher:
     inputs: int = 0
     forward_ns: int = 0
 
+    @property
+    def gather_limit(self) -> int:  # type: ignore[override]
+        return self.limit
+
+    @property
+    def gather_wait(self) -> float:  # type: ignore[override]
+        return self.wait
+
     async def submit(self, inputs: list[list[int]]) -> list[Any]:
-        loop = asyncio.get_running_loop()
-        if self.task is None or self.task.done():
-            self.task = loop.create_task(self._serve())
-        job = _Job(inputs, loop.create_future())
-        self.queue.append(job)
-        self.wake.set()
+        job = _Job(inputs, asyncio.get_running_loop().create_future())
+        self.enqueue(job)
         return await job.done
 
-    async def _serve(self) -> None:
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            while self.queue:
-                await self._gather()
-                taken: list[_Job] = []
-                count = 0
-                while self.queue and (not taken or count + len(self.queue[0].inputs) <= self.limit):
-                    job = self.queue.pop(0)
-                    if job.done.cancelled():
-                        continue  # its client left while it waited
-                    taken.append(job)
-                    count += len(job.inputs)
-                if not taken:
-                    continue
-                flat = [ids for job in taken for ids in job.inputs]
-                started = time.perf_counter_ns()
-                try:
-                    results = await asyncio.to_thread(self._chunked, flat)
-                except Exception as exc:  # the engine's failure is each request's
-                    for job in taken:
-                        if not job.done.done():
-                            job.done.set_exception(exc)
-                    continue
-                self.forward_ns += time.perf_counter_ns() - started
-                self.passes += 1
-                self.inputs += len(flat)
-                offset = 0
-                for job in taken:
-                    part = results[offset : offset + len(job.inputs)]
-                    offset += len(job.inputs)
-                    if not job.done.done():
-                        job.done.set_result(part)
+    def queued(self) -> int:
+        return sum(len(j.inputs) for j in self.queue)
 
-    async def _gather(self) -> None:
-        """Let more inputs join a pass that is not full yet, for at most ``wait``: a
-        pass of one input costs nearly as much as one of many."""
-        deadline = time.monotonic() + self.wait
-        while sum(len(j.inputs) for j in self.queue) < self.limit:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            self.wake.clear()
-            try:
-                await asyncio.wait_for(self.wake.wait(), left)
-            except TimeoutError:
-                return
+    def take(self) -> list[_Job]:
+        taken: list[_Job] = []
+        count = 0
+        while self.queue and (not taken or count + len(self.queue[0].inputs) <= self.limit):
+            job = self.queue.pop(0)
+            if job.done.cancelled():
+                continue  # its client left while it waited
+            taken.append(job)
+            count += len(job.inputs)
+        return taken
+
+    async def run(self, taken: list[_Job]) -> None:
+        flat = [ids for job in taken for ids in job.inputs]
+        started = time.perf_counter_ns()
+        try:
+            results = await asyncio.to_thread(self._chunked, flat)
+        except Exception as exc:  # the engine's failure is each request's
+            for job in taken:
+                if not job.done.done():
+                    job.done.set_exception(exc)
+            return
+        self.forward_ns += time.perf_counter_ns() - started
+        self.passes += 1
+        self.inputs += len(flat)
+        offset = 0
+        for job in taken:
+            part = results[offset : offset + len(job.inputs)]
+            offset += len(job.inputs)
+            if not job.done.done():
+                job.done.set_result(part)
 
     def _chunked(self, flat: list[list[int]]) -> list[Any]:
         """Runs the pass as length-sorted chunks (at most ``limit`` inputs each, for one
@@ -111,7 +102,7 @@ class Batcher:
         out: list[Any] = [None] * len(flat)
         for start, end in plan_chunks(lengths, self.call_cost, self.limit):
             chunk = order[start:end]
-            for index, result in zip(chunk, self.run([flat[i] for i in chunk]), strict=True):
+            for index, result in zip(chunk, self.run_pass([flat[i] for i in chunk]), strict=True):
                 out[index] = result
         return out
 

@@ -15,7 +15,6 @@ model's length, and the process with PyTorch loaded (measured: ``WORKER_BASE_BYT
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -26,6 +25,7 @@ from corral.engines.descriptor import (
     EngineParams,
     MemoryEstimate,
     default_threads,
+    modules_installed,
 )
 from corral.engines.structured import precheck_constraint
 from corral.errors import InvalidRequest
@@ -121,18 +121,9 @@ def torch_build_bytes() -> int:
     return 0 if "+cpu" in version else 420 * MiB
 
 
-_installed = False
-
-
 def engine_installed() -> bool:
-    """Whether this environment has the extra (checked without importing torch).
-    Asked on every request for a safetensors model: once found, remembered, since a
-    path search costs more than the rest of the routing. Not found is asked again, so
-    that installing the extra needs no restart."""
-    global _installed
-    if not _installed:
-        _installed = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
-    return _installed
+    """Whether this environment has the extra (checked without importing torch)."""
+    return modules_installed("torch", "transformers")
 
 
 class TransformersDescriptor(EngineDescriptor):

@@ -240,8 +240,7 @@ class TransformersEngine(Engine):
         return {"forward_passes": b.passes, "batched_inputs": b.inputs, "forward_ns": b.forward_ns}
 
     def close(self) -> None:
-        if self._batcher.task is not None:
-            self._batcher.task.cancel()
+        self._batcher.close()
 
 
 def _read_json(path: Path) -> dict[str, Any]:
