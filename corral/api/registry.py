@@ -66,6 +66,14 @@ async def show_model(request: Request) -> Response:
     return json_response(services.catalog.describe(record))
 
 
+async def inspect_model(request: Request) -> Response:
+    """What the model is, as its engine reads the file: an ONNX graph's opsets, tensors,
+    parameters and operators; a GGUF's header facts."""
+    services = services_of(request)
+    record = services.registry.get(request.path_params["name"])
+    return json_response(await asyncio.to_thread(services.catalog.inspect, record))
+
+
 async def remove_model(request: Request) -> Response:
     removed = await remove_installed(services_of(request), request.path_params["name"])
     return json_response({"removed": removed})
@@ -167,6 +175,8 @@ routes = [
         tag=ADMIN,
         body=CopyRequest,
     ),
+    # Before the model's own GET, whose {name:path} would take "NAME/inspect".
+    route("GET", _MODEL + "/inspect", inspect_model, "Inspect a model's file", tag=ADMIN),
     route("GET", _MODEL, show_model, "Describe an installed model", tag=ADMIN),
     route("DELETE", _MODEL, remove_model, "Remove a model or one alias", tag=ADMIN),
     route(

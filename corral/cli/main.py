@@ -162,6 +162,25 @@ def show(
 
 
 @app.command()
+def inspect(
+    model: Annotated[str, typer.Argument(help="Model name or alias.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Inspect a model's file: an ONNX graph's opsets, producer, tensors (symbolic
+    dimensions named), parameters, operators and metadata; a GGUF's header facts."""
+    from corral.cli.models import show_inspection
+
+    client = _registry(home)
+    facts = _registry_call(lambda: client.inspect(model))
+    client.close()
+    if json_output:
+        console.print_json(data=facts)
+    else:
+        show_inspection(facts, console)
+
+
+@app.command()
 def rm(
     models: Annotated[list[str], typer.Argument(help="Models (or aliases) to remove.")],
     home: HomeOption = None,

@@ -82,6 +82,40 @@ def show_model(m: dict[str, Any], console: Console) -> None:
     console.print(files)
 
 
+def show_inspection(facts: dict[str, Any], console: Console) -> None:
+    """``corral inspect``: the facts as a table; tensors and operators as their own."""
+    table = Table(box=None, pad_edge=False, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in facts.items():
+        if key in ("inputs", "outputs", "operators"):
+            continue
+        if key == "size":
+            value = format_size(value)
+        elif key == "parameters" and isinstance(value, int):
+            value = f"{value:,}"
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+        table.add_row(key.replace("_", " "), str(value))
+    console.print(table)
+    for side in ("inputs", "outputs"):
+        if facts.get(side):
+            tensors = Table(title=side, box=None, pad_edge=False, title_justify="left")
+            for column in ("NAME", "DATATYPE", "SHAPE"):
+                tensors.add_column(column)
+            for t in facts[side]:
+                shape = t.get("type") if t.get("shape") is None else str(t["shape"])
+                tensors.add_row(t["name"], t["datatype"], shape or "-")
+            console.print(tensors)
+    if facts.get("operators"):
+        ops = Table(title="operators", box=None, pad_edge=False, title_justify="left")
+        ops.add_column("OPERATOR")
+        ops.add_column("COUNT", justify="right")
+        for op, n in facts["operators"].items():
+            ops.add_row(op, str(n))
+        console.print(ops)
+
+
 def follow_pull(client: RegistryClient, job: dict[str, Any], console: Console) -> dict[str, Any]:
     """Show a pull's progress until it ends; Ctrl-C cancels it (bytes are kept)."""
     columns = (

@@ -43,6 +43,7 @@ class RegistryClient(Protocol):
 
     def list(self) -> builtins.list[dict[str, Any]]: ...
     def show(self, name: str) -> dict[str, Any]: ...
+    def inspect(self, name: str) -> dict[str, Any]: ...
     def remove(self, name: str) -> builtins.list[str]: ...
     def copy(self, source: str, destination: str) -> dict[str, Any]: ...
     def import_path(self, path: Path, name: str | None) -> dict[str, Any]: ...
@@ -116,6 +117,10 @@ class RemoteRegistry:
 
     def show(self, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", f"/admin/models/{name}")
+        return result
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/admin/models/{name}/inspect")
         return result
 
     def remove(self, name: str) -> builtins.list[str]:
@@ -204,6 +209,10 @@ class LocalRegistry:
 
     def show(self, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self.catalog.describe(self._do(self.registry.get, name))
+        return result
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._do(self.catalog.inspect, self._do(self.registry.get, name))
         return result
 
     def remove(self, name: str) -> builtins.list[str]:

@@ -213,6 +213,10 @@ class Catalog:
             "capabilities": capability_names(self.capabilities(record)),
         }
 
+    def inspect(self, record: ModelRecord) -> dict[str, Any]:
+        """What ``record`` is, as its engine reads it (``corral inspect``)."""
+        return {"name": record.name, **self.for_record(record).inspect(record)}
+
     def _names(self) -> str:
         return ", ".join(self._by_name) or "none"
 

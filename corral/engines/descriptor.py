@@ -163,6 +163,11 @@ class EngineDescriptor(ABC):
         loaded for it. The default refuses nothing."""
         return None
 
+    def inspect(self, record: ModelRecord) -> dict[str, Any]:
+        """What ``record`` is (``corral inspect``): by default its registry facts, read
+        from the file's header at import. Blocking (an engine may read the file)."""
+        return {"format": record.format, "size": record.size, **record.info.to_dict()}
+
     def context_length(self, record: ModelRecord, params: EngineParams) -> int:
         """The context one request gets: the asked length, capped at the model's."""
         trained, asked = record.info.context_length, params.context_length

@@ -542,3 +542,47 @@ def test_batch_v2_lines_are_checked_at_upload(srv: CorralServer) -> None:
         client.files.create(
             file=("in.jsonl", io.BytesIO(json.dumps(wrong).encode() + b"\n")), purpose="batch"
         )
+
+
+def test_inspect_reads_the_graph_through_the_api(srv: CorralServer) -> None:
+    facts = httpx.get(f"{srv.url}/admin/models/iris/inspect", timeout=60).json()
+    assert facts["format"] == "onnx" and facts["producer"]["name"] == "skl2onnx"
+    assert facts["opsets"]["ai.onnx.ml"] >= 1
+    assert facts["parameters"] == 15  # 3 classes x 4 features, and 3 intercepts
+    assert facts["inputs"] == [{"name": "X", "datatype": "FP32", "shape": ["?", 4]}]
+    assert facts["operators"]["ai.onnx.ml.ZipMap"] == 1
+    words = httpx.get(f"{srv.url}/admin/models/words/inspect", timeout=60).json()
+    assert words["inputs"] == [{"name": "word", "datatype": "BYTES", "shape": ["N"]}]
+    gguf = httpx.get(f"{srv.url}/admin/models/chatty/inspect", timeout=60).json()
+    assert gguf["format"] == "gguf" and gguf["embedding"] is True and gguf["parameters"] > 0
+    missing = httpx.get(f"{srv.url}/admin/models/nope/inspect", timeout=60)
+    assert missing.status_code == 404
+
+
+def test_corral_inspect_without_a_server(tmp_path: Path, models: dict[str, SklearnModel]) -> None:
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    registry = Registry(home)
+    registry.import_path(models["digits"].path, "digits")
+    registry.close()
+    env = {**os.environ, "CORRAL_HOME": str(home), "CORRAL_PORT": str(free_port())}
+
+    def corral(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "corral", "inspect", *args],
+            env={**env, "COLUMNS": "200"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    as_json = corral("digits", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    facts = json.loads(as_json.stdout)
+    assert facts["operators"]["ai.onnx.ml.TreeEnsembleClassifier"] == 1
+    assert facts["parameters"] > 1000  # the trees' thresholds and leaf weights
+    table = corral("digits")
+    assert table.returncode == 0 and "TreeEnsembleClassifier" in table.stdout
+    assert "skl2onnx" in table.stdout

@@ -10,7 +10,10 @@ process with onnxruntime imported (``WORKER_BASE_BYTES``), and room for a batch.
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+import subprocess
+import sys
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -21,6 +24,7 @@ from corral.engines.descriptor import (
     default_threads,
     modules_installed,
 )
+from corral.errors import EngineError, UnsupportedCapability
 from corral.registry.records import Capability, ModelRecord
 
 MiB = 1 << 20
@@ -100,6 +104,23 @@ class OnnxDescriptor(EngineDescriptor):
 
     def context_length(self, record: ModelRecord, params: EngineParams) -> int:
         return 0
+
+    def inspect(self, record: ModelRecord) -> dict[str, Any]:
+        """The graph's facts, read by ``corral.engines.onnx.inspect`` in its own process:
+        the gateway imports no ``onnx``."""
+        if not modules_installed("onnx"):
+            raise UnsupportedCapability(
+                f"Inspecting ONNX models needs the onnx package: {EXTRA}.", param="model"
+            )
+        command = [sys.executable, "-m", "corral.engines.onnx.inspect", str(record.path)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired:
+            raise EngineError(f"Reading {record.name}'s graph took over 120 s.") from None
+        if done.returncode != 0:
+            raise EngineError(done.stderr.strip().splitlines()[-1] if done.stderr else "failed")
+        facts: dict[str, Any] = json.loads(done.stdout)
+        return facts
 
 
 descriptor = OnnxDescriptor()
