@@ -15,10 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
+from corral.api import v2
+from corral.api.requests import caller_of
 from corral.api.services import Services, services_of
 from corral.api.spec import ADMIN, route
-from corral.httputil import json_response
+from corral.httputil import json_response, run_until_disconnect
 from corral.protocol.parse import parse_body
+from corral.protocol.v2_schema import schemas
 from corral.registry.names import canonical_or_not_found
 
 
@@ -72,6 +75,18 @@ async def inspect_model(request: Request) -> Response:
     services = services_of(request)
     record = services.registry.get(request.path_params["name"])
     return json_response(await asyncio.to_thread(services.catalog.inspect, record))
+
+
+async def model_schema(request: Request) -> Response:
+    """JSON Schemas of a tensor model's V2 infer request and response, and an example
+    request that passes both the schema and the server; from the model's own tensors
+    (its worker is loaded to read them)."""
+    services = services_of(request)
+    caller = caller_of(request, services.settings.batch_keys)
+    meta = await run_until_disconnect(
+        request, v2.metadata(services, caller, request.path_params["name"], None)
+    )
+    return json_response(schemas(meta))
 
 
 async def remove_model(request: Request) -> Response:
@@ -177,6 +192,7 @@ routes = [
     ),
     # Before the model's own GET, whose {name:path} would take "NAME/inspect".
     route("GET", _MODEL + "/inspect", inspect_model, "Inspect a model's file", tag=ADMIN),
+    route("GET", _MODEL + "/schema", model_schema, "A tensor model's V2 schemas", tag=ADMIN),
     route("GET", _MODEL, show_model, "Describe an installed model", tag=ADMIN),
     route("DELETE", _MODEL, remove_model, "Remove a model or one alias", tag=ADMIN),
     route(

@@ -181,6 +181,19 @@ def inspect(
 
 
 @app.command()
+def schema(
+    model: Annotated[str, typer.Argument(help="Model name or alias.")],
+    home: HomeOption = None,
+) -> None:
+    """JSON Schemas of a tensor model's V2 infer request and response, and an example
+    request (needs a running server: the model's worker reads its tensors)."""
+    client = _registry(home)
+    result = _registry_call(lambda: client.schema(model))
+    client.close()
+    console.print_json(data=result)
+
+
+@app.command()
 def rm(
     models: Annotated[list[str], typer.Argument(help="Models (or aliases) to remove.")],
     home: HomeOption = None,

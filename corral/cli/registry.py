@@ -44,6 +44,7 @@ class RegistryClient(Protocol):
     def list(self) -> builtins.list[dict[str, Any]]: ...
     def show(self, name: str) -> dict[str, Any]: ...
     def inspect(self, name: str) -> dict[str, Any]: ...
+    def schema(self, name: str) -> dict[str, Any]: ...
     def remove(self, name: str) -> builtins.list[str]: ...
     def copy(self, source: str, destination: str) -> dict[str, Any]: ...
     def import_path(self, path: Path, name: str | None) -> dict[str, Any]: ...
@@ -121,6 +122,10 @@ class RemoteRegistry:
 
     def inspect(self, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", f"/admin/models/{name}/inspect")
+        return result
+
+    def schema(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/admin/models/{name}/schema")
         return result
 
     def remove(self, name: str) -> builtins.list[str]:
@@ -214,6 +219,12 @@ class LocalRegistry:
     def inspect(self, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self._do(self.catalog.inspect, self._do(self.registry.get, name))
         return result
+
+    def schema(self, name: str) -> dict[str, Any]:
+        raise RegistryError(
+            "corral schema reads the model's tensors from its loaded worker: start the "
+            "server (corral serve) and run it again."
+        )
 
     def remove(self, name: str) -> builtins.list[str]:
         removed: list[str] = self._do(self.registry.remove, name)

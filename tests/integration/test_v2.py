@@ -586,3 +586,33 @@ def test_corral_inspect_without_a_server(tmp_path: Path, models: dict[str, Sklea
     table = corral("digits")
     assert table.returncode == 0 and "TreeEnsembleClassifier" in table.stdout
     assert "skl2onnx" in table.stdout
+
+
+@pytest.mark.parametrize("model", ["iris", "words", "diabetes"])
+def test_schema_example_passes_the_schema_and_the_server(srv: CorralServer, model: str) -> None:
+    import jsonschema
+
+    reply = httpx.get(f"{srv.url}/admin/models/{model}/schema", timeout=60)
+    assert reply.status_code == 200, reply.text
+    schemas = reply.json()
+    request_schema, response_schema = schemas["request"], schemas["response"]
+    jsonschema.Draft202012Validator.check_schema(request_schema)
+    jsonschema.validate(schemas["example"], request_schema)
+    answer = _post(srv, schemas["example"], model=model)
+    assert answer.status_code == 200, answer.text
+    jsonschema.validate(answer.json(), response_schema)
+    # And what the server refuses, the schema refuses too.
+    for bad in (
+        {"inputs": []},
+        {"inputs": [{**schemas["example"]["inputs"][0], "name": "nope"}]},
+        {"inputs": [{**schemas["example"]["inputs"][0], "datatype": "INT8"}]},
+        {**schemas["example"], "outputs": [{"name": "nope"}]},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, request_schema)
+        assert _post(srv, bad, model=model).status_code == 400
+
+
+def test_schema_of_a_model_that_is_not_a_tensor_model(srv: CorralServer) -> None:
+    reply = httpx.get(f"{srv.url}/admin/models/chatty/schema", timeout=60)
+    assert reply.status_code == 400 and "not a tensor model" in reply.text
