@@ -13,7 +13,7 @@ missing, unknown, revoked or expired key, 403 for a key whose scope is too narro
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -47,23 +47,31 @@ class Authenticate:
         access = _access(scope)
         if access == "metrics":
             access = "admin" if metrics_need_key else "public"
-        secret = api_key_of(scope)
         if access == "public":
             return None
-        if not keys.any():
-            return None  # no keys yet: the loopback-only server of before
-        if not secret:
-            raise AuthenticationRequired(
-                "This server needs an API key: send it as 'Authorization: Bearer <key>' "
-                "(or 'x-api-key: <key>'). `corral keys create` makes one."
-            )
-        principal = keys.authenticate(secret)
+        principal = key_holder(keys, api_key_of(scope))
+        if principal is None:
+            return None
         if access == "admin" and not principal.admin:
             raise PermissionDenied(
                 f"The API key '{principal.name}' has the inference scope; "
                 f"{scope['method']} {scope['path']} needs an admin key."
             )
         return principal
+
+
+def key_holder(keys: KeyStore, secret: str) -> Principal | None:
+    """Whose key ``secret`` is: None while no key exists (the loopback-only server of
+    before), else the key's Principal, or a 401 for a missing, unknown, revoked or
+    expired key. HTTP and gRPC calls are both checked here."""
+    if not keys.any():
+        return None
+    if not secret:
+        raise AuthenticationRequired(
+            "This server needs an API key: send it as 'Authorization: Bearer <key>' "
+            "(or 'x-api-key: <key>'). `corral keys create` makes one."
+        )
+    return keys.authenticate(secret)
 
 
 def _access(scope: Scope) -> Access:
@@ -76,16 +84,20 @@ def _access(scope: Scope) -> Access:
 def api_key_of(scope: Scope) -> str:
     """The API key a request carries, as each API's clients send it: ``Authorization:
     Bearer`` (OpenAI, Ollama) or ``x-api-key`` (Anthropic); "" if none."""
-    bearer = ""
-    api_key = ""
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            text = value.decode("latin-1").strip()
-            if text[:7].lower() == "bearer ":
-                bearer = text[7:].strip()
-        elif name == b"x-api-key":
-            api_key = value.decode("latin-1").strip()
-    return bearer or api_key
+    headers = {
+        name.decode("latin-1"): value.decode("latin-1")
+        for name, value in scope["headers"]
+        if name in (b"authorization", b"x-api-key")
+    }
+    return key_in(headers)
+
+
+def key_in(headers: Mapping[str, str]) -> str:
+    """The key in lower-cased headers (or gRPC metadata): ``authorization: Bearer
+    <key>`` first, else ``x-api-key``; "" if none."""
+    text = headers.get("authorization", "").strip()
+    bearer = text[7:].strip() if text[:7].lower() == "bearer " else ""
+    return bearer or headers.get("x-api-key", "").strip()
 
 
 def principal_of(state: object) -> Principal | None:

@@ -13,8 +13,8 @@ every output in binary, which become ``raw_output_contents``. No numpy is needed
 here, so the gateway stays free of array libraries.
 
 API keys come in the call's metadata, as gRPC clients send them: ``authorization:
-Bearer <key>`` (or ``x-api-key``). Errors are gRPC status codes with the message the
-REST API would give.
+Bearer <key>`` (or ``x-api-key``), checked as HTTP's are (``auth.key_holder``).
+Errors are gRPC status codes with the message the REST API would give.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import grpc
 
 from corral import __version__
 from corral.api import v2 as rest
+from corral.api.auth import key_holder, key_in
 from corral.api.services import Services
-from corral.errors import AuthenticationRequired, CorralError, InvalidRequest
-from corral.keys.store import Principal
+from corral.errors import CorralError, InvalidRequest
 from corral.protocol import v2
 from corral.protocol.grpc import predict_v2_pb2 as pb
 from corral.protocol.grpc import predict_v2_pb2_grpc as pb_grpc
@@ -133,26 +133,10 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def _caller(self, context: Any) -> Caller:
         """Who is calling, by the key in the call's metadata (when keys exist)."""
-        metadata = dict(context.invocation_metadata() or ())
-        keys = self.services.keys
-        principal: Principal | None = None
-        if keys.any():
-            secret = _key_of(metadata)
-            if not secret:
-                raise AuthenticationRequired(
-                    "This server needs an API key: send it in the call's metadata as "
-                    "'authorization: Bearer <key>'. `corral keys create` makes one."
-                )
-            principal = keys.authenticate(secret)
+        metadata = {str(k).lower(): str(v) for k, v in (context.invocation_metadata() or ())}
+        principal = key_holder(self.services.keys, key_in(metadata))
         key = principal.key_id if principal is not None else str(context.peer() or "grpc")
         return Caller(key=key, principal=principal)
-
-
-def _key_of(metadata: dict[str, Any]) -> str:
-    bearer = str(metadata.get("authorization", "")).strip()
-    if bearer[:7].lower() == "bearer ":
-        return bearer[7:].strip()
-    return str(metadata.get("x-api-key", "")).strip()
 
 
 async def _answer(context: Any, work: Awaitable[T]) -> T:

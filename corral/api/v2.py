@@ -13,6 +13,7 @@ bounded by the server's body limit. Errors are V2's ``{"error": "..."}``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import zlib
 from collections.abc import Mapping
@@ -65,7 +66,7 @@ async def live(_: Request) -> Response:
 @v2_errors
 async def ready(request: Request) -> Response:
     """Ready when the registry answers (models load on their first request)."""
-    services_of(request).registry.list()
+    await asyncio.to_thread(services_of(request).registry.list)
     return json_response({"ready": True})
 
 
@@ -116,8 +117,9 @@ async def metadata(
     answer = await ask_worker(services, caller, record, name, version)
     meta = v2.ModelMetadata.model_validate_json(answer.content)
     base = record.name.rsplit(":", 1)[0]
+    installed = await asyncio.to_thread(services.registry.list)
     meta.versions = sorted(
-        r.name.rsplit(":", 1)[1] for r in services.registry.list() if r.name.startswith(base + ":")
+        r.name.rsplit(":", 1)[1] for r in installed if r.name.startswith(base + ":")
     )
     return meta
 

@@ -4,8 +4,8 @@ Both batching engines work this way: the transformers engine gathers embedding i
 into forward passes, the onnx engine stacks tensor requests into one call. Requests
 queue; one task takes a group (``take``), runs it (``run``, usually on a thread) while
 the next requests queue behind it, and so on. Before a group that is not full it may
-wait a little for more (``gather_wait`` seconds, until ``queued`` reaches
-``gather_limit``): under load groups fill by themselves, with no wait at all.
+wait a little for more (``gather_wait()`` seconds, until ``queued()`` reaches
+``gather_limit()``): under load groups fill by themselves, with no wait at all.
 """
 
 from __future__ import annotations
@@ -43,8 +43,13 @@ class Gathering(ABC, Generic[J]):
     def queued(self) -> int:
         """How much is queued, in the units of ``gather_limit``."""
 
-    gather_limit: int = 1
-    gather_wait: float = 0.0
+    @abstractmethod
+    def gather_limit(self) -> int:
+        """How much fills a group: no waiting once this much is queued."""
+
+    @abstractmethod
+    def gather_wait(self) -> float:
+        """Seconds a group that is not full may wait for more (0: none)."""
 
     async def _serve(self) -> None:
         while True:
@@ -57,10 +62,12 @@ class Gathering(ABC, Generic[J]):
                     await self.run(taken)
 
     async def _gather(self) -> None:
-        if self.gather_wait <= 0:
+        wait = self.gather_wait()
+        if wait <= 0:
             return
-        deadline = time.monotonic() + self.gather_wait
-        while self.queued() < self.gather_limit:
+        deadline = time.monotonic() + wait
+        limit = self.gather_limit()
+        while self.queued() < limit:
             left = deadline - time.monotonic()
             if left <= 0:
                 return

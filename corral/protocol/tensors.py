@@ -166,7 +166,7 @@ def from_json(data: Any, datatype: str, shape: Sequence[int], name: str) -> np.n
             "extension's binary_data_size.",
             param="inputs",
         )
-    flat = _flatten(data, name)
+    flat = _flatten(data)
     if len(flat) != count:
         raise InvalidRequest(
             f"Input '{name}' has shape {list(shape)}, which holds {count} elements, but its "
@@ -180,7 +180,7 @@ def from_json(data: Any, datatype: str, shape: Sequence[int], name: str) -> np.n
     return values.astype(dtype, copy=False).reshape(shape)
 
 
-def _flatten(data: list[Any], name: str) -> list[Any]:
+def _flatten(data: list[Any]) -> list[Any]:
     if not any(isinstance(x, list) for x in data):
         return data
     out: list[Any] = []

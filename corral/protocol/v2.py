@@ -21,21 +21,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-DATATYPES = (
-    "BOOL",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "FP16",
-    "FP32",
-    "FP64",
-    "BYTES",
-)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from starlette.requests import Request
@@ -39,12 +40,17 @@ def configure(spool_dir: Path | None) -> None:
     _spool_dir = spool_dir
 
 
-def finished(request: Request, body_json: str) -> None:
-    """Record a request the engine has run to the end, with its response body."""
+def finished(request: Request, body_json: str | Callable[[], str]) -> None:
+    """Record a request the engine has run to the end, with its response body (or
+    what makes it, called only for a batch request, the one kind spooled)."""
     request_id = request.headers.get(REQUEST_ID_HEADER, "-").replace("\n", " ")
     batch = request.headers.get(BATCH_HEADER)
+    spooled = bool(batch and _spool_dir is not None and _BATCH_ID.match(batch))
+    if spooled and callable(body_json):
+        body_json = body_json()
     with lock:
-        if batch and _spool_dir is not None and _BATCH_ID.match(batch):
+        if spooled:
+            assert batch is not None and _spool_dir is not None
             directory = _spool_dir / batch
             directory.mkdir(parents=True, exist_ok=True)
             entry = f'{{"id":{json.dumps(request_id)},"body":{body_json}}}\n'

@@ -59,9 +59,10 @@ class TensorService:
             decoded.binary_outputs,
         )
         if header_length is None:
-            handoff.finished(request, body.decode())
+            handoff.finished(request, body.decode)
             return Response(body, media_type="application/json")
-        handoff.finished(request, _as_json(body, header_length))
+        # The spool keeps JSON lines: made only for a batch request, not on every answer.
+        handoff.finished(request, lambda: _as_json(body, header_length))
         return Response(
             body,
             media_type="application/octet-stream",

@@ -50,12 +50,10 @@ class TensorBatcher(Gathering[_Job]):
     requests: int = 0  # requests they served
     busy_ns: int = 0
 
-    @property
-    def gather_limit(self) -> int:  # type: ignore[override]
+    def gather_limit(self) -> int:
         return self.max_rows
 
-    @property
-    def gather_wait(self) -> float:  # type: ignore[override]
+    def gather_wait(self) -> float:
         return self.delay if self.stackable else 0.0
 
     async def submit(self, inputs: Tensors, outputs: Sequence[str]) -> Tensors:

@@ -101,16 +101,13 @@ class OnnxEngine(Engine):
         self._batcher = TensorBatcher(
             self._run, stackable, params.max_batch_size, params.max_queue_delay_ms / 1000
         )
-        log.info(
-            "loaded %s on %s; %s",
-            model_path.name,
-            self.session.get_providers()[0],
-            f"dynamic batching up to {params.max_batch_size} rows"
-            if stackable
-            else "no dynamic batching"
-            + ("" if params.dynamic_batching else " (off)")
-            + ("" if not params.dynamic_batching or stackable else " (a fixed first dimension)"),
-        )
+        if stackable:
+            batching = f"dynamic batching up to {params.max_batch_size} rows"
+        elif params.dynamic_batching:
+            batching = "no dynamic batching (a tensor's first dimension is fixed)"
+        else:
+            batching = "no dynamic batching (off)"
+        log.info("loaded %s on %s; %s", model_path.name, self.session.get_providers()[0], batching)
 
     async def infer(self, inputs: Tensors, outputs: Sequence[str]) -> Tensors:
         return await self._batcher.submit(inputs, outputs)

@@ -47,12 +47,10 @@ class Batcher(Gathering[_Job]):
     inputs: int = 0
     forward_ns: int = 0
 
-    @property
-    def gather_limit(self) -> int:  # type: ignore[override]
+    def gather_limit(self) -> int:
         return self.limit
 
-    @property
-    def gather_wait(self) -> float:  # type: ignore[override]
+    def gather_wait(self) -> float:
         return self.wait
 
     async def submit(self, inputs: list[list[int]]) -> list[Any]:
