@@ -22,6 +22,7 @@ from corral.api.spec import ADMIN, route
 from corral.httputil import json_response, run_until_disconnect
 from corral.protocol.parse import parse_body
 from corral.protocol.v2_schema import schemas
+from corral.registry.benchmarks import benchmark_history, save_benchmark
 from corral.registry.names import canonical_or_not_found
 
 
@@ -48,6 +49,16 @@ class PullRequest(BaseModel):
     params: dict[str, Any] | None = None
     aliases: list[str] | None = None
     expect: dict[str, str] | None = Field(None, description="path -> sha256 from a lock file")
+
+
+class BenchmarkRun(BaseModel):
+    """One ``corral bench`` run to keep: measured by the CLI, stored by the server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    results: list[dict[str, Any]] = Field(max_length=10_000)
 
 
 class ConfigureRequest(BaseModel):
@@ -89,6 +100,46 @@ async def model_schema(request: Request) -> Response:
     return json_response(schemas(meta))
 
 
+async def set_default(request: Request) -> Response:
+    """Make this version what the model's bare name means (``PUT .../iris:2/default``)."""
+    services = services_of(request)
+    record = await asyncio.to_thread(services.registry.set_default, request.path_params["name"])
+    return json_response(services.catalog.describe(record))
+
+
+async def clear_default(request: Request) -> Response:
+    """Let the bare name mean the newest version again."""
+    services = services_of(request)
+    record = await asyncio.to_thread(services.registry.clear_default, request.path_params["name"])
+    return json_response(services.catalog.describe(record))
+
+
+async def benchmarks(request: Request) -> Response:
+    """A model's benchmark history, newest first: one version's (``iris:2``) or every
+    version's (``iris``)."""
+    services = services_of(request)
+    name = request.path_params["name"]
+    runs = await asyncio.to_thread(benchmark_history, services.registry, name)
+    if not runs:
+        services.registry.get(name)  # an unknown model is a 404, not an empty history
+    return json_response({"model": name, "benchmarks": runs})
+
+
+async def save_run(request: Request) -> Response:
+    services = services_of(request)
+    run = parse_body(await request.body(), BenchmarkRun)
+    record = services.registry.get(request.path_params["name"])
+    saved = await asyncio.to_thread(
+        save_benchmark,
+        services.registry,
+        record,
+        machine=run.machine,
+        settings=run.settings,
+        results=run.results,
+    )
+    return json_response(saved, status=201)
+
+
 async def remove_model(request: Request) -> Response:
     removed = await remove_installed(services_of(request), request.path_params["name"])
     return json_response({"removed": removed})
@@ -98,7 +149,7 @@ async def remove_installed(services: Services, name: str) -> list[str]:
     """Remove a model (stopping its worker first) or one alias; the names removed.
     Ollama's ``DELETE /api/delete`` removes through here too."""
     record = services.registry.get(name)
-    if record.name == canonical_or_not_found(name):  # the model itself, not one of its aliases
+    if canonical_or_not_found(name) not in record.aliases:  # the model, not one alias
         await services.scheduler.unload(record.name)
     return await asyncio.to_thread(services.registry.remove, name)
 
@@ -193,6 +244,17 @@ routes = [
     # Before the model's own GET, whose {name:path} would take "NAME/inspect".
     route("GET", _MODEL + "/inspect", inspect_model, "Inspect a model's file", tag=ADMIN),
     route("GET", _MODEL + "/schema", model_schema, "A tensor model's V2 schemas", tag=ADMIN),
+    route("GET", _MODEL + "/benchmarks", benchmarks, "Benchmark history", tag=ADMIN),
+    route(
+        "POST",
+        _MODEL + "/benchmarks",
+        save_run,
+        "Keep a benchmark run",
+        tag=ADMIN,
+        body=BenchmarkRun,
+    ),
+    route("PUT", _MODEL + "/default", set_default, "Mark a version the default", tag=ADMIN),
+    route("DELETE", _MODEL + "/default", clear_default, "Newest version as default", tag=ADMIN),
     route("GET", _MODEL, show_model, "Describe an installed model", tag=ADMIN),
     route("DELETE", _MODEL, remove_model, "Remove a model or one alias", tag=ADMIN),
     route(

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
-Method = Literal["GET", "POST", "PATCH", "DELETE"]
+Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 # Who may call a route once API keys exist: anyone (liveness, the docs), any key
 # (inference, and the files and batches the key owns), or an admin key. "metrics" is
 # public or admin as CORRAL_METRICS_NEED_KEY says.

@@ -3,7 +3,8 @@
 What Triton, KServe and MLServer serve, so ``tritonclient.http`` and KServe tooling
 work unchanged: server and model health, model metadata, and inference with JSON or
 binary tensors. A model's version is its tag (``/v2/models/iris/versions/2`` is
-``iris:2``); with no version, the name as given (``iris`` is ``iris:latest``).
+``iris:2``); with no version, the name as given: a bare ``iris`` means its default
+version (``Registry.get``: the one marked default, else the newest).
 
 Infer bodies are relayed to the model's worker as they came, binary tensors and all:
 the worker decodes and checks them against the model (``corral.worker.tensors``). A
@@ -99,7 +100,10 @@ async def ask_worker(
     headers: Mapping[str, str] | None = None,
 ) -> WorkerAnswer:
     """A V2 request to the model's worker (loaded if need be), under the name and
-    version the client used; a worker's refusal raises the error it names."""
+    version the client used (with none, the version its name means: a response names
+    the version that answered, as Triton's do); a worker's refusal raises its error."""
+    if version is None and record.base == name:
+        version = record.tag
     path = f"/v2/models/{name}" + (f"/versions/{version}" if version else "") + suffix
     exchange = await services.inference.send(record, path, body, caller, headers=headers)
     reply = exchange.reply
@@ -116,11 +120,8 @@ async def metadata(
     record = resolve(services, name, version)
     answer = await ask_worker(services, caller, record, name, version)
     meta = v2.ModelMetadata.model_validate_json(answer.content)
-    base = record.name.rsplit(":", 1)[0]
-    installed = await asyncio.to_thread(services.registry.list)
-    meta.versions = sorted(
-        r.name.rsplit(":", 1)[1] for r in installed if r.name.startswith(base + ":")
-    )
+    versions = await asyncio.to_thread(services.registry.versions, record.name)
+    meta.versions = [r.tag for r in versions]
     return meta
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -194,6 +195,145 @@ def schema(
 
 
 @app.command()
+def bench(
+    model: Annotated[str, typer.Argument(help="A tensor model (a version: NAME:TAG).")],
+    batch_sizes: Annotated[
+        str, typer.Option("--batch-sizes", help="Rows per request, comma-separated.")
+    ] = "1,8,32",
+    concurrency: Annotated[
+        str, typer.Option("--concurrency", help="Clients at once, comma-separated.")
+    ] = "1,8,32",
+    duration: Annotated[
+        str, typer.Option("--duration", help="Each measurement's length: 10s, 500ms, 1m.")
+    ] = "10s",
+    compare: Annotated[
+        tuple[str, str] | None,
+        typer.Option(
+            "--compare",
+            help="Two versions side by side (their latest runs; one with none is run now).",
+            show_default=False,
+        ),
+    ] = None,
+    history: Annotated[bool, typer.Option("--history", help="List the saved runs.")] = False,
+    local: Annotated[
+        bool,
+        typer.Option("--in-process/--no-in-process", help="Also run the model in this process."),
+    ] = True,
+    save: Annotated[
+        bool, typer.Option("--save/--no-save", help="Keep the run in the registry.")
+    ] = True,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Latency (p50/p95/p99) and throughput of a tensor model through the server (V2)
+    and in this process (onnxruntime), kept as benchmark history with machine facts."""
+    from corral.cli.bench import BenchError, BenchPlan, parse_counts, parse_duration
+    from corral.cli.bench_command import BenchCommand
+
+    try:
+        plan = BenchPlan(
+            parse_counts(batch_sizes, "--batch-sizes"),
+            parse_counts(concurrency, "--concurrency"),
+            parse_duration(duration),
+            in_process=local,
+        )
+    except BenchError as exc:
+        raise _fail(str(exc), 2) from None
+    client = _registry(home)
+    command = BenchCommand(client, _settings(home=home), console, save=save, as_json=json_output)
+    try:
+        if history:
+            _registry_call(lambda: command.history(model))
+        elif compare:
+            _registry_call(lambda: command.compare(model, compare, plan))
+        else:
+            _registry_call(lambda: command.measure(model, plan))
+    except BenchError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        client.close()
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Argument(help="A tensor model (NAME or NAME:VERSION).")],
+    source: Annotated[
+        Path,
+        typer.Argument(help="Rows: a .csv, .jsonl or .npy file.", exists=True, dir_okay=False),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Answers: a .jsonl or .csv file.")],
+    errors: Annotated[
+        Path | None,
+        typer.Option(help="Failed rows (default: OUTPUT with .errors.jsonl).", show_default=False),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Rows per request.", min=1, max=65536)] = 256,
+    in_flight: Annotated[int, typer.Option(help="Requests at once.", min=1, max=64)] = 2,
+    home: HomeOption = None,
+) -> None:
+    """Run every row of a file through a tensor model (streamed: memory holds the rows
+    in flight). Rows that fail go to the errors file with their line number; the run
+    goes on, and exits 3 if any failed."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from corral.cli.client_auth import auth_headers
+    from corral.cli.predict import Client, PredictError, Tally, Writer, model_url, open_source
+    from corral.cli.predict import predict as run_predict
+
+    registry = _registry(home)
+    where = registry.where
+    m = _registry_call(lambda: registry.show(model))
+    registry.close()
+    if not where.startswith("http"):
+        raise _fail("corral predict sends rows to the server: start it (corral serve).")
+    errors_path = errors or output.with_name(output.stem + ".errors.jsonl")
+    client = Client(model_url(where, m), auth_headers())
+    started = time.monotonic()
+    try:
+        source_rows = open_source(source, client.metadata())
+        writer = Writer(output, errors_path)
+        columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[rows]:,} rows, {task.fields[failed]:,} failed"),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=err_console) as progress:
+            task = progress.add_task(
+                f"{m['name']} <- {source.name}", total=source_rows.total, rows=0, failed=0
+            )
+
+            def advance(position: int, tally: Tally) -> None:
+                progress.update(task, completed=position, rows=tally.rows, failed=tally.failed)
+
+            try:
+                tally = run_predict(
+                    client,
+                    source_rows,
+                    writer,
+                    batch_size=batch_size,
+                    in_flight=in_flight,
+                    progress=advance,
+                )
+            finally:
+                writer.close()
+            progress.update(task, completed=source_rows.total)
+    except PredictError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        client.close()
+    seconds = max(time.monotonic() - started, 1e-9)
+    console.print(
+        f"predicted {tally.rows:,} rows with {m['name']} into {output} "
+        f"in {seconds:.1f} s ({tally.rows / seconds:,.0f} rows/s)"
+    )
+    if tally.failed:
+        err_console.print(f"[yellow]{tally.failed:,} rows failed[/yellow], see {errors_path}:")
+        for line in tally.first_errors:
+            err_console.print(f"  {line}")
+        raise typer.Exit(3)
+
+
+@app.command()
 def rm(
     models: Annotated[list[str], typer.Argument(help="Models (or aliases) to remove.")],
     home: HomeOption = None,
@@ -204,6 +344,25 @@ def rm(
         removed = _registry_call(lambda m=model: client.remove(m))
         console.print(f"deleted {', '.join(removed)}")
     client.close()
+
+
+@app.command()
+def default(
+    model: Annotated[str, typer.Argument(help="A version (NAME:TAG), or NAME with --newest.")],
+    newest: Annotated[
+        bool, typer.Option("--newest", help="Let NAME mean its newest version again.")
+    ] = False,
+    home: HomeOption = None,
+) -> None:
+    """Choose which version a model's bare name means (default: the newest)."""
+    client = _registry(home)
+    if newest:
+        m = _registry_call(lambda: client.clear_default(model))
+    else:
+        m = _registry_call(lambda: client.set_default(model))
+    client.close()
+    base = m["name"].rpartition(":")[0]
+    console.print(f"{base} means [bold]{m['name']}[/bold]")
 
 
 @app.command()

@@ -33,8 +33,9 @@ def models_table(models: list[dict[str, Any]]) -> Table:
         info = m["info"]
         note = " [yellow](random weights)[/yellow]" if info.get("synthetic") else ""
         aliases = f" [dim](also {', '.join(m['aliases'])})[/dim]" if m["aliases"] else ""
+        default = " [green](default)[/green]" if _versioned_default(m, models) else ""
         table.add_row(
-            m["name"] + note + aliases,
+            m["name"] + default + note + aliases,
             m["sha256"][:12],
             format_size(m["size"]),
             m["format"],
@@ -44,6 +45,14 @@ def models_table(models: list[dict[str, Any]]) -> Table:
             ago(m["created_at"]),
         )
     return table
+
+
+def _versioned_default(m: dict[str, Any], models: list[dict[str, Any]]) -> bool:
+    """Worth marking: the version a bare name means, among several or not ``latest``."""
+    if not m.get("default"):
+        return False
+    base, _, tag = str(m["name"]).rpartition(":")
+    return tag != "latest" or sum(x["name"].startswith(base + ":") for x in models) > 1
 
 
 def show_model(m: dict[str, Any], console: Console) -> None:

@@ -46,6 +46,10 @@ class RegistryClient(Protocol):
     def inspect(self, name: str) -> dict[str, Any]: ...
     def schema(self, name: str) -> dict[str, Any]: ...
     def remove(self, name: str) -> builtins.list[str]: ...
+    def set_default(self, name: str) -> dict[str, Any]: ...
+    def benchmarks(self, name: str) -> builtins.list[dict[str, Any]]: ...
+    def save_benchmark(self, name: str, run: dict[str, Any]) -> dict[str, Any]: ...
+    def clear_default(self, name: str) -> dict[str, Any]: ...
     def copy(self, source: str, destination: str) -> dict[str, Any]: ...
     def import_path(self, path: Path, name: str | None) -> dict[str, Any]: ...
     def pull(self, ref: str, **options: Any) -> dict[str, Any]: ...
@@ -131,6 +135,24 @@ class RemoteRegistry:
     def remove(self, name: str) -> builtins.list[str]:
         removed: list[str] = self._call("DELETE", f"/admin/models/{name}")["removed"]
         return removed
+
+    def set_default(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("PUT", f"/admin/models/{name}/default")
+        return result
+
+    def benchmarks(self, name: str) -> builtins.list[dict[str, Any]]:
+        runs: list[dict[str, Any]] = self._call("GET", f"/admin/models/{name}/benchmarks")[
+            "benchmarks"
+        ]
+        return runs
+
+    def save_benchmark(self, name: str, run: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", f"/admin/models/{name}/benchmarks", run)
+        return result
+
+    def clear_default(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("DELETE", f"/admin/models/{name}/default")
+        return result
 
     def copy(self, source: str, destination: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call(
@@ -229,6 +251,29 @@ class LocalRegistry:
     def remove(self, name: str) -> builtins.list[str]:
         removed: list[str] = self._do(self.registry.remove, name)
         return removed
+
+    def set_default(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.catalog.describe(self._do(self.registry.set_default, name))
+        return result
+
+    def benchmarks(self, name: str) -> builtins.list[dict[str, Any]]:
+        from corral.registry.benchmarks import benchmark_history
+
+        runs: list[dict[str, Any]] = self._do(benchmark_history, self.registry, name)
+        if not runs:
+            self._do(self.registry.get, name)  # unknown: an error, not an empty history
+        return runs
+
+    def save_benchmark(self, name: str, run: dict[str, Any]) -> dict[str, Any]:
+        from corral.registry.benchmarks import save_benchmark
+
+        record = self._do(self.registry.get, name)
+        saved: dict[str, Any] = self._do(save_benchmark, self.registry, record, **run)
+        return saved
+
+    def clear_default(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.catalog.describe(self._do(self.registry.clear_default, name))
+        return result
 
     def copy(self, source: str, destination: str) -> dict[str, Any]:
         result: dict[str, Any] = self.catalog.describe(

@@ -110,7 +110,7 @@ def sync(
     console: Console,
     lock: LockFile | None = None,
 ) -> list[Action]:
-    installed = {m["name"]: m for m in client.list()}
+    installed = by_name(client.list())
     actions = plan(declared, installed, base, lock)
     failures = []
     for action in actions:
@@ -122,7 +122,7 @@ def sync(
                 d.engine,
                 sorted(d.aliases),
             ):
-                client.configure(d.name, _params(d), list(d.aliases))
+                client.configure(current["name"], _params(d), list(d.aliases))
             console.print(f"[green]ok[/green] {d.name} ({action.reason})")
             continue
         console.print(f"[cyan]pull[/cyan] {d.name} from {d.source} ({action.reason})")
@@ -145,6 +145,16 @@ def sync(
     if failures:
         raise SyncError("\n".join(failures))
     return actions
+
+
+def by_name(models: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Installed models by the names a declaration may use: each one's own, and a bare
+    name (``iris:latest``) for the version it means (``iris:3``)."""
+    named = {m["name"]: m for m in models}
+    for m in models:
+        if m.get("default"):
+            named.setdefault(m["name"].rpartition(":")[0] + ":latest", m)
+    return named
 
 
 def _params(d: DeclaredModel) -> dict[str, Any]:

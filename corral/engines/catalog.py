@@ -31,7 +31,7 @@ from corral.engines.descriptor import (
     MemoryEstimate,
     WorkerCommand,
 )
-from corral.errors import InvalidRequest, UnsupportedCapability
+from corral.errors import CorralError, InvalidRequest, UnsupportedCapability
 from corral.registry.records import Capability, ModelRecord, capability_names
 from corral.settings import env_name
 
@@ -207,9 +207,14 @@ class Catalog:
             runs_on: str | None = self.for_record(record).name
         except UnsupportedCapability:
             runs_on = None
+        try:  # what its worker starts with here: corral bench runs in-process alike
+            in_effect: dict[str, Any] | None = self.params(record).model_dump(mode="json")
+        except CorralError:
+            in_effect = None
         return {
             **record.to_dict(),
             "runs_on": runs_on,
+            "engine_params": in_effect,
             "capabilities": capability_names(self.capabilities(record)),
         }
 

@@ -51,8 +51,16 @@ class Principal:
         return self.scope == "admin"
 
     def may_use(self, *names: str) -> bool:
-        """Whether the key may use a model known by any of ``names``."""
-        return not self.models or any(canonical_name(n) in self.models for n in names)
+        """Whether the key may use a model known by any of ``names``. A bare name on the
+        key (``iris``) covers every version and tag of it; ``iris:2`` that one only."""
+        if not self.models:
+            return True
+        for name in names:
+            canonical = canonical_name(name)
+            bare = canonical.rpartition(":")[0] + ":latest"
+            if canonical in self.models or bare in self.models:
+                return True
+        return False
 
     @property
     def limited(self) -> bool:

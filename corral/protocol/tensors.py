@@ -166,7 +166,7 @@ def from_json(data: Any, datatype: str, shape: Sequence[int], name: str) -> np.n
             "extension's binary_data_size.",
             param="inputs",
         )
-    flat = _flatten(data)
+    flat = flatten(data)
     if len(flat) != count:
         raise InvalidRequest(
             f"Input '{name}' has shape {list(shape)}, which holds {count} elements, but its "
@@ -180,7 +180,8 @@ def from_json(data: Any, datatype: str, shape: Sequence[int], name: str) -> np.n
     return values.astype(dtype, copy=False).reshape(shape)
 
 
-def _flatten(data: list[Any]) -> list[Any]:
+def flatten(data: list[Any]) -> list[Any]:
+    """Nested lists' values in row-major order (iteratively: any depth)."""
     if not any(isinstance(x, list) for x in data):
         return data
     out: list[Any] = []
@@ -349,3 +350,78 @@ def decode_response(body: bytes, header_length: str | None) -> tuple[dict[str, A
     """A worker's response: its JSON, and the binary tensors after it."""
     json_part, binary = _split(body, header_length)
     return json.loads(json_part), binary
+
+
+# --- the client's side (corral bench, corral predict) -----------------------------------
+
+
+def encode_request(
+    inputs: Mapping[str, np.ndarray[Any, Any]], *, binary_outputs: bool = True
+) -> tuple[bytes, int]:
+    """An infer body with every input as binary tensor data, and its JSON header's
+    length (``Inference-Header-Content-Length``): what ``tritonclient`` sends in binary
+    mode, and the cheapest body for the server to read."""
+    header: list[dict[str, Any]] = []
+    raws: list[bytes] = []
+    for name, array in inputs.items():
+        raw = to_raw(array)
+        raws.append(raw)
+        header.append(
+            {
+                "name": name,
+                "shape": list(array.shape),
+                "datatype": datatype_of(array),
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        )
+    body: dict[str, Any] = {"inputs": header}
+    if binary_outputs:
+        body["parameters"] = {"binary_data_output": True}
+    encoded = json.dumps(body, separators=(",", ":")).encode()
+    return encoded + b"".join(raws), len(encoded)
+
+
+def decode_outputs(body: bytes, header_length: str | None) -> dict[str, np.ndarray[Any, Any]]:
+    """An infer response's outputs as arrays, by name (JSON or binary, as sent)."""
+    response, binary = decode_response(body, header_length)
+    outputs: dict[str, np.ndarray[Any, Any]] = {}
+    offset = 0
+    for tensor in response.get("outputs", []):
+        name, datatype, shape = tensor["name"], tensor["datatype"], tensor["shape"]
+        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            outputs[name] = from_raw(binary[offset : offset + size], datatype, shape, name)
+            offset += size
+        else:
+            outputs[name] = from_json(tensor.get("data"), datatype, shape, name)
+    return outputs
+
+
+def random_inputs(
+    inputs: list[Mapping[str, Any]], batch_size: int, seed: int = 0
+) -> dict[str, np.ndarray[Any, Any]]:
+    """Random inputs of ``batch_size`` rows for a model's V2 input metadata: normal
+    floats, small integers, booleans, short strings; a free dimension other than the
+    first is 1. Raises ValueError when the model's first dimension is fixed to another
+    size."""
+    rng = np.random.default_rng(seed)
+    made: dict[str, np.ndarray[Any, Any]] = {}
+    for spec in inputs:
+        dims = [int(d) for d in spec["shape"]]
+        if dims and dims[0] >= 0 and dims[0] != batch_size:
+            raise ValueError(f"input {spec['name']} takes exactly {dims[0]} rows")
+        shape = [batch_size, *(d if d >= 0 else 1 for d in dims[1:])] if dims else []
+        made[spec["name"]] = _random(rng, spec["datatype"], shape)
+    return made
+
+
+def _random(rng: np.random.Generator, datatype: str, shape: list[int]) -> np.ndarray[Any, Any]:
+    if datatype == "BYTES":
+        words = np.array([b"corral", b"bench", b"row"], dtype=object)
+        return words[rng.integers(0, len(words), size=shape)]
+    if datatype == "BOOL":
+        return rng.random(shape) > 0.5
+    dtype = DTYPES[datatype]
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    return rng.integers(0, 8, size=shape).astype(dtype)

@@ -91,6 +91,31 @@ class AliasRow(Base):
     model: Mapped[ModelRow] = relationship(back_populates="aliases")
 
 
+class DefaultRow(Base):
+    """The version a bare name means (``iris`` -> ``iris:2``) when the user chose one;
+    without a row, the newest version is the default (``Registry.get``)."""
+
+    __tablename__ = "model_defaults"
+
+    base: Mapped[str] = mapped_column(String(256), primary_key=True)  # the name without tag
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+
+
+class BenchmarkRow(Base):
+    """One ``corral bench`` run: kept by name and file hash, not by a foreign key, so
+    the history of a version outlives its removal and ``--compare`` can still show it."""
+
+    __tablename__ = "benchmarks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(256), index=True)  # canonical name:tag
+    sha256: Mapped[str] = mapped_column(String(64))  # which files were measured
+    created_at: Mapped[float] = mapped_column(Float)
+    machine: Mapped[dict[str, Any]] = mapped_column(JSON)  # CPU, cores, memory, versions
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)  # batch sizes, concurrency, ...
+    results: Mapped[dict[str, Any]] = mapped_column(JSON)  # rows of latency and throughput
+
+
 class PullRow(Base):
     """A pull job. It lives here, not in memory, so a restart resumes it."""
 

@@ -20,6 +20,14 @@ from corral.registry.gguf_info import ModelInfo, is_gguf, read_gguf_info
 _SAFETENSORS_HEADER_LIMIT = 100 << 20
 
 
+VERSIONED_FORMATS = frozenset({"onnx"})
+"""Formats whose models keep numbered versions: importing one again under its bare name
+adds ``name:N+1`` and keeps the others (Triton's model repository does the same), since
+a tensor model's new training run replaces the old one only once it has proved itself.
+An LLM's tags name variants the user picks (``:q4``, ``:q8``), so a bare name replaces
+``name:latest`` as Ollama does."""
+
+
 def detect_format(files: Mapping[str, Path]) -> str:
     """``gguf``, ``safetensors`` or ``onnx``, from the files' names and magic bytes."""
     names = list(files)

@@ -290,7 +290,7 @@ class Pulls:
                 record = self._pull(job_id, run)
             finally:
                 self._slots.release()
-            self._finish(job_id, "completed", None, run)
+            self._finish(job_id, "completed", None, run, model=record.name)
             log.info("pulled %s (%s)", record.name, format_size(record.size))
         except download.Cancelled:
             if self._stopping:
@@ -353,7 +353,7 @@ class Pulls:
             params=options.get("params") or {},
         )
         if options.get("aliases"):
-            record = self.registry.set_aliases(name, options["aliases"])
+            record = self.registry.set_aliases(record.name, options["aliases"])
         return record
 
     def _fetch_one(
@@ -409,12 +409,23 @@ class Pulls:
             if state is not None:
                 row.state = state
 
-    def _finish(self, job_id: str, state: str, error: str | None, run: _Run | None = None) -> None:
+    def _finish(
+        self,
+        job_id: str,
+        state: str,
+        error: str | None,
+        run: _Run | None = None,
+        model: str | None = None,
+    ) -> None:
+        """End a job; ``model``: the name it created (a tensor model's new version,
+        ``iris:3``, where the job asked for ``iris``)."""
         with Session(self.registry.engine, expire_on_commit=False) as session, session.begin():
             row = session.get(PullRow, job_id)
             if row is None:
                 return
             row.state, row.error = state, error
+            if model is not None:
+                row.name = model
             if run is not None:
                 row.bytes_done, row.bytes_total = max(run.done, 0), run.total
             row.updated_at = row.finished_at = time.time()

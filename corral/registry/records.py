@@ -56,6 +56,17 @@ class ModelRecord:
     aliases: tuple[str, ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
     last_used: float | None = field(default=None, compare=False, hash=False)
+    # What its bare name means (``iris`` -> this ``iris:2``); set by ``Registry.list``.
+    default: bool = field(default=False, compare=False, hash=False)
+
+    @property
+    def base(self) -> str:
+        """The name without its tag (version)."""
+        return self.name.rpartition(":")[0]
+
+    @property
+    def tag(self) -> str:
+        return self.name.rpartition(":")[2]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,4 +84,5 @@ class ModelRecord:
             "info": self.info.to_dict(),
             "created_at": self.created,
             "last_used_at": self.last_used,
+            "default": self.default,
         }

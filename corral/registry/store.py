@@ -25,17 +25,18 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from corral.errors import CorralError, InvalidRequest, ModelExists, ModelNotFound
 from corral.registry import formats
 from corral.registry.access import ImportDirs, allowed_path, directory_files
-from corral.registry.db import AliasRow, FileRow, ModelRow, open_database
+from corral.registry.db import AliasRow, DefaultRow, FileRow, ModelRow, open_database
 from corral.registry.gguf_info import ModelInfo, is_gguf
 from corral.registry.names import (
     DEFAULT_TAG,
@@ -74,28 +75,45 @@ class Registry:
     # --- reading ------------------------------------------------------------------------
 
     def get(self, name: str) -> ModelRecord:
-        """The model called ``name`` or aliased so (tag defaults to ``latest``)."""
+        """The model called ``name`` or aliased so. A bare name (tag ``latest``) with no
+        model of that tag means its default version: the one marked so, else the newest."""
         canonical = canonical_or_not_found(name)
         now = time.monotonic()
         cached = self._cache.get(canonical)
         if cached is not None and cached[0] > now:
             return cached[1]
         with Session(self.engine, expire_on_commit=False) as session:
-            row = self._find(session, canonical)
+            row = self._find(session, canonical) or self._default_version(session, canonical)
             if row is None:
                 raise ModelNotFound(name, self._similar(session, name))
-            record = self._record(row)
+            record = replace(self._record(row), default=self._means_bare(session, row))
         self._cache[canonical] = (now + _CACHE_SECONDS, record)
         return record
 
     def list(self) -> list[ModelRecord]:
+        """Every model, each version its own record; ``default`` marks what each bare
+        name means."""
         with Session(self.engine, expire_on_commit=False) as session:
             rows = session.scalars(
                 select(ModelRow)
                 .options(selectinload(ModelRow.files), selectinload(ModelRow.aliases))
                 .order_by(ModelRow.name)
             ).all()
-            return [self._record(row) for row in rows]
+            marked = {
+                base: model_id
+                for base, model_id in session.execute(select(DefaultRow.base, DefaultRow.model_id))
+            }
+            records = [self._record(row) for row in rows]
+        defaults = _defaults(records, {r.id: r.name for r in rows}, marked)
+        return [replace(r, default=r.name in defaults) for r in records]
+
+    def versions(self, name: str) -> builtins.list[ModelRecord]:
+        """The versions (tags) of ``name``'s base, oldest first."""
+        base = canonical_or_not_found(name).rpartition(":")[0]
+        found = [r for r in self.list() if r.base == base]
+        if not found:
+            raise ModelNotFound(name)
+        return sorted(found, key=lambda r: (r.created, r.name))
 
     def is_empty(self) -> bool:
         with Session(self.engine, expire_on_commit=False) as session:
@@ -216,6 +234,11 @@ class Registry:
             primary = formats.primary_file(paths, fmt)
             old_blobs: set[str] = set()
             with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                if fmt in formats.VERSIONED_FORMATS and canonical.endswith(f":{DEFAULT_TAG}"):
+                    newest = self._newest(session, canonical.rpartition(":")[0])
+                    if newest is not None and _same_model(newest, files, params, engine):
+                        return self._record(newest)  # a repeated import or sync: no new version
+                    canonical = self._next_version(session, canonical.rpartition(":")[0])
                 existing = session.scalar(select(ModelRow).where(ModelRow.name == canonical))
                 if existing is not None:
                     if not replace:
@@ -251,6 +274,36 @@ class Registry:
         return self.get(canonical)
 
     # --- names --------------------------------------------------------------------------
+
+    def set_default(self, name: str) -> ModelRecord:
+        """Make the version ``name`` (``iris:2``) what its bare name means."""
+        canonical = canonical_or_not_found(name)
+        base = canonical.rpartition(":")[0]
+        with self._writing() as session:
+            row = self._row(session, canonical)
+            latest = session.scalar(select(ModelRow.id).where(ModelRow.name == f"{base}:latest"))
+            if latest is not None and latest != row.id:
+                raise InvalidRequest(
+                    f"{base}:{DEFAULT_TAG} is a model itself: the bare name {base!r} means it. "
+                    "Copy the version to that tag instead (corral cp)."
+                )
+            mark = session.get(DefaultRow, base)
+            if mark is None:
+                session.add(DefaultRow(base=base, model_id=row.id))
+            else:
+                mark.model_id = row.id
+        self._invalidate()
+        return self.get(canonical)
+
+    def clear_default(self, name: str) -> ModelRecord:
+        """Let ``name``'s bare name mean its newest version again; that version."""
+        base = canonical_or_not_found(name).rpartition(":")[0]
+        with self._writing() as session:
+            mark = session.get(DefaultRow, base)
+            if mark is not None:
+                session.delete(mark)
+        self._invalidate()
+        return self.get(base)
 
     def copy(self, source: str, destination: str) -> ModelRecord:
         """A second, independent name for the same files (Ollama's ``cp``)."""
@@ -312,15 +365,13 @@ class Registry:
                     session.delete(alias)
                     removed, blobs = [canonical], set()
                 else:
-                    row = session.scalar(select(ModelRow).where(ModelRow.name == canonical))
-                    if row is None:
-                        raise ModelNotFound(name)
+                    row = self._removable(session, name, canonical)
                     removed = [row.name, *(a.alias for a in row.aliases)]
                     blobs = {f.sha256 for f in row.files}
                     session.delete(row)
             self._invalidate()
             if alias is None:
-                self._unmaterialize(canonical)
+                self._unmaterialize(removed[0])
             self._collect(blobs)
         return removed
 
@@ -390,6 +441,63 @@ class Registry:
             .options(joinedload(ModelRow.files), joinedload(ModelRow.aliases))
         )
         return session.scalars(query).unique().first()
+
+    def _versions_query(self, base: str) -> Select[Any]:
+        return select(ModelRow).where(ModelRow.name.startswith(f"{base}:", autoescape=True))
+
+    def _newest(self, session: Session, base: str) -> ModelRow | None:
+        query = self._versions_query(base).order_by(ModelRow.created_at.desc(), ModelRow.id.desc())
+        return session.scalars(query.options(joinedload(ModelRow.files))).unique().first()
+
+    def _next_version(self, session: Session, base: str) -> str:
+        tags = [row.name.rpartition(":")[2] for row in session.scalars(self._versions_query(base))]
+        return f"{base}:{max((int(t) for t in tags if t.isdigit()), default=0) + 1}"
+
+    def _default_version(self, session: Session, canonical: str) -> ModelRow | None:
+        """What a bare name means when no model has the tag ``latest``."""
+        base, _, tag = canonical.rpartition(":")
+        if tag != DEFAULT_TAG:
+            return None
+        mark = session.get(DefaultRow, base)
+        if mark is not None:
+            return self._find_id(session, mark.model_id)
+        return self._newest(session, base)
+
+    def _means_bare(self, session: Session, row: ModelRow) -> bool:
+        """Whether ``row`` is what its bare name means."""
+        base, _, tag = row.name.rpartition(":")
+        if tag == DEFAULT_TAG:
+            return True
+        if session.scalar(select(ModelRow.id).where(ModelRow.name == f"{base}:{DEFAULT_TAG}")):
+            return False
+        chosen = self._default_version(session, f"{base}:{DEFAULT_TAG}")
+        return chosen is not None and chosen.id == row.id
+
+    def _find_id(self, session: Session, model_id: int) -> ModelRow | None:
+        query = (
+            select(ModelRow)
+            .where(ModelRow.id == model_id)
+            .options(joinedload(ModelRow.files), joinedload(ModelRow.aliases))
+        )
+        return session.scalars(query).unique().first()
+
+    def _removable(self, session: Session, name: str, canonical: str) -> ModelRow:
+        """The model ``rm NAME`` removes: by its name, or a bare name's only version;
+        a bare name of several versions is refused, naming them."""
+        row = session.scalar(select(ModelRow).where(ModelRow.name == canonical))
+        if row is not None:
+            return row
+        base, _, tag = canonical.rpartition(":")
+        versions: builtins.list[ModelRow] = []
+        if tag == DEFAULT_TAG:
+            query = self._versions_query(base).options(selectinload(ModelRow.aliases))
+            versions = list(session.scalars(query))
+        if len(versions) == 1:
+            return versions[0]
+        if versions:
+            names = ", ".join(sorted(v.name for v in versions))
+            raise InvalidRequest(f"{base!r} has versions {names}: remove one by its full name.")
+        raise ModelNotFound(name)
 
     def _check_not_alias(self, session: Session, canonical: str) -> None:
         if session.get(AliasRow, canonical) is not None:
@@ -463,6 +571,37 @@ class Registry:
                 continue
             manifest.rename(manifest.with_suffix(".json.migrated"))
             log.info("adopted %s into the registry database", name)
+
+
+def _same_model(
+    row: ModelRow, files: builtins.list[ModelFile], params: Mapping[str, Any], engine: str | None
+) -> bool:
+    theirs = {(f.path, f.sha256) for f in row.files}
+    return (
+        theirs == {(f.path, f.sha256) for f in files}
+        and dict(row.params) == dict(params)
+        and row.engine == engine
+    )
+
+
+def _defaults(
+    records: builtins.list[ModelRecord], names: Mapping[int, str], marked: Mapping[str, int]
+) -> set[str]:
+    """The names bare names mean: ``base:latest`` if a model has it, else the version
+    marked default, else the newest (``Registry.get``'s rule, for a whole listing)."""
+    by_base: dict[str, builtins.list[ModelRecord]] = {}
+    for record in records:
+        by_base.setdefault(record.base, []).append(record)
+    chosen = set()
+    for base, versions in by_base.items():
+        tags = {r.tag: r for r in versions}
+        if DEFAULT_TAG in tags:
+            chosen.add(tags[DEFAULT_TAG].name)
+        elif base in marked and marked[base] in names:
+            chosen.add(names[marked[base]])
+        else:
+            chosen.add(max(versions, key=lambda r: (r.created, r.name)).name)
+    return chosen
 
 
 def _split_engine(

@@ -30,9 +30,7 @@ from corral.scheduler.launch import free_port  # noqa: E402
 from tests.support.models import EMBED, model_file  # noqa: E402
 from tests.support.onnx_models import (  # noqa: E402
     SklearnModel,
-    diabetes_regressor,
-    digits_classifier,
-    iris_classifier,
+    sklearn_models,
     word_ids,
 )
 from tests.support.server import CorralServer  # noqa: E402
@@ -40,13 +38,7 @@ from tests.support.server import CorralServer  # noqa: E402
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SklearnModel]:
-    directory = tmp_path_factory.mktemp("onnx-models")
-    return {
-        "iris": iris_classifier(directory),
-        "iris-names": iris_classifier(directory, string_labels=True),
-        "digits": digits_classifier(directory),
-        "diabetes": diabetes_regressor(directory),
-    }
+    return sklearn_models(tmp_path_factory.mktemp("onnx-models"), "diabetes")
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +50,11 @@ def srv(
     for name, model in models.items():
         # digits waits up to 50 ms to fill a call: the batching test must not depend on
         # how fast this (2-core, busy) machine's clients can send.
-        params = {"max_queue_delay_ms": 50} if name == "digits" else None
+        params: dict[str, object] | None = None
+        if name == "digits":
+            params = {"max_queue_delay_ms": 50}
+        elif name == "diabetes":  # IO binding on, though CPU would not choose it
+            params = {"io_binding": "on"}
         registry.import_path(model.path, name, params=params)
     registry.import_path(models["iris"].path, "iris:2")
     registry.import_path(word_ids(tmp_path_factory.mktemp("words")), "words")
@@ -142,11 +138,67 @@ def test_health_metadata_and_versions(client: httpclient.InferenceServerClient) 
     assert not client.is_model_ready("no-such-model")
     meta = client.get_model_metadata("iris")
     assert meta["platform"] == "onnxruntime_onnx"
-    assert meta["versions"] == ["2", "latest"]
+    assert meta["versions"] == ["1", "2"]
     assert meta["inputs"] == [{"name": "X", "datatype": "FP32", "shape": [-1, 4]}]
     assert [o["name"] for o in meta["outputs"]] == ["output_label", "output_probability"]
     server = client.get_server_metadata()
     assert server["name"] == "corral" and "binary_tensor_data" in server["extensions"]
+
+
+def test_versions_keep_the_old_default_to_the_newest_or_the_marked(
+    tmp_path: Path, models: dict[str, SklearnModel]
+) -> None:
+    """A new import under a tensor model's name is its next version; the old one still
+    answers when pinned; the bare name follows the newest until one is marked default;
+    ``corral list`` shows the versions and which one the bare name means."""
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    registry = Registry(home)
+    assert registry.import_path(models["iris"].path, "iris").name == "iris:1"
+    registry.close()
+    server = CorralServer(home, intra_op_threads=1, import_dirs=models["iris"].path.parent)
+    server.start()
+    admin = httpx.Client(base_url=server.url, timeout=120)
+
+    def answer(model: str = "iris") -> tuple[str, object]:
+        reply = _post(server, {"inputs": [_x([1, 4])]}, model=model)
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        return body["model_version"], body["outputs"][0]["data"][0]
+
+    try:
+        assert answer() == ("1", 0)
+        imported = admin.post(
+            "/admin/models/import", json={"path": str(models["iris-names"].path), "name": "iris"}
+        )
+        assert imported.status_code == 201 and imported.json()["name"] == "iris:2"
+        assert answer() == ("2", "setosa")  # the newest answers the bare name
+        assert answer("iris/versions/1") == ("1", 0)  # the old one stays
+        marked = admin.put("/admin/models/iris:1/default")
+        assert marked.status_code == 200 and marked.json()["default"] is True
+        assert answer() == ("1", 0)
+        listing = {m["name"]: m["default"] for m in admin.get("/admin/models").json()["models"]}
+        assert listing == {"iris:1": True, "iris:2": False}
+        shown = subprocess.run(
+            [sys.executable, "-m", "corral", "list"],
+            env={**server.env, "COLUMNS": "200"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert re.search(r"iris:1 \(default\)", shown.stdout), shown.stdout
+        assert re.search(r"^iris:2 ", shown.stdout, re.M), shown.stdout
+        meta = admin.get("/v2/models/iris").json()
+        assert meta["versions"] == ["1", "2"]
+        refused = admin.delete("/admin/models/iris")
+        assert refused.status_code == 400 and "iris:1, iris:2" in refused.text
+        assert admin.delete("/admin/models/iris/default").json()["name"] == "iris:2"
+        assert answer() == ("2", "setosa")
+    finally:
+        admin.close()
+        server.stop()
 
 
 def test_a_pinned_version_answers_with_its_name(
@@ -295,6 +347,25 @@ def test_wrong_kind_of_model_either_way(srv: CorralServer) -> None:
     assert missing.status_code == 404 and isinstance(missing.json()["error"], str)
 
 
+def test_io_binding_answers_as_a_plain_run(
+    srv: CorralServer, models: dict[str, SklearnModel]
+) -> None:
+    """diabetes runs through onnxruntime's IO binding (io_binding: on); its answers are
+    scikit-learn's, and the engine counts the bound calls."""
+    model = models["diabetes"]
+    x = model.x[:7]
+    body = {
+        "inputs": [{"name": "X", "shape": [7, 10], "datatype": "FP32", "data": x.ravel().tolist()}]
+    }
+    reply = _post(srv, body, model="diabetes")
+    assert reply.status_code == 200, reply.text
+    got = reply.json()["outputs"][0]["data"]
+    np.testing.assert_allclose(got, model.estimator.predict(x), rtol=1e-5, atol=1e-3)
+    text = httpx.get(f"{srv.url}/metrics").text
+    found = re.search(r'corral_engine_infer_bound_calls\{model="diabetes:1"\} ([0-9.e+]+)', text)
+    assert found and float(found.group(1)) >= 1, text[-1500:]
+
+
 def _calls(srv: CorralServer, model: str) -> tuple[float, float]:
     text = httpx.get(srv.url + "/metrics", timeout=30).text
 
@@ -314,7 +385,7 @@ def test_concurrent_requests_are_stacked_into_shared_calls(
     model = models["digits"]
     rows = [model.x[i : i + 1] for i in range(256)]
     assert _post(srv, {"inputs": [_x([1, 64])]}, model="digits").status_code == 200  # loaded
-    before_calls, before_requests = _calls(srv, "digits:latest")
+    before_calls, before_requests = _calls(srv, "digits:1")
 
     async def send_all() -> list[int]:
         labels: dict[int, int] = {}
@@ -344,7 +415,7 @@ def test_concurrent_requests_are_stacked_into_shared_calls(
 
     labels = asyncio.run(send_all())
     assert labels == model.estimator.predict(model.x[:256]).tolist()
-    calls, requests = _calls(srv, "digits:latest")
+    calls, requests = _calls(srv, "digits:1")
     assert requests - before_requests == 256
     assert calls - before_calls < 256 / 2, calls - before_calls  # most calls were shared
 
@@ -367,7 +438,7 @@ def test_grpc_health_metadata_and_infer(
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("iris") and not client.is_model_ready("nope")
     meta = client.get_model_metadata("iris", as_json=True)
-    assert meta["platform"] == "onnxruntime_onnx" and meta["versions"] == ["2", "latest"]
+    assert meta["platform"] == "onnxruntime_onnx" and meta["versions"] == ["1", "2"]
     assert meta["inputs"] == [{"name": "X", "datatype": "FP32", "shape": ["-1", "4"]}]
     model = models["iris"]
     x = model.x[::9]

@@ -87,3 +87,105 @@ def word_ids(directory: Path) -> Path:
     path = directory / "words.onnx"
     path.write_bytes(model.SerializeToString())
     return path
+
+
+@dataclass
+class TorchExport:
+    path: Path
+    module: Any  # the torch module, to check answers against
+
+
+def torch_mlp(directory: Path, *, dynamo: bool) -> TorchExport:
+    """A small PyTorch MLP exported to ONNX with a free batch dimension: by the
+    torch.export-based exporter (``dynamo=True``, PyTorch's default since 2.9), or by
+    the TorchScript one most published exports were made with."""
+    import torch
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3), torch.nn.Softmax(-1)
+    ).eval()
+    path = directory / f"mlp-{'dynamo' if dynamo else 'torchscript'}.onnx"
+    example = (torch.randn(2, 6),)
+    if dynamo:
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        program = torch.onnx.export(
+            module,
+            example,
+            input_names=["features"],
+            output_names=["scores"],
+            dynamic_shapes=({0: batch},),
+            dynamo=True,
+        )
+        assert program is not None
+        program.save(str(path))
+    else:
+        torch.onnx.export(
+            module,
+            example,
+            str(path),
+            input_names=["features"],
+            output_names=["scores"],
+            dynamic_axes={"features": {0: "batch"}, "scores": {0: "batch"}},
+            dynamo=False,
+        )
+    return TorchExport(path, module)
+
+
+def hf_bert(directory: Path) -> TorchExport:
+    """A Hugging Face transformers BERT (tiny, random weights, made from its config:
+    no Hub) exported as optimum exports encoders: ``input_ids`` and ``attention_mask``
+    in, ``last_hidden_state`` out, batch and sequence dimensions free."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    model = BertModel(config).eval()
+
+    class LastHidden(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = model
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    wrapper = LastHidden().eval()
+    path = directory / "bert.onnx"
+    ids = torch.randint(0, 100, (2, 8))
+    torch.onnx.export(
+        wrapper,
+        (ids, torch.ones_like(ids)),
+        str(path),
+        input_names=["input_ids", "attention_mask"],
+        output_names=["last_hidden_state"],
+        dynamic_axes={
+            "input_ids": {0: "batch_size", 1: "sequence_length"},
+            "attention_mask": {0: "batch_size", 1: "sequence_length"},
+            "last_hidden_state": {0: "batch_size", 1: "sequence_length"},
+        },
+        opset_version=17,
+        dynamo=False,
+    )
+    return TorchExport(path, wrapper)
+
+
+def sklearn_models(directory: Path, *extra: str) -> dict[str, SklearnModel]:
+    """The models most tensor tests serve: iris (integer labels), iris-names (string
+    labels) and digits; ``extra`` adds ``diabetes``."""
+    models = {
+        "iris": iris_classifier(directory),
+        "iris-names": iris_classifier(directory, string_labels=True),
+        "digits": digits_classifier(directory),
+    }
+    if "diabetes" in extra:
+        models["diabetes"] = diabetes_regressor(directory)
+    return models

@@ -30,6 +30,8 @@ def test_a_key_is_shown_once_and_stored_only_as_its_hash(keys: KeyStore) -> None
     assert principal.models == {"demo:latest", "other:v2"}
     assert principal.may_use("demo") and principal.may_use("demo:latest")
     assert not principal.may_use("third")
+    assert principal.may_use("demo:3"), "a bare name covers every version"
+    assert principal.may_use("other:v2") and not principal.may_use("other:v3")
 
 
 def test_unknown_revoked_and_expired_keys_are_refused(

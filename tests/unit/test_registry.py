@@ -93,7 +93,7 @@ def test_multi_file_model_is_laid_out_as_a_directory(registry: Registry, tmp_pat
     (src / "config.json").write_text("{}")
     record = registry.import_path(src, "tensor")
     assert record.format == "onnx"
-    assert record.path == tmp_path / "models" / "tensor" / "latest" / "onnx" / "model.onnx"
+    assert record.path == tmp_path / "models" / "tensor" / "1" / "onnx" / "model.onnx"
     assert record.path.read_bytes() == b"\x08\x07fake-onnx-graph"
     assert (record.path.parent.parent / "config.json").read_text() == "{}"
     registry.remove("tensor")
@@ -131,7 +131,7 @@ def test_reopening_keeps_everything_and_schema_is_versioned(tmp_path: Path) -> N
         .execute("select version_num from alembic_version")
         .fetchall()
     )
-    assert version == [("0004",)]
+    assert version == [("0005",)]
 
 
 def test_models_from_the_json_manifest_layout_are_adopted(tmp_path: Path) -> None:

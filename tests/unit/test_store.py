@@ -49,3 +49,62 @@ def test_non_gguf_is_refused(tmp_path: Path) -> None:
     junk.write_bytes(b"not a model")
     with pytest.raises(InvalidRequest, match="not a GGUF"):
         Registry(tmp_path).import_file(junk, "junk")
+
+
+def _onnx(tmp_path: Path, content: bytes) -> Path:
+    """The registry reads nothing inside an ONNX file (the engine does): any bytes do."""
+    path = tmp_path / f"m-{len(content)}.onnx"
+    path.write_bytes(content)
+    return path
+
+
+def test_a_tensor_model_keeps_numbered_versions(tmp_path: Path) -> None:
+    store = Registry(tmp_path / "home")
+    first = store.import_path(_onnx(tmp_path, b"one"), "m")
+    second = store.import_path(_onnx(tmp_path, b"two!"), "m")
+    assert (first.name, second.name) == ("m:1", "m:2")
+    assert store.get("m") == second == store.get("m:latest")  # the newest
+    assert store.get("m:1") == first
+    again = store.import_path(_onnx(tmp_path, b"two!"), "m")
+    assert again == second, "the same files again make no new version"
+    assert [r.tag for r in store.versions("m")] == ["1", "2"]
+    assert {r.name: r.default for r in store.list()} == {"m:1": False, "m:2": True}
+
+
+def test_a_marked_default_outlives_newer_versions(tmp_path: Path) -> None:
+    store = Registry(tmp_path / "home")
+    store.import_path(_onnx(tmp_path, b"one"), "m")
+    store.import_path(_onnx(tmp_path, b"two!"), "m")
+    assert store.set_default("m:1").name == "m:1"
+    assert store.get("m").name == "m:1"
+    third = store.import_path(_onnx(tmp_path, b"three"), "m")
+    assert third.name == "m:3" and store.get("m").name == "m:1"
+    assert {r.name for r in store.list() if r.default} == {"m:1"}
+    assert store.clear_default("m").name == "m:3"
+    store.set_default("m:2")
+    store.remove("m:2")  # the mark goes with the version
+    assert store.get("m").name == "m:3"
+
+
+def test_a_bare_name_with_versions_is_not_removed_by_guess(tmp_path: Path) -> None:
+    store = Registry(tmp_path / "home")
+    store.import_path(_onnx(tmp_path, b"one"), "m")
+    store.import_path(_onnx(tmp_path, b"two!"), "m")
+    with pytest.raises(InvalidRequest, match="m:1, m:2"):
+        store.remove("m")
+    assert [r.name for r in store.list()] == ["m:1", "m:2"]
+
+
+def test_explicit_tags_and_llms_are_not_numbered(tmp_path: Path) -> None:
+    store = Registry(tmp_path / "home")
+    assert store.import_path(_onnx(tmp_path, b"one"), "m:v9").name == "m:v9"
+    assert store.get("m").name == "m:v9"  # the only version is the default
+    gguf = models.model_file(models.EMBED)
+    assert store.import_file(gguf, "emb").name == "emb:latest"
+    assert store.import_file(gguf, "emb").name == "emb:latest"  # replaced, as Ollama does
+    store.import_file(gguf, "emb:q8")
+    assert store.get("emb").name == "emb:latest"
+    with pytest.raises(InvalidRequest, match="emb:latest is a model itself"):
+        store.set_default("emb:q8")
+    with pytest.raises(ModelNotFound):
+        store.set_default("m:nope")
