@@ -6,6 +6,8 @@ aggregate generated tokens/s and time to first token (TTFT) for
 
   (a) Corral (`corral serve`, one worker, 8 slots);
   (b) llama.cpp's C++ `llama-server` (8 parallel slots), the peer to beat;
+  (b') Corral in front of that same llama-server (the command engine: Corral starts
+       it, routes to it and translates its answers), to price the gateway's hop;
   (c) `python -m llama_cpp.server` on the same file;
   (d) `llama_cpp.Llama` in-process (one sequence at a time by construction).
 
@@ -17,6 +19,7 @@ gateway versus straight to the worker.
     LLAMA_SERVER=$(../shared/tools/build-llama-server) python bench/serving.py
                                               # writes bench/out/serving.json
 (without ``LLAMA_SERVER``, llama.cpp's C++ server is skipped, and says so).
+``--systems Corral,llama-server,Corral->llama-server`` runs only those.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -57,6 +61,14 @@ SPEC = SyntheticSpec(
     can_end=False,
 )
 NEW_TOKENS = 128
+SYSTEMS = (
+    "Corral",
+    "llama-server",
+    "Corral->llama-server",
+    "llama_cpp.server",
+    "llama_cpp.Llama",
+    "overhead",
+)
 PROMPT_TOKENS = 64
 CONTEXT = 2048
 WORDS = [
@@ -339,25 +351,31 @@ def llama_server_binary() -> Path | None:
     return Path(path) if path and Path(path).is_file() else None
 
 
+def llama_server_argv(
+    binary: Path, model: str, host: str, port: str, threads: str, slots: str, ctx: str
+) -> list[str]:
+    """``llama-server`` with the settings Corral runs: same threads, ``slots`` parallel
+    sequences sharing ``ctx`` tokens, flash attention auto. The same flags run it
+    alone and under Corral's command engine (there with macros for the values)."""
+    return [
+        str(binary),
+        *("--model", model, "--host", host, "--port", port),
+        *("--threads", threads, "--threads-batch", threads),
+        *("--parallel", slots, "--ctx-size", ctx),
+        *("--flash-attn", "auto", "--no-webui"),
+    ]
+
+
 def start_llama_server(
     binary: Path, model: Path, threads: int, slots: int = 8
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """``llama-server`` with the settings Corral runs: same threads, ``slots`` parallel
-    sequences of ``CONTEXT`` tokens each, flash attention auto."""
     port = free_port()
     log = ROOT / "bench" / "out" / "llama-server.log"  # its own words, if it fails
     log.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [
-            str(binary),
-            *("--model", str(model), "--host", "127.0.0.1", "--port", str(port)),
-            *("--threads", str(threads), "--threads-batch", str(threads)),
-            *("--parallel", str(slots), "--ctx-size", str(CONTEXT * slots)),
-            *("--flash-attn", "auto", "--no-webui"),
-        ],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
+    argv = llama_server_argv(
+        binary, str(model), "127.0.0.1", str(port), str(threads), str(slots), str(CONTEXT * slots)
     )
+    proc = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/health", proc)
     return proc, url
@@ -472,7 +490,15 @@ def main() -> None:
     parser.add_argument("--multi-requests", type=int, default=16)
     parser.add_argument("--overhead-samples", type=int, default=300)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "serving.json")
+    parser.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        help=f"comma-separated, of: {', '.join(SYSTEMS)}",
+    )
     args = parser.parse_args()
+    systems = set(args.systems.split(","))
+    if unknown := systems - set(SYSTEMS):
+        parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
 
     models = build_models()
     results: list[RunResult] = []
@@ -482,30 +508,52 @@ def main() -> None:
         multi = make_prompts(args.multi_requests, 2, path)
         warm = make_prompts(1, 99, path)
         print(f"== {quant}: {path.name} ({path.stat().st_size / 1e6:.0f} MB)", flush=True)
-        with tempfile.TemporaryDirectory() as home:
-            Registry(Path(home)).import_file(path, "bench")
-            proc, url = start_corral(Path(home), args.threads, slots=8)
-            try:
-                results += measure_server("Corral", quant, url, warm, single, multi)
-            finally:
-                stop(proc)
+        if "Corral" in systems:
+            with tempfile.TemporaryDirectory() as home:
+                Registry(Path(home)).import_file(path, "bench")
+                proc, url = start_corral(Path(home), args.threads, slots=8)
+                try:
+                    results += measure_server("Corral", quant, url, warm, single, multi)
+                finally:
+                    stop(proc)
         binary = llama_server_binary()
         if binary is None:
             print("llama-server: skipped (set LLAMA_SERVER to its binary)", flush=True)
-        else:
+        if binary is not None and "llama-server" in systems:
             proc, url = start_llama_server(binary, path, args.threads)
             try:
                 results += measure_server("llama-server", quant, url, warm, single, multi)
             finally:
                 stop(proc)
-        proc, url = start_llama_cpp_server(path, args.threads)
-        try:
-            results += measure_server("llama_cpp.server", quant, url, warm, single, multi)
-        finally:
-            stop(proc)
-        results.append(run_direct(path, quant, single, args.threads))
-        print(results[-1], flush=True)
-    overhead = measure_gateway_overhead(args.threads, args.overhead_samples)
+        if binary is not None and "Corral->llama-server" in systems:
+            with tempfile.TemporaryDirectory() as home:
+                command = llama_server_argv(
+                    binary, *("${MODEL_PATH}", "${HOST}", "${PORT}", "${THREADS}", "${SLOTS}"),
+                    "${CONTEXT_TOTAL}",
+                )  # fmt: skip
+                params = {"engine": "command", "command": shlex.join(command)}
+                Registry(Path(home)).import_path(path, "bench", params=params)
+                proc, url = start_corral(Path(home), args.threads, slots=8)
+                try:
+                    results += measure_server(
+                        "Corral->llama-server", quant, url, warm, single, multi
+                    )
+                finally:
+                    stop(proc)
+        if "llama_cpp.server" in systems:
+            proc, url = start_llama_cpp_server(path, args.threads)
+            try:
+                results += measure_server("llama_cpp.server", quant, url, warm, single, multi)
+            finally:
+                stop(proc)
+        if "llama_cpp.Llama" in systems:
+            results.append(run_direct(path, quant, single, args.threads))
+            print(results[-1], flush=True)
+    overhead = (
+        measure_gateway_overhead(args.threads, args.overhead_samples)
+        if "overhead" in systems
+        else {}
+    )
     print(overhead, flush=True)
 
     report = {
@@ -549,6 +597,13 @@ def markdown(report: dict) -> str:  # type: ignore[type-arg]
             rows.append(
                 f"- {quant}: Corral / llama-server = {c8 / l8:.2f}x at 8 clients, "
                 f"{c1 / l1:.2f}x at 1 client"
+            )
+        proxied = "Corral->llama-server"
+        p8, p1 = by.get((proxied, quant, 8)), by.get((proxied, quant, 1))
+        if p8 and p1 and l8 and l1:
+            rows.append(
+                f"- {quant}: Corral->llama-server / llama-server = {p8 / l8:.3f}x at 8 "
+                f"clients, {p1 / l1:.3f}x at 1 client (the gateway's hop)"
             )
         if c8 and c1 and s8:
             rows.append(

@@ -12,7 +12,10 @@ take), raw tensors over gRPC; 1 client and 32 clients, each for ``--seconds``.
 Sides, one at a time, same machine, one thread each for the model:
 - onnxruntime in this process (1 client only: no server);
 - Corral V2 REST, dynamic batching on, then off (``dynamic_batching: false``);
-- Corral V2 gRPC (grpcio's asyncio client on Corral's own generated stubs);
+- Corral V2 gRPC (grpcio's asyncio client on Corral's own generated stubs), batching
+  on, then off;
+- onnxruntime in this process again, reading 64 MB of other memory between calls
+  (what a server's own work between requests does to the CPU's caches);
 - MLServer (``mlserver``, ``mlserver-sklearn`` in their own venv: ``--mlserver-python``),
   its defaults.
 
@@ -161,18 +164,37 @@ async def through_grpc(target: str, model: str, x: Any, clients: int, seconds: f
         return await load_test(send, x, clients, seconds)
 
 
-def in_process(onnx_path: Path, x: np.ndarray[Any, Any], seconds: float) -> dict[str, float]:
+def in_process(
+    onnx_path: Path, x: np.ndarray[Any, Any], seconds: float, evict: bool = False
+) -> dict[str, float]:
+    """One client calling onnxruntime back to back; with ``evict``, 64 MB of other
+    memory is read between calls (outside the timed call), as a server's own work
+    between requests pushes the model's weights out of the CPU's caches."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    other = np.ones(64 << 20, dtype=np.uint8)
 
     async def send(row: np.ndarray[Any, Any]) -> None:
         session.run(None, {"X": row})
 
-    return asyncio.run(load_test(send, x, 1, seconds))
+    if not evict:
+        return asyncio.run(load_test(send, x, 1, seconds))
+
+    latencies: list[float] = []
+    stop = time.perf_counter() + seconds
+    i = 0
+    while time.perf_counter() < stop:
+        int(other.sum(dtype=np.uint64))  # read 64 MB: the caches now hold other data
+        row = x[i % len(x) : i % len(x) + 1]
+        started = time.perf_counter()
+        session.run(None, {"X": row})
+        latencies.append(time.perf_counter() - started)
+        i += 1
+    return {"calls": len(latencies), "p50_ms": round(statistics.median(latencies) * 1000, 3)}
 
 
 def corral_side(
@@ -201,10 +223,9 @@ def corral_side(
                     entry[f"rest_{clients}"] = asyncio.run(
                         through_rest(infer, "X", x, clients, args.seconds)
                     )
-                    if batching:
-                        entry[f"grpc_{clients}"] = asyncio.run(
-                            through_grpc(f"127.0.0.1:{grpc_port}", name, x, clients, args.seconds)
-                        )
+                    entry[f"grpc_{clients}"] = asyncio.run(
+                        through_grpc(f"127.0.0.1:{grpc_port}", name, x, clients, args.seconds)
+                    )
                 results[name] = entry
         finally:
             proc.terminate()
@@ -260,6 +281,10 @@ def main() -> None:
         report["onnxruntime_in_process"] = {
             name: in_process(m["onnx"], m["x"], args.seconds) for name, m in models.items()
         }
+        report["onnxruntime_in_process_caches_evicted"] = {
+            name: in_process(m["onnx"], m["x"], args.seconds, evict=True)
+            for name, m in models.items()
+        }
         report["corral"] = corral_side(models, args, batching=True)
         report["corral_no_batching"] = corral_side(models, args, batching=False)
         if args.mlserver_python:
@@ -269,6 +294,8 @@ def main() -> None:
         ratios: dict[str, float] = {
             "batching_on_over_off_32": c["rest_32"]["requests_per_s"]
             / report["corral_no_batching"][name]["rest_32"]["requests_per_s"],
+            "grpc_batching_on_over_off_32": c["grpc_32"]["requests_per_s"]
+            / report["corral_no_batching"][name]["grpc_32"]["requests_per_s"],
             "rest_1_p50_overhead_ms": c["rest_1"]["p50_ms"]
             - report["onnxruntime_in_process"][name]["p50_ms"],
         }

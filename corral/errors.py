@@ -321,6 +321,10 @@ class EngineLoadError(CorralError):
     code = "model_load_failed"
 
 
+class PortTaken(EngineLoadError):
+    """Another process answers on the port chosen for a worker: start it elsewhere."""
+
+
 class WorkerCrashed(CorralError):
     """A worker died while serving the request."""
 

@@ -74,6 +74,19 @@ class Settings(BaseModel):
     memory_reserve: str = Field(
         "1GiB", description="RAM left for everything else when the budget is automatic."
     )
+    vram_budget: str | None = Field(
+        None,
+        description="GPU memory models may use on each GPU (e.g. 20GiB); unset = what is "
+        "free on it minus vram_reserve. Inert without a GPU.",
+    )
+    vram_reserve: str = Field(
+        "512MiB", description="GPU memory left on each GPU when the budget is automatic."
+    )
+    gpu_probe: str = Field(
+        "",
+        description="How GPUs are found: '' = NVML (nvidia-ml-py) when it works, 'none' = "
+        "never, or module:attribute naming a probe (tests give a device table this way).",
+    )
     max_loaded_models: int = Field(
         3, ge=0, description="Most models loaded at once; 0 = limited by memory only."
     )
@@ -204,7 +217,15 @@ class Settings(BaseModel):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("memory_budget", "memory_reserve", "disk_reserve", "max_upload", "max_body")
+    @field_validator(
+        "memory_budget",
+        "memory_reserve",
+        "vram_budget",
+        "vram_reserve",
+        "disk_reserve",
+        "max_upload",
+        "max_body",
+    )
     @classmethod
     def _size(cls, value: str | None) -> str | None:
         if value is not None:
@@ -228,6 +249,14 @@ class Settings(BaseModel):
     @property
     def memory_reserve_bytes(self) -> int:
         return parse_size(self.memory_reserve)
+
+    @property
+    def vram_budget_bytes(self) -> int | None:
+        return None if self.vram_budget is None else parse_size(self.vram_budget)
+
+    @property
+    def vram_reserve_bytes(self) -> int:
+        return parse_size(self.vram_reserve)
 
     @property
     def max_upload_bytes(self) -> int:

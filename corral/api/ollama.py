@@ -61,7 +61,7 @@ async def ps(request: Request) -> Response:
                     if status.expires_at is not None
                     else FOREVER
                 ).isoformat(),
-                "size_vram": status.memory.estimate_parts["vram"],
+                "size_vram": status.memory.vram_actual or status.memory.vram_estimated,
                 "context_length": _context_length(services, record),
             }
         )

@@ -244,7 +244,7 @@ async def _lines(reply: WorkerReply, translator: StreamTranslator) -> AsyncItera
         async for chunk in reply.events():
             for item in translator.feed(chunk, now()):
                 yield line(item)
-        yield line(translator.final(now(), time.perf_counter_ns()))
+        yield line(translator.final(now(), time.perf_counter_ns(), reply.first_chunk_ns))
     except CorralError as exc:  # the status is sent: the error is the last line
         log.warning("stream failed: %s", exc.message)
         yield line(exc.to_ollama())

@@ -35,21 +35,36 @@ def call(base_url: str, method: str, path: str, body: dict[str, Any] | None = No
 
 def ps_table(models: list[dict[str, Any]]) -> Table:
     table = Table(box=None, pad_edge=False)
-    for column in ("NAME", "STATE", "MEMORY (EST / ACTUAL)", "SLOTS", "QUEUED", "IDLE", "UNTIL"):
+    on_gpus = any(m["memory"].get("gpus") for m in models)
+    columns = ["NAME", "STATE", "MEMORY (EST / ACTUAL)", "SLOTS", "QUEUED", "IDLE", "UNTIL"]
+    if on_gpus:  # without GPUs there is nothing to show
+        columns.insert(3, "VRAM (EST / ACTUAL, GPUS)")
+    for column in columns:
         table.add_column(column)
     for m in models:
         memory = m["memory"]
         actual = format_size(memory["actual"]) if memory["actual"] else "-"
+        vram = [_vram(memory)] if on_gpus else []
         table.add_row(
             m["model"],
             _state(m),
             f"{format_size(memory['estimated'])} / {actual}",
+            *vram,
             f"{m['slots']['busy']}/{m['slots']['total']}",
             str(m["queued"]),
             f"{m['idle_seconds']:.0f}s",
             _until(m),
         )
     return table
+
+
+def _vram(memory: dict[str, Any]) -> str:
+    if not memory.get("gpus"):
+        return "-"
+    actual = memory.get("vram_actual")
+    shown = format_size(actual) if actual is not None else "-"
+    gpus = ",".join(map(str, memory["gpus"]))
+    return f"{format_size(memory['vram_estimated'])} / {shown} (GPU {gpus})"
 
 
 def _state(m: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""The ``corral`` command: serve, models (pull, import, list, show, rm, cp), run, config."""
+"""The ``corral`` command: serve, models (pull, import, list, show, rm, cp, create), run, config."""
 
 from __future__ import annotations
 
@@ -376,6 +376,96 @@ def cp(
     m = _registry_call(lambda: client.copy(source, destination))
     client.close()
     console.print(f"copied {source} to [bold]{m['name']}[/bold]")
+
+
+@app.command()
+def create(
+    name: Annotated[str, typer.Argument(help="The new model's name.")],
+    source: Annotated[
+        str, typer.Option("--from", help="Existing model whose files it uses (shared).")
+    ],
+    engine: Annotated[
+        str | None, typer.Option(help="Engine that runs it (command, llamacpp, ...).")
+    ] = None,
+    command: Annotated[
+        str | None,
+        typer.Option(
+            help="Shorthand for --engine command --param command=...: the server to run, "
+            "with macros (${PORT}, ${MODEL_PATH}, ...; corral config show lists them)."
+        ),
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="KEY=VALUE engine parameter (repeatable)."),
+    ] = None,
+    home: HomeOption = None,
+) -> None:
+    """A new name over a model's files with its own engine and parameters, e.g. the same
+    GGUF served by llama-server: corral create q-ls --from q --command 'llama-server -m
+    ${MODEL_PATH} --port ${PORT}'."""
+    from corral.cli.create import create as create_model
+    from corral.cli.create import parse_params
+
+    client = _registry(home)
+    params = _registry_call(lambda: parse_params(param or []))
+    if command is not None:
+        params["command"] = command
+        engine = engine or "command"
+    m = _registry_call(lambda: create_model(client, name, source, engine, params))
+    client.close()
+    console.print(f"created [bold]{m['name']}[/bold] from {source} (engine {m['runs_on']})")
+
+
+@app.command()
+def plan(
+    model: Annotated[
+        str, typer.Argument(help="A model name, a GGUF file, or a config.json (or its dir).")
+    ],
+    gpu: Annotated[
+        str | None, typer.Option(help="GPU memory, e.g. 24GB (default: this machine's).")
+    ] = None,
+    ram: Annotated[
+        str | None, typer.Option(help="RAM, e.g. 120GB (default: this machine's).")
+    ] = None,
+    context: Annotated[int, typer.Option(help="Context tokens per slot.")] = 8192,
+    slots: Annotated[int, typer.Option(help="Sequences served at once.")] = 1,
+    quant: Annotated[
+        str | None, typer.Option(help="Quantizations to plan, comma-separated (Q4_K_M,AWQ-4bit).")
+    ] = None,
+    gpu_bandwidth: Annotated[str | None, typer.Option(help="GPU bytes/s, e.g. 1000GB.")] = None,
+    ram_bandwidth: Annotated[str | None, typer.Option(help="RAM bytes/s, e.g. 60GB.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The plan as JSON.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """How a model fits on a GPU and in RAM, and why: weights, KV cache, where llama.cpp
+    and vLLM would put what, the longest context and the tokens/s to expect."""
+    import json
+
+    from pydantic import ValidationError
+
+    from corral.cli.plan import make_plan, show
+    from corral.engines.plan import PlanError
+    from corral.errors import CorralError
+    from corral.protocol.plan import PlanRequest
+
+    try:
+        ask = PlanRequest(
+            model=model,
+            gpu=gpu,
+            ram=ram,
+            context=context,
+            slots=slots,
+            quants=quant.split(",") if quant else None,
+            gpu_bandwidth=gpu_bandwidth,
+            ram_bandwidth=ram_bandwidth,
+        )
+        result = make_plan(_settings(home=home), model, ask)
+    except (ValidationError, PlanError, CorralError, KeyError) as exc:
+        raise _fail(str(getattr(exc, "message", exc))) from None
+    if as_json:
+        console.print_json(json.dumps(result.to_dict()))
+    else:
+        show(result, console)
 
 
 @app.command()

@@ -39,6 +39,9 @@ BUILTIN: tuple[str, ...] = (
     "corral.engines.llamacpp.descriptor:descriptor",
     "corral.engines.transformers.descriptor:descriptor",
     "corral.engines.onnx.descriptor:descriptor",
+    "corral.engines.vllm.descriptor:descriptor",
+    # Last: it takes any format, but only models that declare it (engine: command).
+    "corral.engines.command.descriptor:descriptor",
 )
 ENTRY_POINT_GROUP = "corral.engines"
 # corral.yaml's short names for parameters every engine has.

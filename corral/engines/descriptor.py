@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from corral.protocol.upstream import ForeignServer
 from corral.registry.records import Capability, ModelRecord
 
 
@@ -89,8 +90,12 @@ class MemoryEstimate:
     kv_cache: int
     buffers: int
     process: int
-    vram: int = 0
+    vram: int = 0  # GPU memory, over all the devices it spans
     prompt_cache: int = 0  # RAM an engine may fill with saved prompt state
+    # A share of each device's memory the engine takes whatever the model (vLLM's
+    # gpu_memory_utilization): the scheduler reserves the larger of this and ``vram``.
+    vram_share: float = 0.0
+    devices: int = 1  # GPUs one worker spans (tensor parallelism)
 
     @property
     def total(self) -> int:
@@ -112,6 +117,10 @@ class LaunchContext:
 class WorkerCommand:
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)  # added to the gateway's
+    health_path: str = "/health"  # GET answers 200 once the model is loaded
+    start_timeout: float | None = None  # None: the server's worker_start_timeout
+    # Set for a server that is not Corral's worker: the gateway translates for it.
+    foreign: ForeignServer | None = None
 
 
 class EngineDescriptor(ABC):

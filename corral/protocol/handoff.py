@@ -14,6 +14,10 @@ the worker (``corral.worker.handoff``) reads them.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from typing import Any
+
 REQUEST_ID_HEADER = "x-corral-request-id"
 BATCH_HEADER = "x-corral-batch"
 # Streams: the gateway always needs the token counts (limits, metrics, the request log),
@@ -22,3 +26,9 @@ BATCH_HEADER = "x-corral-batch"
 # gateway reads and removes before the client sees it.
 USAGE_HEADER = "x-corral-usage"
 USAGE_COMMENT = b": usage "
+
+
+def usage_comment(counts: Mapping[str, Any]) -> bytes:
+    """The SSE comment event that ends a stream with its token counts, blank line
+    included: ``: usage {"usage": {...}}``."""
+    return USAGE_COMMENT + json.dumps({"usage": counts}, separators=(",", ":")).encode() + b"\n\n"

@@ -282,20 +282,35 @@ def timestamp(ns: int) -> str:
     return base + f".{nanos:09d}".rstrip("0").rstrip(".") + "Z"
 
 
-def metrics(usage: Mapping[str, Any] | None, marks: Marks, end_ns: int) -> dict[str, int]:
+def metrics(
+    usage: Mapping[str, Any] | None, marks: Marks, end_ns: int, first_ns: int | None = None
+) -> dict[str, int]:
     """Ollama's counts and durations (ns). ``load_duration`` is the wait for the model
     (loading it, or a free slot); the eval durations are the engine's own timings.
     ``prompt_eval_count`` is the whole prompt, a cached prefix included, as Ollama
-    counts it (clients track context use by it); its duration is what prefill took."""
+    counts it (clients track context use by it); its duration is what prefill took.
+
+    An engine that gives no timings (a foreign server: vLLM, llama_cpp.server) gets
+    the gateway's: prefill until the first chunk (``first_ns``), generation after it;
+    without a first chunk, all of it is generation. Never zero where tokens were made,
+    since clients divide by it (``ollama run --verbose``'s eval rate)."""
     usage = usage or {}
     timings = usage.get("timings") or {}
+    if timings:
+        prompt_ns, generation_ns = (
+            int(timings.get("prompt_ns", 0)),
+            int(timings.get("generation_ns", 0)),
+        )
+    else:
+        split = first_ns if first_ns is not None else marks.granted_ns
+        prompt_ns, generation_ns = max(0, split - marks.granted_ns), max(0, end_ns - split)
     return {
         "total_duration": end_ns - marks.start_ns,
         "load_duration": marks.granted_ns - marks.start_ns,
         "prompt_eval_count": int(usage.get("prompt_tokens", 0)),
-        "prompt_eval_duration": int(timings.get("prompt_ns", 0)),
+        "prompt_eval_duration": prompt_ns,
         "eval_count": int(usage.get("completion_tokens", 0)),
-        "eval_duration": int(timings.get("generation_ns", 0)),
+        "eval_duration": generation_ns,
     }
 
 
@@ -401,7 +416,7 @@ class StreamTranslator:
                     lines.append(self._line("", created_at, calls))
         return lines
 
-    def final(self, created_at: str, end_ns: int) -> dict[str, Any]:
+    def final(self, created_at: str, end_ns: int, first_ns: int | None = None) -> dict[str, Any]:
         reason = done_reason(self._reason)
         head: dict[str, Any] = {"model": self.model, "created_at": created_at}
         if self.kind == "generate":  # each in the field order of Ollama's own replies
@@ -409,7 +424,7 @@ class StreamTranslator:
         else:
             head.update(message={"role": "assistant", "content": ""}, done_reason=reason)
             head["done"] = True
-        return {**head, **metrics(self._usage, self.marks, end_ns)}
+        return {**head, **metrics(self._usage, self.marks, end_ns, first_ns)}
 
     def _line(
         self, text: str, created_at: str, calls: list[dict[str, str]] | None = None

@@ -45,6 +45,7 @@ class TensorInfo:
     name: str
     shape: tuple[int, ...]
     ggml_type: int  # ggml's type id: see GGML_TYPE_NAMES
+    offset: int = 0  # of its data, from the start of the data section
 
     @property
     def n_elements(self) -> int:
@@ -56,6 +57,14 @@ class GGUFHeader:
     metadata: dict[str, Any]
     array_lengths: dict[str, int] = field(default_factory=dict)  # every array key's length
     tensors: list[TensorInfo] = field(default_factory=list)
+    data_size: int = 0  # bytes from the (aligned) start of the tensor data to the end
+
+    def tensor_bytes(self) -> dict[str, int]:
+        """Each tensor's size on disk (padding included), from the offsets: exact for
+        every quantization type, with no table of block sizes to keep."""
+        ordered = sorted(self.tensors, key=lambda t: t.offset)
+        ends = [t.offset for t in ordered[1:]] + [self.data_size]
+        return {t.name: max(0, end - t.offset) for t, end in zip(ordered, ends, strict=True)}
 
 
 def read_metadata(path: Path, max_array: int = 5) -> dict[str, Any]:
@@ -89,6 +98,9 @@ def read_header(path: Path, max_array: int = 5, *, tensors: bool = True) -> GGUF
                 header.metadata[key] = reader.value(kind, max_array)
         if tensors:
             header.tensors = [reader.tensor_info() for _ in range(n_tensors)]
+            alignment = int(header.metadata.get("general.alignment", 32) or 32)
+            start = -(-f.tell() // alignment) * alignment
+            header.data_size = max(0, path.stat().st_size - start)
         return header
 
 
@@ -134,8 +146,8 @@ class _Reader:
             raise ValueError(f"tensor {name!r} has {n_dims} dimensions: the header is corrupt")
         shape = tuple(int(self.scalar("Q")) for _ in range(n_dims))
         ggml_type = self.scalar("I")
-        self.scalar("Q")  # offset of its data
-        return TensorInfo(name, shape, ggml_type)
+        offset = self.scalar("Q")
+        return TensorInfo(name, shape, ggml_type, int(offset))
 
     def _skip(self, kind: int, count: int) -> None:
         if kind in _SCALARS:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -62,7 +62,13 @@ class Effects(Protocol):
     def memory_budget(self, held: int) -> int:
         """Bytes models may use in all, given that our workers hold ``held`` now."""
 
-    def start_worker(self, record: ModelRecord, params: EngineParams) -> None: ...
+    def gpu_budget(self, held: Mapping[int, int]) -> dict[int, policy.Gpu]:
+        """What models may use on each GPU, given what our workers hold on each now
+        (no GPUs: empty)."""
+
+    def start_worker(
+        self, record: ModelRecord, params: EngineParams, gpus: tuple[int, ...]
+    ) -> None: ...
     def stop_worker(self, model: str, worker: Any) -> None: ...
     def grant(self, ticket: Ticket, lease: Lease) -> None: ...
     def fail(self, ticket: Ticket, error: CorralError) -> None: ...
@@ -202,6 +208,8 @@ class ModelState:
     ready_at: float = 0.0
     load_started: float = 0.0
     rss: int | None = None
+    gpus: tuple[int, ...] = ()  # the devices it was placed on
+    vram_per_device: int = 0  # what it was placed with on each
     wanted_since: int | None = None  # arrival number of a load wish without requests
     drain_cutoff: int | None = None  # draining: serve tickets with arrival numbers up to it
     leaving: bool = False  # unload or reload asked: finish in-flight work, then stop
@@ -219,6 +227,11 @@ class ModelState:
     @property
     def need(self) -> int:
         return max(self.estimate.total, self.rss or 0)
+
+    @property
+    def vram_need(self) -> policy.VramNeed:
+        e = self.estimate
+        return policy.VramNeed(e.vram, e.vram_share, e.devices)
 
     def eligible(self, ticket: Ticket) -> bool:
         """May this ticket be served by the current worker?"""
@@ -367,6 +380,7 @@ class SchedulerCore:
     def _on_loadfailed(self, m: LoadFailed) -> None:
         st = self.models[m.model]
         st.state, st.worker, st.wanted_since = WorkerState.FAILED, None, None
+        st.gpus, st.vram_per_device = (), 0
         self._events(st.name).load_failures += 1
         self._record_failure(st, m.error, stable=False)
         self._fail_queue(st, m.error)
@@ -383,7 +397,7 @@ class SchedulerCore:
         idle = st.in_flight == 0 and up >= SETTLED_SECONDS
         self._events(st.name).crashes += 1
         st.state, st.worker, st.in_flight, st.rss = WorkerState.FAILED, None, 0, None
-        st.drain_cutoff = None
+        st.drain_cutoff, st.gpus, st.vram_per_device = None, (), 0
         if idle:
             st.last_error = f"{m.error.message}\n(It exited while idle: not counted as a crash.)"
             st.backoff_until = 0.0
@@ -403,7 +417,7 @@ class SchedulerCore:
         if st is None or m.worker is not st.worker:
             return
         st.state, st.worker, st.in_flight, st.rss = WorkerState.STOPPED, None, 0, None
-        st.drain_cutoff, st.leaving = None, False
+        st.drain_cutoff, st.leaving, st.gpus, st.vram_per_device = None, False, (), 0
         if st.next_params is not None:
             st.params, st.next_params = st.next_params, None
             st.estimate = self.estimator(st.record, st.params)
@@ -505,9 +519,13 @@ class SchedulerCore:
             active = [m for m in self.models.values() if m.state in ACTIVE]
             leaving = [m for m in self.models.values() if m.state == WorkerState.STOPPING]
             held = sum(m.rss or 0 for m in (*active, *leaving))
-            budget = policy.Budget(self.effects.memory_budget(held), self.config.max_models)
+            budget = policy.Budget(
+                self.effects.memory_budget(held),
+                self.config.max_models,
+                self._gpu_budget(active, leaving),
+            )
             residents = [self._resident(m) for m in active]
-            verdict = policy.admit(st.estimate.total, residents, budget)
+            verdict = policy.admit(st.estimate.total, residents, budget, st.vram_need)
             if verdict.refusal is not None:
                 error = InsufficientMemory(
                     f"The model '{st.name}' cannot be loaded: it {verdict.refusal}."
@@ -521,7 +539,7 @@ class SchedulerCore:
                 used = sum(r.need for r in residents) + sum(m.need for m in leaving)
                 count = len(residents) + len(leaving)
                 if policy.fits(used, count, st.estimate.total, budget):
-                    self._start(st)
+                    self._start(st, verdict.devices, budget)
                     continue
                 break  # it fits once the stopping models are gone: wait for them
             for name in verdict.evict:
@@ -612,13 +630,39 @@ class SchedulerCore:
 
     def _resident(self, st: ModelState) -> policy.Resident:
         busy = st.state != WorkerState.READY or st.in_flight > 0 or bool(st.queue)
-        return policy.Resident(st.name, st.need, busy, st.last_used, st.pinned or st.preloaded)
+        protected = st.pinned or st.preloaded
+        return policy.Resident(
+            st.name, st.need, busy, st.last_used, protected, st.gpus, st.vram_per_device
+        )
 
-    def _start(self, st: ModelState) -> None:
+    def _gpu_budget(
+        self, active: list[ModelState], leaving: list[ModelState]
+    ) -> dict[int, policy.Gpu]:
+        """Each GPU's budget for the active models: what stopping ones still hold is
+        on its way back, but not back yet."""
+        held: dict[int, int] = {}
+        going: dict[int, int] = {}
+        for m in (*active, *leaving):
+            for index in m.gpus:
+                held[index] = held.get(index, 0) + m.vram_per_device
+                if m.state == WorkerState.STOPPING:
+                    going[index] = going.get(index, 0) + m.vram_per_device
+        gpus = self.effects.gpu_budget(held)
+        return {i: policy.Gpu(max(0, g.budget - going.get(i, 0)), g.total) for i, g in gpus.items()}
+
+    def _start(
+        self, st: ModelState, gpus: tuple[int, ...] = (), budget: policy.Budget | None = None
+    ) -> None:
         log.info("loading %s (estimated %s)", st.name, format_size(st.estimate.total))
         st.state = WorkerState.STARTING
         st.load_started = self.effects.now()
-        self.effects.start_worker(st.record, st.params)
+        st.gpus = gpus
+        st.vram_per_device = (
+            max(st.vram_need.on(budget.gpus[i]) for i in gpus) if gpus and budget else 0
+        )
+        if gpus:
+            log.info("%s goes on GPU %s", st.name, ",".join(map(str, gpus)))
+        self.effects.start_worker(st.record, st.params, gpus)
 
     def _stop(self, st: ModelState) -> None:
         st.state = WorkerState.STOPPING

@@ -24,8 +24,15 @@ def free_port(host: str = WORKER_HOST) -> int:
 
 
 def worker_spec(
-    catalog: Catalog, settings: Settings, record: ModelRecord, params: EngineParams, port: int
+    catalog: Catalog,
+    settings: Settings,
+    record: ModelRecord,
+    params: EngineParams,
+    port: int,
+    gpus: tuple[int, ...] = (),
 ) -> WorkerSpec:
+    """The worker for ``record``; placed on ``gpus``, it sees only those
+    (``CUDA_VISIBLE_DEVICES``), numbered from 0 as every CUDA program expects."""
     ctx = LaunchContext(
         host=WORKER_HOST,
         port=port,
@@ -34,5 +41,18 @@ def worker_spec(
     )
     command = catalog.command(record, params, ctx)
     return WorkerSpec(
-        model=record.name, argv=command.argv, host=WORKER_HOST, port=port, env=dict(command.env)
+        model=record.name,
+        argv=command.argv,
+        host=WORKER_HOST,
+        port=port,
+        env={**command.env, **gpu_env(gpus)},
+        health_path=command.health_path,
+        start_timeout=command.start_timeout,
+        foreign=command.foreign,
     )
+
+
+def gpu_env(gpus: tuple[int, ...]) -> dict[str, str]:
+    if not gpus:
+        return {}
+    return {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}

@@ -34,3 +34,14 @@ class SystemMemory:
             return int(psutil.Process(pid).memory_info().rss)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return None
+
+
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants (a foreign server's engine processes)."""
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+        return [pid, *(child.pid for child in parent.children(recursive=True))]
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return [pid]

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import aiohttp
 
-from corral.errors import EngineLoadError
+from corral.errors import EngineLoadError, PortTaken
+from corral.protocol.upstream import ForeignServer
 
 log = logging.getLogger("corral.scheduler")
 TAIL_LINES = 40
@@ -55,6 +56,9 @@ class WorkerSpec:
     host: str
     port: int
     env: dict[str, str] = field(default_factory=dict)  # added to the gateway's own
+    health_path: str = "/health"  # answers 200 once the model is loaded
+    start_timeout: float | None = None  # None: the server's worker_start_timeout
+    foreign: ForeignServer | None = None  # someone else's OpenAI server (upstream.py)
 
     @property
     def base_url(self) -> str:
@@ -114,7 +118,9 @@ class WorkerProcess:
     # --- starting ------------------------------------------------------------------
 
     async def start(self, session: aiohttp.ClientSession, timeout: float) -> None:
-        """Spawn the process and wait until it answers ``/health``."""
+        """Spawn the process and wait until it answers its health check (``timeout``
+        unless the spec sets its own)."""
+        timeout = self.spec.start_timeout or timeout
         if self._log_path:
             self._log_path.parent.mkdir(parents=True, exist_ok=True)
         self._proc = await asyncio.create_subprocess_exec(
@@ -148,6 +154,11 @@ class WorkerProcess:
                     f"while loading. Its last output:\n{self.tail()}"
                 )
             if await self._healthy(session):
+                if not await asyncio.to_thread(self._listens_on_its_port):
+                    raise PortTaken(
+                        f"Port {self.spec.port} for '{self.spec.model}' is answered by "
+                        "another process (address already in use)"
+                    )
                 return
             await asyncio.sleep(0.05)
         raise EngineLoadError(
@@ -155,10 +166,38 @@ class WorkerProcess:
             f"Its last output:\n{self.tail()}"
         )
 
+    def _listens_on_its_port(self) -> bool:
+        """Is the server that answered the health check ours? A port that was free
+        when it was chosen may be taken by another program's server before ours binds
+        it; then requests would go to a stranger. Only our process tree is looked at
+        (cheap); where sockets cannot be read, it is taken on trust."""
+        import psutil
+
+        if self._proc is None:
+            return False
+        try:
+            root = psutil.Process(self._proc.pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return True
+        readable = False
+        for process in tree:
+            try:
+                sockets = process.net_connections(kind="tcp")
+            except psutil.Error:
+                continue
+            readable = True
+            if any(
+                c.status == psutil.CONN_LISTEN and c.laddr.port == self.spec.port for c in sockets
+            ):
+                return True
+        return not readable
+
     async def _healthy(self, session: aiohttp.ClientSession) -> bool:
         try:
             timeout = aiohttp.ClientTimeout(total=2.0)
-            async with session.get(self.base_url + "/health", timeout=timeout) as response:
+            url = self.base_url + self.spec.health_path
+            async with session.get(url, timeout=timeout) as response:
                 return response.status == 200
         except (aiohttp.ClientError, TimeoutError):
             return False

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,16 +27,18 @@ from corral.errors import (
     CorralError,
     EngineError,
     EngineLoadError,
+    PortTaken,
     QueueTimeout,
     WorkerCrashed,
     new_request_id,
 )
 from corral.registry.names import canonical_name
 from corral.registry.records import ModelRecord
-from corral.scheduler import core
+from corral.scheduler import core, policy
 from corral.scheduler.core import CoreConfig, Lease, Message, ModelEvents, SchedulerCore
+from corral.scheduler.gpus import GpuProbe, load_gpu_probe
 from corral.scheduler.launch import free_port, worker_spec
-from corral.scheduler.memory import MemoryProbe, SystemMemory
+from corral.scheduler.memory import MemoryProbe, SystemMemory, process_tree
 from corral.scheduler.process import WorkerProcess, WorkerState
 from corral.scheduler.queue import Priority, Ticket
 from corral.settings import Settings
@@ -79,6 +81,10 @@ class MemoryStatus:
     estimated: int
     actual: int | None
     estimate_parts: dict[str, int]
+    # GPU memory: what it was placed with (all its devices), what NVML says it holds.
+    vram_estimated: int = 0
+    vram_actual: int | None = None
+    gpus: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,7 @@ class Scheduler:
         session: aiohttp.ClientSession,
         probe: MemoryProbe | None = None,
         log_path: Callable[[str], Any] | None = None,
+        gpus: GpuProbe | None = None,
     ) -> None:
         keep_alive = settings.keep_alive_seconds
         config = CoreConfig(
@@ -138,7 +145,13 @@ class Scheduler:
         self._queue_timeout = settings.queue_timeout
         self.catalog = catalog
         self._effects = _ProcessEffects(
-            settings, catalog, session, probe or SystemMemory(), self._post, log_path
+            settings,
+            catalog,
+            session,
+            probe or SystemMemory(),
+            self._post,
+            log_path,
+            gpus or load_gpu_probe(settings.gpu_probe),
         )
         self._core = SchedulerCore(config, self._effects, catalog.estimate, catalog.params)
         self._task: asyncio.Task[None] | None = None
@@ -239,6 +252,9 @@ class Scheduler:
                             "prompt_cache": st.estimate.prompt_cache,
                             "vram": st.estimate.vram,
                         },
+                        vram_estimated=st.vram_per_device * len(st.gpus),
+                        vram_actual=self._effects.measure_vram(worker) if st.gpus else None,
+                        gpus=st.gpus,
                     ),
                     slots={"busy": st.in_flight, "total": st.params.slots},
                     queued=len(st.queue),
@@ -324,8 +340,10 @@ class _ProcessEffects:
         probe: MemoryProbe,
         post: Callable[[Message], None],
         log_path: Callable[[str], Any] | None,
+        gpus: GpuProbe,
     ) -> None:
         self._settings = settings
+        self._gpus = gpus
         self._catalog = catalog
         self._session = session
         self._probe = probe
@@ -352,6 +370,25 @@ class _ProcessEffects:
     def measure(self, worker: Any) -> int | None:
         return self._probe.rss(worker.pid) if worker is not None and worker.pid else None
 
+    def gpu_budget(self, held: Mapping[int, int]) -> dict[int, policy.Gpu]:
+        configured = self._settings.vram_budget_bytes
+        reserve = self._settings.vram_reserve_bytes
+        return {
+            d.index: policy.Gpu(
+                configured
+                if configured is not None
+                else d.total - d.used + held.get(d.index, 0) - reserve,
+                d.total,
+            )
+            for d in self._gpus.devices()
+        }
+
+    def measure_vram(self, worker: WorkerProcess | None) -> int | None:
+        """GPU memory the worker's processes hold (a foreign server's children too)."""
+        if worker is None or not worker.pid:
+            return None
+        return self._gpus.process_memory(process_tree(worker.pid))
+
     def grant(self, ticket: Ticket, lease: Lease) -> None:
         future = self._futures.pop(ticket.id, None)
         if future is None or future.done():
@@ -372,8 +409,10 @@ class _ProcessEffects:
         else:
             waiter.set_exception(error)
 
-    def start_worker(self, record: ModelRecord, params: EngineParams) -> None:
-        self._spawn(self._start(record, params))
+    def start_worker(
+        self, record: ModelRecord, params: EngineParams, gpus: tuple[int, ...]
+    ) -> None:
+        self._spawn(self._start(record, params, gpus))
 
     def stop_worker(self, model: str, worker: Any) -> None:
         self._spawn(self._stop(model, worker))
@@ -388,9 +427,15 @@ class _ProcessEffects:
         if not task.cancelled() and task.exception() is not None:
             log.error("worker task failed", exc_info=task.exception())
 
-    async def _start(self, record: ModelRecord, params: EngineParams) -> None:
+    async def _start(
+        self, record: ModelRecord, params: EngineParams, gpus: tuple[int, ...]
+    ) -> None:
         for attempt in range(PORT_RETRIES):
-            spec = worker_spec(self._catalog, self._settings, record, params, free_port())
+            try:
+                spec = worker_spec(self._catalog, self._settings, record, params, free_port(), gpus)
+            except CorralError as exc:  # the engine cannot say how (no command set...)
+                self._post(core.LoadFailed(record.name, exc))
+                return
             log_path = self._log_path(record.name) if self._log_path else None
             worker = WorkerProcess(spec, log_path)
             self._workers.add(worker)
@@ -398,7 +443,11 @@ class _ProcessEffects:
                 await worker.start(self._session, self._settings.worker_start_timeout)
             except EngineLoadError as exc:
                 self._workers.discard(worker)
-                if "address already in use" in worker.tail().lower() and attempt + 1 < PORT_RETRIES:
+                taken = (
+                    isinstance(exc, PortTaken) or "address already in use" in worker.tail().lower()
+                )
+                if taken and attempt + 1 < PORT_RETRIES:
+                    log.warning("%s; starting it on another port", exc.message)
                     continue
                 self._post(core.LoadFailed(record.name, exc))
                 return

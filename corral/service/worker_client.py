@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from aiohttp.hdrs import CONNECTION
 
 from corral.errors import (
     ContextLengthExceeded,
@@ -38,6 +39,12 @@ from corral.errors import (
     WorkerUnavailable,
 )
 from corral.protocol.handoff import USAGE_COMMENT, USAGE_HEADER
+from corral.protocol.upstream import (
+    StreamTranslator,
+    Translation,
+    translate_body,
+    translate_request,
+)
 from corral.scheduler.process import WorkerProcess
 
 log = logging.getLogger("corral.worker_client")
@@ -67,10 +74,16 @@ class WorkerClient:
         """
         if worker.gone():
             raise WorkerGone(f"The worker for '{worker.spec.model}' had exited.")
+        translation = None
+        sent = {**JSON, **(headers or {})}
+        if worker.spec.foreign is not None:  # someone else's server: see upstream.py
+            body, translation = translate_request(worker.spec.foreign, body, worker.spec.model)
+            # No kept-alive connections: a server that closes an idle one as a request
+            # arrives on it (llama-server's 5 s keep-alive) would fail that request
+            # with nothing to tell it from a crash. A loopback connect costs ~0.1 ms.
+            sent[CONNECTION] = "close"
         try:
-            response = await self._session.post(
-                worker.base_url + path, data=body, headers={**JSON, **(headers or {})}
-            )
+            response = await self._session.post(worker.base_url + path, data=body, headers=sent)
         except aiohttp.ClientConnectorError as exc:
             raise WorkerGone(
                 f"The worker for '{worker.spec.model}' refused the connection: {exc}"
@@ -88,7 +101,7 @@ class WorkerClient:
             raise await failure(worker, exc, answering=False) from None
         except aiohttp.ClientError as exc:
             raise await failure(worker, exc, answering=False) from None
-        return WorkerReply(worker, response, on_close)
+        return WorkerReply(worker, response, on_close, translation)
 
 
 class WorkerReply:
@@ -103,15 +116,16 @@ class WorkerReply:
         worker: WorkerProcess,
         response: aiohttp.ClientResponse,
         on_close: Callable[[WorkerReply], None] | None,
+        translation: Translation | None = None,
     ) -> None:
         self.worker = worker
+        self._translation = translation  # a foreign server's answer, changed back
         self.status = response.status
         self.content_type = response.headers.get("Content-Type", "application/json")
         self._usage_text = b""  # the body, or the last event, that carries ``usage``
         self.complete = False  # read to its end, not cut short
         self._response = response
         self._on_close = on_close
-        self.complete = False
         self._closed = False
         self.first_chunk_ns: int | None = None  # perf_counter_ns of a stream's first bytes
 
@@ -119,6 +133,8 @@ class WorkerReply:
         """The whole body, whatever the status."""
         try:
             content = await self._response.read()
+            if self._translation is not None:
+                content = translate_body(content, self._translation)
             self.complete = True
             if self.status == 200:
                 self._usage_text = content
@@ -143,7 +159,12 @@ class WorkerReply:
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body's bytes as they arrive; a worker dying mid-answer raises."""
         try:
-            async for chunk in self._response.content.iter_any():
+            source = (
+                self._response.content.iter_any()
+                if self._translation is None
+                else self._translated()
+            )
+            async for chunk in source:
                 if self.first_chunk_ns is None:
                     self.first_chunk_ns = time.perf_counter_ns()
                 if USAGE_COMMENT in chunk:  # ours, not the client's: read and removed
@@ -160,6 +181,16 @@ class WorkerReply:
             raise await failure(self.worker, exc, answering=True) from None
         finally:
             self.close()
+
+    async def _translated(self) -> AsyncIterator[bytes]:
+        """A foreign server's body as a Corral worker would have sent it."""
+        assert self._translation is not None
+        translator = StreamTranslator(self._translation)
+        async for chunk in self._response.content.iter_any():
+            if translated := translator.feed(chunk):
+                yield translated
+        if rest := translator.close():
+            yield rest
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """The JSON of each SSE event; an ``error`` event raises the CorralError it names."""
@@ -279,7 +310,8 @@ def worker_error(status: int | None, content: bytes) -> CorralError:
     """The CorralError a worker's OpenAI-shaped error body (and status) names."""
     try:
         body = json.loads(content)
-        error = body["error"] if isinstance(body, dict) else {}
+        # OpenAI's shape, or vLLM's older flat one ({"object": "error", "message": ...}).
+        error = body.get("error", body) if isinstance(body, dict) else {}
     except (ValueError, KeyError):
         error = {}
     if not isinstance(error, dict):

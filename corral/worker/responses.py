@@ -11,7 +11,6 @@ arguments, and ``finish_reason: "tool_calls"`` at the end.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from typing import Any
 from corral.engines.base import Finished, TokenLogprob
 from corral.errors import CorralError
 from corral.httputil import json_dumps, sse
-from corral.protocol.handoff import USAGE_COMMENT
+from corral.protocol.handoff import usage_comment
 from corral.protocol.openai import (
     ChatChoice,
     ChatChunkChoice,
@@ -153,7 +152,7 @@ class _StreamWriter:
                 "prompt_tokens": usage.prompt_tokens,
                 "completion_tokens": usage.completion_tokens,
             }
-            return USAGE_COMMENT + json.dumps({"usage": counts}).encode() + b"\n\n"
+            return usage_comment(counts)
         return self._chunk([], usage_of(finished, self.timings, *more))
 
 

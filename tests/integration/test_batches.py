@@ -228,9 +228,13 @@ def test_interactive_requests_wait_only_for_the_slots_in_use(
     batch_server: CorralServer, client: openai.OpenAI
 ) -> None:
     """Batches fill idle slots; an interactive request overtakes every queued batch
-    request and waits at most for the (4) requests already in slots."""
+    request and waits at most for the (4) requests already in slots.
+
+    Batch requests last about a second (1,000 tokens at 1 ms), so the few that finish
+    while the client is still sending ours (tens of ms on a loaded CI machine) stay
+    few: with 48 ms requests, a slow send let 7 finish and the bound was meaningless."""
     log = batch_server.home / "executions.log"
-    batch = submit(client, [chat_line(i, MODEL, max_tokens=48) for i in range(120)])
+    batch = submit(client, [chat_line(i, MODEL, max_tokens=1000) for i in range(120)])
 
     def batch_done() -> int:
         text = log.read_text() if log.exists() else ""  # nothing has run yet

@@ -119,6 +119,16 @@ def test_related_sentences_are_closer_than_unrelated_ones(srv: CorralServer) -> 
     assert max(abs(x - y) for x, y in zip(embedded.embeddings[0], vectors[0], strict=True)) < 1e-5
 
 
+def minilm_worker(srv: CorralServer) -> dict[str, object]:
+    """MiniLM's worker, loaded by a request if no earlier test here did (the tests of
+    this module may run on several test processes, each with its own server)."""
+    reply = httpx.post(
+        srv.openai_url + "/embeddings", json={"model": "minilm", "input": "x"}, timeout=120
+    )
+    assert reply.status_code == 200, reply.text
+    return srv.worker("minilm:latest")
+
+
 def test_concurrent_requests_share_forward_passes(srv: CorralServer) -> None:
     async def burst() -> None:
         async with httpx.AsyncClient(base_url=srv.openai_url, timeout=60) as client:
@@ -130,7 +140,7 @@ def test_concurrent_requests_share_forward_passes(srv: CorralServer) -> None:
             )
         assert all(r.status_code == 200 for r in replies)
 
-    before = srv.worker("minilm:latest")
+    before = minilm_worker(srv)
     stats = httpx.get(before["url"] + "/health").json()
     asyncio.run(burst())
     after = httpx.get(before["url"] + "/health").json()
@@ -161,6 +171,7 @@ def test_rerank_orders_by_the_cross_encoders_scores(srv: CorralServer) -> None:
 
 
 def test_the_memory_estimate_is_near_the_measured_rss(srv: CorralServer) -> None:
+    minilm_worker(srv)
     ps = {m["model"]: m for m in httpx.get(srv.url + "/admin/ps").json()["models"]}
     minilm_entry = ps["minilm:latest"]
     estimated, measured = minilm_entry["memory"]["estimated"], minilm_entry["memory"]["actual"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from corral.errors import CorralError
 from corral.registry.gguf_info import ModelInfo
 from corral.registry.records import ModelRecord
 from corral.scheduler.core import Lease
+from corral.scheduler.policy import Gpu
 from corral.scheduler.queue import Ticket
 
 GiB = 1 << 30
@@ -42,6 +44,8 @@ class FakeEffects:
     failed: dict[int, CorralError] = field(default_factory=dict)
     notified: list[tuple[Any, CorralError | None]] = field(default_factory=list)
     grant_order: list[str] = field(default_factory=list)
+    gpus: dict[int, tuple[int, int]] = field(default_factory=dict)  # index: (budget, total)
+    placed: dict[str, tuple[int, ...]] = field(default_factory=dict)  # model: its GPUs
 
     def now(self) -> float:
         return self.clock
@@ -49,8 +53,12 @@ class FakeEffects:
     def memory_budget(self, held: int) -> int:
         return self.budget
 
-    def start_worker(self, rec: ModelRecord, params: EngineParams) -> None:
+    def gpu_budget(self, held: Mapping[int, int]) -> dict[int, Gpu]:
+        return {i: Gpu(budget, total) for i, (budget, total) in self.gpus.items()}
+
+    def start_worker(self, rec: ModelRecord, params: EngineParams, gpus: tuple[int, ...]) -> None:
         self.started.append((rec.name, params))
+        self.placed[rec.name] = gpus
 
     def stop_worker(self, model: str, worker: Any) -> None:
         self.stopped.append(model)

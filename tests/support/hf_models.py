@@ -39,6 +39,20 @@ def tiny_llama() -> Path:
     )
 
 
+def vllm_llama() -> Path:
+    """2 layers x 128 with 64-wide heads: vLLM's CPU attention has no kernel for
+    narrower heads (head_dim=16 fails at the first request)."""
+    return random_llama(
+        CACHE / "hf-vllm-llama",
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+    )
+
+
 def random_llama(directory: Path, **shape: Any) -> Path:
     """A random-weight Llama of ``shape`` (LlamaConfig's fields) with the BPE tokenizer
     and ChatML template, saved to ``directory`` once (an existing one is reused)."""

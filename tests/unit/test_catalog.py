@@ -111,7 +111,8 @@ def test_describe_keeps_the_declared_engine_and_adds_where_it_runs(catalog: Cata
 
 def test_load_catalog_adds_named_engines_with_env_defaults() -> None:
     catalog = load_catalog([ENGINES_ENV], environ={"CORRAL_SLOTS": "3", "CORRAL_TOKENS": "5"})
-    assert [d.name for d in catalog.descriptors] == ["llamacpp", "transformers", "onnx", "fake"]
+    names = [d.name for d in catalog.descriptors]
+    assert names == ["llamacpp", "transformers", "onnx", "vllm", "command", "fake"]
     assert catalog.defaults["fake"].slots == 3 and catalog.defaults["llamacpp"].slots == 3
     assert catalog.defaults["fake"].tokens == 5  # type: ignore[attr-defined]
     assert catalog.sources[("fake", "tokens")] == "env"

@@ -502,11 +502,18 @@ def test_generate_stream_from_completion_chunks() -> None:
     }
 
 
-def test_durations_without_engine_timings_are_zero_not_missing() -> None:
+def test_durations_without_engine_timings_are_the_gateways() -> None:
+    """A foreign server (vLLM) gives no timings: prefill is until the first chunk,
+    generation after it, so clients that divide by eval_duration never divide by 0."""
     tr = t.StreamTranslator("generate", "m", MARKS)
-    final = tr.final("T", END)
-    assert final["prompt_eval_duration"] == final["eval_duration"] == 0
+    first = MARKS.granted_ns + 2_000_000
+    final = tr.final("T", END, first_ns=first)
+    assert final["prompt_eval_duration"] == 2_000_000
+    assert final["eval_duration"] == END - first
     assert final["total_duration"] == END - MARKS.start_ns
+    whole = tr.final("T", END)  # no first chunk known (a whole answer): all generation
+    assert whole["prompt_eval_duration"] == 0
+    assert whole["eval_duration"] == END - MARKS.granted_ns
 
 
 def test_tool_arguments_that_are_not_an_object_are_an_engine_error() -> None:

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from corral.engines.catalog import Catalog
+from corral.engines.descriptor import MemoryEstimate
 from corral.engines.llamacpp.descriptor import LlamaCppParams, descriptor
 from corral.errors import (
     EngineLoadError,
@@ -498,3 +499,51 @@ def test_a_models_declared_parameters_override_the_servers() -> None:
     assert (
         core.models["plain:latest"].keep_alive == 300.0 and not core.models["plain:latest"].pinned
     )
+
+
+# --- GPU memory -----------------------------------------------------------------------
+
+
+def make_gpu(
+    vram_gib: dict[str, float], gpus: dict[int, float]
+) -> tuple[SchedulerCore, FakeEffects]:
+    """A core whose models need ``vram_gib`` of GPU memory, on GPUs with these budgets."""
+    effects = FakeEffects(budget=64 * GiB)
+    effects.gpus = {i: (int(b * GiB), 24 * GiB) for i, b in gpus.items()}
+    catalog = Catalog([descriptor], defaults={"llamacpp": PARAMS})
+
+    def estimate(rec: ModelRecord, params: object) -> MemoryEstimate:
+        vram = int(vram_gib.get(rec.name.split(":")[0], 0) * GiB)
+        return MemoryEstimate(weights=rec.size, kv_cache=0, buffers=0, process=0, vram=vram)
+
+    config = CoreConfig(keep_alive=300.0, max_models=0, max_queue=8, queue_timeout=60.0)
+    return SchedulerCore(config, effects, estimate, catalog.params), effects
+
+
+def test_models_are_placed_on_gpus_and_evicted_when_one_is_full() -> None:
+    core, fx = make_gpu({"a": 12, "b": 12, "c": 12}, {0: 20, 1: 20})
+    a, b, c = record("a"), record("b"), record("c")
+    serve_once(core, fx, a, b)
+    assert fx.placed == {"a:latest": (0,), "b:latest": (1,)}
+    status = core.models["a:latest"]
+    assert status.gpus == (0,) and status.vram_per_device == 12 * GiB
+    submit(core, c)  # room on neither: the least recently used goes, and c takes its GPU
+    assert fx.stopped == ["a:latest"]
+    core.handle(Stopped("a:latest", core.models["a:latest"].worker))
+    assert fx.placed["c:latest"] == (0,)
+    assert core.models["a:latest"].gpus == ()
+
+
+def test_a_model_without_vram_needs_no_gpu_and_one_that_cannot_fit_is_refused() -> None:
+    core, fx = make_gpu({"big": 30}, {0: 20})
+    plain = submit(core, record("plain"))
+    assert fx.placed["plain:latest"] == () and plain.id not in fx.failed
+    big = submit(core, record("big"))
+    assert isinstance(fx.failed[big.id], InsufficientMemory)
+    assert "30.0 GiB of GPU memory (GPU 0 has 20.0 GiB)" in fx.failed[big.id].message
+
+
+def test_without_gpus_a_model_that_needs_vram_is_refused_saying_so() -> None:
+    core, fx = make_gpu({"gpu-only": 8}, {})
+    ticket = submit(core, record("gpu-only"))
+    assert "no GPU was found" in fx.failed[ticket.id].message
