@@ -157,6 +157,11 @@ class Catalog:
         descriptor = self.for_record(record)
         return self.merge(descriptor, self.defaults[descriptor.name], record.params, changes)
 
+    def sleeps(self, record: ModelRecord, params: EngineParams) -> bool:
+        """Whether ``record``'s worker with ``params`` sleeps rather than stops when it
+        must give up its GPU."""
+        return self.for_record(record).sleeps(params)
+
     def check_configuration(self, record: ModelRecord, params: Mapping[str, Any]) -> None:
         """Refuse (400, naming it) a parameter, or an engine, ``record`` could not run
         with if its declared parameters became ``params`` (``engine`` among them):

@@ -121,6 +121,9 @@ class WorkerCommand:
     start_timeout: float | None = None  # None: the server's worker_start_timeout
     # Set for a server that is not Corral's worker: the gateway translates for it.
     foreign: ForeignServer | None = None
+    # A worker that can sleep: POST routes that free its GPU memory and take it back.
+    sleep_path: str | None = None
+    wake_path: str | None = None
 
 
 class EngineDescriptor(ABC):
@@ -160,6 +163,11 @@ class EngineDescriptor(ABC):
             "--exit-on-stdin-eof",
         )
         return WorkerCommand(argv)
+
+    def sleeps(self, params: EngineParams) -> bool:
+        """Whether a worker with ``params`` can sleep (its ``command`` then gives the
+        routes): evicted from a GPU, it sleeps instead of stopping."""
+        return False
 
     @abstractmethod
     def estimate(self, record: ModelRecord, params: EngineParams) -> MemoryEstimate:

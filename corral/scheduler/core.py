@@ -39,8 +39,10 @@ from corral.scheduler.queue import FairQueue, Ticket
 from corral.units import format_size, parse_keep_alive
 
 log = logging.getLogger("corral.scheduler")
-ACTIVE = (WorkerState.STARTING, WorkerState.READY, WorkerState.DRAINING)
-LOADED = (*ACTIVE, WorkerState.STOPPING)
+ACTIVE = (WorkerState.STARTING, WorkerState.READY, WorkerState.DRAINING, WorkerState.WAKING)
+# Asleep: the process holds RAM (its weights moved there), no GPU memory.
+ASLEEP = (WorkerState.FALLING_ASLEEP, WorkerState.SLEEPING)
+LOADED = (*ACTIVE, *ASLEEP, WorkerState.STOPPING)
 STABLE_SECONDS = 60.0  # a worker up this long before crashing resets the crash count
 # A worker that dies idle this long after it was ready was killed from outside (an
 # operator, the OOM killer), not by its model: that is no crash loop to back off from.
@@ -70,6 +72,12 @@ class Effects(Protocol):
         self, record: ModelRecord, params: EngineParams, gpus: tuple[int, ...]
     ) -> None: ...
     def stop_worker(self, model: str, worker: Any) -> None: ...
+    def sleep_worker(self, model: str, worker: Any) -> None:
+        """Put the worker to sleep; answer ``Slept`` or ``SleepFailed``."""
+
+    def wake_worker(self, model: str, worker: Any) -> None:
+        """Wake the worker; answer ``Woken`` or ``WakeFailed``."""
+
     def grant(self, ticket: Ticket, lease: Lease) -> None: ...
     def fail(self, ticket: Ticket, error: CorralError) -> None: ...
     def measure(self, worker: Any) -> int | None: ...
@@ -133,6 +141,27 @@ class Stopped:
 
 
 @dataclass(frozen=True)
+class Slept:
+    model: str
+    worker: Any
+
+
+@dataclass(frozen=True)
+class Woken:
+    model: str
+    worker: Any
+
+
+@dataclass(frozen=True)
+class SleepFailed:
+    """Falling asleep or waking up failed: the worker is stopped instead."""
+
+    model: str
+    worker: Any
+    error: CorralError
+
+
+@dataclass(frozen=True)
 class Preload:
     record: ModelRecord
     waiter: Any = None
@@ -170,6 +199,9 @@ Message = (
     | Exited
     | Lost
     | Stopped
+    | Slept
+    | Woken
+    | SleepFailed
     | Preload
     | Reload
     | Unload
@@ -210,6 +242,7 @@ class ModelState:
     rss: int | None = None
     gpus: tuple[int, ...] = ()  # the devices it was placed on
     vram_per_device: int = 0  # what it was placed with on each
+    sleeps: bool = False  # sleeps (weights to RAM) instead of stopping to free its GPUs
     wanted_since: int | None = None  # arrival number of a load wish without requests
     drain_cutoff: int | None = None  # draining: serve tickets with arrival numbers up to it
     leaving: bool = False  # unload or reload asked: finish in-flight work, then stop
@@ -231,7 +264,13 @@ class ModelState:
     @property
     def vram_need(self) -> policy.VramNeed:
         e = self.estimate
-        return policy.VramNeed(e.vram, e.vram_share, e.devices)
+        only = self.gpus if self.state == WorkerState.SLEEPING else ()
+        return policy.VramNeed(e.vram, e.vram_share, e.devices, only)
+
+    @property
+    def asleep_need(self) -> int:
+        """RAM while asleep: its own, and its weights moved out of the GPU."""
+        return self.need + self.estimate.vram
 
     def eligible(self, ticket: Ticket) -> bool:
         """May this ticket be served by the current worker?"""
@@ -270,12 +309,18 @@ class ModelEvents:
 
 class SchedulerCore:
     def __init__(
-        self, config: CoreConfig, effects: Effects, estimator: Estimator, params_for: ParamsFor
+        self,
+        config: CoreConfig,
+        effects: Effects,
+        estimator: Estimator,
+        params_for: ParamsFor,
+        sleeps: Callable[[ModelRecord, EngineParams], bool] | None = None,
     ) -> None:
         self.config = config
         self.effects = effects
         self.estimator = estimator
         self.params_for = params_for
+        self.sleeps = sleeps or (lambda record, params: False)
         self.models: dict[str, ModelState] = {}
         self.events: dict[str, ModelEvents] = {}  # by model; kept after unload
         self.closed = False
@@ -305,6 +350,8 @@ class SchedulerCore:
                 self._on_exited(message)
             case Stopped():
                 self._on_stopped(message)
+            case Slept() | Woken() | SleepFailed():
+                self._on_sleep(message)
             case Preload():
                 self._on_preload(message)
             case Reload():
@@ -421,8 +468,26 @@ class SchedulerCore:
         if st.next_params is not None:
             st.params, st.next_params = st.next_params, None
             st.estimate = self.estimator(st.record, st.params)
+            st.sleeps = self.sleeps(st.record, st.params)
             st.wanted_since = self._next_seq()
         self._notify(st.stop_waiters, None)
+
+    def _on_sleep(self, m: Slept | Woken | SleepFailed) -> None:
+        st = self.models.get(m.model)
+        if st is None or m.worker is not st.worker:
+            return
+        match m:
+            case Slept() if st.state == WorkerState.FALLING_ASLEEP:
+                log.info("%s is asleep: GPU memory freed, its weights in RAM", st.name)
+                st.state = WorkerState.SLEEPING
+            case Woken() if st.state == WorkerState.WAKING:
+                log.info("%s is awake", st.name)
+                st.state = WorkerState.READY
+                st.last_used = self.effects.now()
+                self._notify(st.load_waiters, None)
+            case SleepFailed():
+                log.warning("%s: %s; stopping it instead", st.name, m.error.message)
+                self._stop(st)
 
     def _on_preload(self, m: Preload) -> None:
         try:
@@ -442,6 +507,7 @@ class SchedulerCore:
         params = m.params or st.params
         if st.state in (WorkerState.STOPPED, WorkerState.FAILED):
             st.params, st.estimate = params, self.estimator(st.record, params)
+            st.sleeps = self.sleeps(st.record, params)
             st.backoff_until = 0.0
             self._want_loaded(st, m.waiter)
         else:
@@ -465,7 +531,7 @@ class SchedulerCore:
             self._fail_queue(st, error)
             self._notify(st.load_waiters, error)
             st.wanted_since = None
-            if st.state in (WorkerState.READY, WorkerState.DRAINING):
+            if st.state in (WorkerState.READY, WorkerState.DRAINING, *ASLEEP, WorkerState.WAKING):
                 self._stop(st)
 
     # --- the pass ---------------------------------------------------------------------
@@ -495,7 +561,7 @@ class SchedulerCore:
     def _expire_keep_alive(self, now: float) -> None:
         for st in self.models.values():
             if (
-                st.state == WorkerState.READY
+                st.state in (WorkerState.READY, WorkerState.SLEEPING)
                 and not (st.pinned or st.preloaded or st.leaving)
                 and st.in_flight == 0
                 and not st.queue
@@ -510,22 +576,34 @@ class SchedulerCore:
         waiting = [
             st
             for st in self.models.values()
-            if st.state in (WorkerState.STOPPED, WorkerState.FAILED)
+            if st.state in (WorkerState.STOPPED, WorkerState.FAILED, WorkerState.SLEEPING)
             and (st.queue or st.wanted_since is not None)
             and now >= st.backoff_until
         ]
         for st in sorted(waiting, key=lambda s: s.wait_key()):
             # Models already stopping are memory on its way back: not candidates again.
             active = [m for m in self.models.values() if m.state in ACTIVE]
+            asleep = [m for m in self.models.values() if m.state in ASLEEP and m is not st]
             leaving = [m for m in self.models.values() if m.state == WorkerState.STOPPING]
-            held = sum(m.rss or 0 for m in (*active, *leaving))
+            held = sum(m.rss or 0 for m in (*active, *asleep, *leaving, st) if m.worker)
             budget = policy.Budget(
                 self.effects.memory_budget(held),
                 self.config.max_models,
-                self._gpu_budget(active, leaving),
+                self._gpu_budget([*active, *leaving, *asleep]),
             )
-            residents = [self._resident(m) for m in active]
-            verdict = policy.admit(st.estimate.total, residents, budget, st.vram_need)
+            residents = [self._resident(m) for m in (*active, *asleep)]
+            # Stopping models hold their GPU memory until they are gone: a model that
+            # needs it waits for them, it is neither refused nor a reason to evict more.
+            on_the_way = [
+                policy.Resident(
+                    m.name, 0, True, m.last_used, False, m.gpus, m.vram_per_device, leaving=True
+                )
+                for m in leaving
+                if m.gpus
+            ]
+            verdict = policy.admit(
+                st.estimate.total, [*residents, *on_the_way], budget, st.vram_need
+            )
             if verdict.refusal is not None:
                 error = InsufficientMemory(
                     f"The model '{st.name}' cannot be loaded: it {verdict.refusal}."
@@ -539,13 +617,35 @@ class SchedulerCore:
                 used = sum(r.need for r in residents) + sum(m.need for m in leaving)
                 count = len(residents) + len(leaving)
                 if policy.fits(used, count, st.estimate.total, budget):
-                    self._start(st, verdict.devices, budget)
+                    if st.state == WorkerState.SLEEPING:
+                        self._wake(st)
+                    else:
+                        self._start(st, verdict.devices, budget)
                     continue
                 break  # it fits once the stopping models are gone: wait for them
+            # A model that must go only for GPU memory, and can sleep, sleeps: its
+            # process and its weights (in RAM) stay, and it wakes in seconds.
+            for_ram = {r.name for r in policy.evict_for(st.estimate.total, residents, budget)}
+            extra_ram = 0
             for name in verdict.evict:
-                log.info("evicting idle %s to make room for %s", name, st.name)
+                victim = self.models[name]
                 self._events(name).evictions += 1
-                self._stop(self.models[name])
+                used = sum(r.need for r in residents) + extra_ram + st.estimate.total
+                may_sleep = (
+                    victim.sleeps
+                    and victim.state == WorkerState.READY
+                    and victim.gpus
+                    and name not in for_ram
+                    and used + victim.estimate.vram <= budget.memory
+                )
+                if may_sleep:
+                    log.info("putting idle %s to sleep to make room for %s", name, st.name)
+                    extra_ram += victim.estimate.vram
+                    victim.state = WorkerState.FALLING_ASLEEP
+                    self.effects.sleep_worker(victim.name, victim.worker)
+                else:
+                    log.info("evicting idle %s to make room for %s", name, st.name)
+                    self._stop(victim)
             # Grouping: the victim first serves all it had queued when draining began.
             # Strict order: only what arrived before the waiting model's oldest request.
             head = st.wait_key()[1]
@@ -581,6 +681,9 @@ class SchedulerCore:
 
     def _stop_drained(self) -> None:
         for st in self.models.values():
+            if st.leaving and st.state == WorkerState.SLEEPING:  # unloaded or reloaded
+                self._stop(st)
+                continue
             draining = st.state == WorkerState.DRAINING or (
                 st.leaving and st.state == WorkerState.READY
             )
@@ -604,6 +707,7 @@ class SchedulerCore:
                 keep_alive=keep_alive,
                 pinned=record.name in self.config.pinned or bool(record.params.get("pinned")),
                 preloaded=record.name in self.config.preload or bool(record.params.get("preload")),
+                sleeps=self.sleeps(record, params),
             )
             self.models[record.name] = st
         elif st.state in (WorkerState.STOPPED, WorkerState.FAILED) and record != st.record:
@@ -616,7 +720,7 @@ class SchedulerCore:
             return
         if waiter is not None:
             st.load_waiters.append(waiter)
-        if st.state in (WorkerState.STOPPED, WorkerState.FAILED):
+        if st.state in (WorkerState.STOPPED, WorkerState.FAILED, WorkerState.SLEEPING):
             st.wanted_since = st.wanted_since or self._next_seq()
 
     @staticmethod
@@ -629,26 +733,35 @@ class SchedulerCore:
         return self._seq
 
     def _resident(self, st: ModelState) -> policy.Resident:
-        busy = st.state != WorkerState.READY or st.in_flight > 0 or bool(st.queue)
         protected = st.pinned or st.preloaded
+        if st.state == WorkerState.SLEEPING:  # holds RAM only; stopping it frees that
+            return policy.Resident(st.name, st.asleep_need, False, st.last_used, protected)
+        if st.state == WorkerState.FALLING_ASLEEP:  # RAM for good, the GPU until asleep
+            return policy.Resident(
+                st.name,
+                st.asleep_need,
+                True,
+                st.last_used,
+                protected,
+                st.gpus,
+                st.vram_per_device,
+                leaving=True,
+            )
+        busy = st.state != WorkerState.READY or st.in_flight > 0 or bool(st.queue)
         return policy.Resident(
             st.name, st.need, busy, st.last_used, protected, st.gpus, st.vram_per_device
         )
 
-    def _gpu_budget(
-        self, active: list[ModelState], leaving: list[ModelState]
-    ) -> dict[int, policy.Gpu]:
-        """Each GPU's budget for the active models: what stopping ones still hold is
-        on its way back, but not back yet."""
+    def _gpu_budget(self, holders: list[ModelState]) -> dict[int, policy.Gpu]:
+        """Each GPU's budget, given what our workers on it hold now (a sleeping one
+        holds nothing there)."""
         held: dict[int, int] = {}
-        going: dict[int, int] = {}
-        for m in (*active, *leaving):
+        for m in holders:
+            if m.state == WorkerState.SLEEPING:
+                continue
             for index in m.gpus:
                 held[index] = held.get(index, 0) + m.vram_per_device
-                if m.state == WorkerState.STOPPING:
-                    going[index] = going.get(index, 0) + m.vram_per_device
-        gpus = self.effects.gpu_budget(held)
-        return {i: policy.Gpu(max(0, g.budget - going.get(i, 0)), g.total) for i, g in gpus.items()}
+        return self.effects.gpu_budget(held)
 
     def _start(
         self, st: ModelState, gpus: tuple[int, ...] = (), budget: policy.Budget | None = None
@@ -663,6 +776,12 @@ class SchedulerCore:
         if gpus:
             log.info("%s goes on GPU %s", st.name, ",".join(map(str, gpus)))
         self.effects.start_worker(st.record, st.params, gpus)
+
+    def _wake(self, st: ModelState) -> None:
+        log.info("waking %s on GPU %s", st.name, ",".join(map(str, st.gpus)))
+        st.state = WorkerState.WAKING
+        st.wanted_since = None
+        self.effects.wake_worker(st.name, st.worker)
 
     def _stop(self, st: ModelState) -> None:
         st.state = WorkerState.STOPPING

@@ -49,6 +49,8 @@ def worker_spec(
         health_path=command.health_path,
         start_timeout=command.start_timeout,
         foreign=command.foreign,
+        sleep_path=command.sleep_path,
+        wake_path=command.wake_path,
     )
 
 

@@ -36,6 +36,7 @@ class Resident:
     protected: bool = False  # pinned or preloaded
     gpus: tuple[int, ...] = ()  # the devices it holds memory on
     vram_per_device: int = 0
+    leaving: bool = False  # stopping or falling asleep already: its GPU memory is coming
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class VramNeed:
     bytes: int = 0
     share: float = 0.0
     devices: int = 1
+    only: tuple[int, ...] = ()  # a sleeping worker wakes on the GPUs it was started on
 
     def __bool__(self) -> bool:
         return self.bytes > 0 or self.share > 0
@@ -131,6 +133,8 @@ def place_on_gpus(
     options: list[tuple[tuple[int, int, int], int, list[Resident]]] = []
     reasons = []
     for index, gpu in sorted(budget.gpus.items()):
+        if vram.only and index not in vram.only:
+            continue
         need = vram.on(gpu)
         holders = [r for r in residents if index in r.gpus and r.name not in leaving]
         kept = sum(r.vram_per_device for r in holders if r.protected)
@@ -146,7 +150,10 @@ def place_on_gpus(
                 break
             victims.append(r)
             free += r.vram_per_device
-        cost = (sum(1 for v in victims if v.busy), len(victims), -(free - need))
+        # Waiting for memory already on its way back costs nothing; then idle victims
+        # before busy ones, fewer before more, and the most room left.
+        staying = [v for v in victims if not v.leaving]
+        cost = (sum(1 for v in staying if v.busy), len(staying), -(free - need))
         options.append((cost, index, victims))
     if len(options) < vram.devices:
         largest = max(vram.on(gpu) for gpu in budget.gpus.values())

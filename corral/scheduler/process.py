@@ -7,6 +7,9 @@ State machine (``WorkerState``)::
         |                             +-----------(stop: idle, evicted)----'
         +--(exits / times out)--------+--(exits on its own)--> failed
 
+(and, for engines with a sleep mode: ready --> falling_asleep --> sleeping --> waking
+--> ready, all the scheduler's: the process runs throughout)
+
 (``draining`` is the scheduler's: the process keeps serving what it has, and gets
 nothing new.)
 
@@ -45,6 +48,11 @@ class WorkerState(enum.StrEnum):
     STOPPING = "stopping"
     STOPPED = "stopped"
     FAILED = "failed"
+    # The scheduler's, for engines that can sleep (vLLM's sleep mode): the process stays,
+    # its weights go to RAM and its GPU memory is freed; waking takes seconds, not a load.
+    FALLING_ASLEEP = "falling_asleep"
+    SLEEPING = "sleeping"
+    WAKING = "waking"
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,8 @@ class WorkerSpec:
     health_path: str = "/health"  # answers 200 once the model is loaded
     start_timeout: float | None = None  # None: the server's worker_start_timeout
     foreign: ForeignServer | None = None  # someone else's OpenAI server (upstream.py)
+    sleep_path: str | None = None  # POST: free the GPU, keep the process (sleep mode)
+    wake_path: str | None = None  # POST: take the GPU back
 
     @property
     def base_url(self) -> str:
@@ -143,6 +153,11 @@ class WorkerProcess:
             raise
         self.state = WorkerState.READY
         self.ready_at = time.time()
+
+    async def wait_healthy(self, session: aiohttp.ClientSession, timeout: float) -> None:
+        """Until it answers its health check again (after waking); EngineLoadError if it
+        exits or does not within ``timeout``."""
+        await self._wait_ready(session, timeout)
 
     async def _wait_ready(self, session: aiohttp.ClientSession, timeout: float) -> None:
         deadline = time.monotonic() + timeout

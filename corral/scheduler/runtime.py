@@ -45,6 +45,7 @@ from corral.settings import Settings
 
 log = logging.getLogger("corral.scheduler")
 PORT_RETRIES = 3
+SLEEP_TIMEOUT = 300.0  # seconds to fall asleep or wake (vLLM moves its weights over PCIe)
 # The core fails a ticket at its queue deadline; the route gives up on its own this
 # much later, should the core not (a bug, a stuck loop): no request waits unbounded.
 OUTER_GRACE = 5.0
@@ -153,7 +154,9 @@ class Scheduler:
             log_path,
             gpus or load_gpu_probe(settings.gpu_probe),
         )
-        self._core = SchedulerCore(config, self._effects, catalog.estimate, catalog.params)
+        self._core = SchedulerCore(
+            config, self._effects, catalog.estimate, catalog.params, catalog.sleeps
+        )
         self._task: asyncio.Task[None] | None = None
         self._drained = asyncio.Event()  # set once shut down with no worker left
 
@@ -373,11 +376,13 @@ class _ProcessEffects:
     def gpu_budget(self, held: Mapping[int, int]) -> dict[int, policy.Gpu]:
         configured = self._settings.vram_budget_bytes
         reserve = self._settings.vram_reserve_bytes
+        # Free now, plus what our own workers hold (estimated), never more than the
+        # card: an estimate above what a worker really uses must not make room.
         return {
             d.index: policy.Gpu(
                 configured
                 if configured is not None
-                else d.total - d.used + held.get(d.index, 0) - reserve,
+                else min(d.total, d.total - d.used + held.get(d.index, 0)) - reserve,
                 d.total,
             )
             for d in self._gpus.devices()
@@ -416,6 +421,33 @@ class _ProcessEffects:
 
     def stop_worker(self, model: str, worker: Any) -> None:
         self._spawn(self._stop(model, worker))
+
+    def sleep_worker(self, model: str, worker: Any) -> None:
+        self._spawn(self._switch(model, worker, asleep=True))
+
+    def wake_worker(self, model: str, worker: Any) -> None:
+        self._spawn(self._switch(model, worker, asleep=False))
+
+    async def _switch(self, model: str, worker: WorkerProcess, asleep: bool) -> None:
+        """POST the worker's sleep (or wake) route; awake, it must be healthy again."""
+        path = worker.spec.sleep_path if asleep else worker.spec.wake_path
+        what = "fall asleep" if asleep else "wake up"
+        try:
+            if path is None:
+                raise EngineError(f"the worker for '{model}' has no route to {what}")
+            timeout = aiohttp.ClientTimeout(total=SLEEP_TIMEOUT)
+            async with self._session.post(worker.base_url + path, timeout=timeout) as reply:
+                if reply.status >= 300:
+                    text = (await reply.text())[:300]
+                    raise EngineError(f"{path} answered {reply.status}: {text}")
+            if not asleep:
+                await worker.wait_healthy(self._session, SLEEP_TIMEOUT)
+        except (aiohttp.ClientError, TimeoutError, EngineError, EngineLoadError) as exc:
+            message = exc.message if isinstance(exc, CorralError) else repr(exc)
+            error = EngineError(f"The worker for '{model}' could not {what}: {message}")
+            self._post(core.SleepFailed(model, worker, error))
+            return
+        self._post(core.Slept(model, worker) if asleep else core.Woken(model, worker))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

@@ -46,6 +46,8 @@ class FakeEffects:
     grant_order: list[str] = field(default_factory=list)
     gpus: dict[int, tuple[int, int]] = field(default_factory=dict)  # index: (budget, total)
     placed: dict[str, tuple[int, ...]] = field(default_factory=dict)  # model: its GPUs
+    slept: list[str] = field(default_factory=list)
+    woken: list[str] = field(default_factory=list)
 
     def now(self) -> float:
         return self.clock
@@ -62,6 +64,12 @@ class FakeEffects:
 
     def stop_worker(self, model: str, worker: Any) -> None:
         self.stopped.append(model)
+
+    def sleep_worker(self, model: str, worker: Any) -> None:
+        self.slept.append(model)
+
+    def wake_worker(self, model: str, worker: Any) -> None:
+        self.woken.append(model)
 
     def grant(self, ticket: Ticket, lease: Lease) -> None:
         self.granted[ticket.id] = lease

@@ -47,11 +47,19 @@ class FakeDescriptor(EngineDescriptor):
             *("--params", params.model_dump_json(), "--spool-dir", str(ctx.spool_dir)),
             *("--log-level", ctx.log_level, "--exit-on-stdin-eof"),
         )
+        assert isinstance(params, FakeParams)
+        if params.sleep:
+            return WorkerCommand(argv, sleep_path="/sleep?level=1", wake_path="/wake_up")
         return WorkerCommand(argv)
 
     def estimate(self, record: ModelRecord, params: EngineParams) -> MemoryEstimate:
         assert isinstance(params, FakeParams)
-        return MemoryEstimate(weights=params.memory, kv_cache=0, buffers=0, process=0)
+        return MemoryEstimate(
+            weights=params.memory, kv_cache=0, buffers=0, process=0, vram=params.vram
+        )
+
+    def sleeps(self, params: EngineParams) -> bool:
+        return isinstance(params, FakeParams) and params.sleep
 
 
 descriptor = FakeDescriptor()

@@ -82,3 +82,9 @@ class FakeParams(EngineParams):
         ge=0,
         description="Bytes the gateway's scheduler assumes the worker takes (its estimate).",
     )
+    vram: int = Field(default=0, ge=0, description="GPU memory it is estimated to take.")
+    sleep: bool = Field(
+        default=False,
+        description="Has a sleep mode (vLLM's): POST /sleep and /wake_up, counted in /health; "
+        "asleep, it refuses inference with 503.",
+    )

@@ -313,6 +313,9 @@ class FakeWorker:
         self.busy = 0  # requests in flight: running or waiting for a slot
         self.running = 0
         self.served = 0
+        self.asleep = False  # sleep mode: refuses inference until woken
+        self.sleeps = 0
+        self.wakes = 0
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -338,6 +341,8 @@ class FakeWorker:
             os._exit(EXIT_CRASHED)
 
     def require(self, embedding: bool) -> None:
+        if self.asleep:  # vLLM asleep has no weights on its GPU: nothing may run
+            raise ApiError("The fake worker is asleep.", status=503)
         if self.params.embedding != embedding:
             what = "is an embedding model" if self.params.embedding else "does not embed"
             message = f"The model '{self.model}' {what}; it cannot serve this endpoint."
@@ -384,8 +389,17 @@ class FakeWorker:
                 "busy": self.busy,
                 "waiting": waiting,
                 "served": self.served,
+                **({"sleeps": self.sleeps, "wakes": self.wakes} if self.params.sleep else {}),
             }
         )
+
+    async def sleep(self, _: Request) -> Response:
+        self.asleep, self.sleeps = True, self.sleeps + 1
+        return json_response({})
+
+    async def wake_up(self, _: Request) -> Response:
+        self.asleep, self.wakes = False, self.wakes + 1
+        return json_response({})
 
     async def models(self, _: Request) -> Response:
         card = {"id": self.model, "object": "model", "created": self.started, "owned_by": "corral"}
@@ -492,6 +506,11 @@ def create_app(params: FakeParams, model: str) -> Starlette:
         Route("/v1/completions", worker.generate, methods=["POST"]),
         Route("/v1/embeddings", worker.embeddings, methods=["POST"]),
     ]
+    if params.sleep:
+        routes += [
+            Route("/sleep", worker.sleep, methods=["POST"]),
+            Route("/wake_up", worker.wake_up, methods=["POST"]),
+        ]
     handlers = {
         ApiError: api_error,
         HTTPException: http_error,

@@ -30,10 +30,13 @@ from corral.scheduler.core import (
     Reload,
     SchedulerCore,
     Shutdown,
+    SleepFailed,
+    Slept,
     Stopped,
     Submit,
     Tick,
     Unload,
+    Woken,
 )
 from corral.scheduler.process import WorkerState
 from corral.scheduler.queue import Priority, Ticket
@@ -505,10 +508,13 @@ def test_a_models_declared_parameters_override_the_servers() -> None:
 
 
 def make_gpu(
-    vram_gib: dict[str, float], gpus: dict[int, float]
+    vram_gib: dict[str, float],
+    gpus: dict[int, float],
+    sleepers: frozenset[str] = frozenset(),
+    ram: float = 64,
 ) -> tuple[SchedulerCore, FakeEffects]:
     """A core whose models need ``vram_gib`` of GPU memory, on GPUs with these budgets."""
-    effects = FakeEffects(budget=64 * GiB)
+    effects = FakeEffects(budget=int(ram * GiB))
     effects.gpus = {i: (int(b * GiB), 24 * GiB) for i, b in gpus.items()}
     catalog = Catalog([descriptor], defaults={"llamacpp": PARAMS})
 
@@ -517,7 +523,11 @@ def make_gpu(
         return MemoryEstimate(weights=rec.size, kv_cache=0, buffers=0, process=0, vram=vram)
 
     config = CoreConfig(keep_alive=300.0, max_models=0, max_queue=8, queue_timeout=60.0)
-    return SchedulerCore(config, effects, estimate, catalog.params), effects
+
+    def sleeps(rec: ModelRecord, params: object) -> bool:
+        return rec.name.split(":")[0] in sleepers
+
+    return SchedulerCore(config, effects, estimate, catalog.params, sleeps), effects
 
 
 def test_models_are_placed_on_gpus_and_evicted_when_one_is_full() -> None:
@@ -527,8 +537,11 @@ def test_models_are_placed_on_gpus_and_evicted_when_one_is_full() -> None:
     assert fx.placed == {"a:latest": (0,), "b:latest": (1,)}
     status = core.models["a:latest"]
     assert status.gpus == (0,) and status.vram_per_device == 12 * GiB
-    submit(core, c)  # room on neither: the least recently used goes, and c takes its GPU
+    tc = submit(core, c)  # room on neither: the least recently used goes, c takes its GPU
     assert fx.stopped == ["a:latest"]
+    core.handle(Tick())  # while a stops, c waits for its GPU memory: it is not refused
+    assert tc.id not in fx.failed and fx.starts() == ["a:latest", "b:latest"]
+    assert fx.stopped == ["a:latest"]  # nor is b evicted: a's memory is on its way
     core.handle(Stopped("a:latest", core.models["a:latest"].worker))
     assert fx.placed["c:latest"] == (0,)
     assert core.models["a:latest"].gpus == ()
@@ -547,3 +560,55 @@ def test_without_gpus_a_model_that_needs_vram_is_refused_saying_so() -> None:
     core, fx = make_gpu({"gpu-only": 8}, {})
     ticket = submit(core, record("gpu-only"))
     assert "no GPU was found" in fx.failed[ticket.id].message
+
+
+def test_a_model_that_can_sleep_sleeps_for_gpu_memory_and_wakes_without_a_reload() -> None:
+    core, fx = make_gpu({"a": 12, "b": 12}, {0: 20}, sleepers=frozenset({"a", "b"}))
+    a, b = record("a"), record("b")
+    serve_once(core, fx, a)
+    worker_a = core.models["a:latest"].worker
+    tb = submit(core, b)  # no room on the GPU: a sleeps, it is not stopped
+    assert fx.slept == ["a:latest"] and fx.stopped == []
+    assert core.models["a:latest"].state == WorkerState.FALLING_ASLEEP
+    core.handle(Tick())  # while a falls asleep, b waits: it is not refused
+    assert fx.starts() == ["a:latest"] and tb.id not in fx.failed
+    core.handle(Slept("a:latest", worker_a))
+    assert core.models["a:latest"].state == WorkerState.SLEEPING
+    assert fx.placed["b:latest"] == (0,)
+    load(core, b)
+    finish(core, fx, tb)
+    fx.clock += 10
+    ta = submit(core, a)  # a wakes on its GPU; b, idle now, goes to sleep for it
+    assert fx.slept == ["a:latest", "b:latest"] and fx.woken == []
+    core.handle(Slept("b:latest", core.models["b:latest"].worker))
+    assert fx.woken == ["a:latest"] and core.models["a:latest"].state == WorkerState.WAKING
+    core.handle(Woken("a:latest", worker_a))
+    assert core.models["a:latest"].worker is worker_a  # the same process: no reload
+    assert ta.id in fx.granted and fx.starts() == ["a:latest", "b:latest"]
+
+
+def test_a_model_evicted_for_ram_is_stopped_even_if_it_could_sleep() -> None:
+    """Asleep, its weights would be in RAM: when RAM is what is short, it stops."""
+    core, fx = make_gpu({"a": 12, "b": 12}, {0: 20}, sleepers=frozenset({"a"}), ram=1.5)
+    serve_once(core, fx, record("a"))
+    submit(core, record("b"))
+    assert fx.stopped == ["a:latest"] and fx.slept == []
+
+
+def test_a_sleeping_model_past_its_keep_alive_or_unloaded_is_stopped() -> None:
+    core, fx = make_gpu({"a": 12, "b": 12}, {0: 20}, sleepers=frozenset({"a"}))
+    serve_once(core, fx, record("a"))
+    submit(core, record("b"))
+    core.handle(Slept("a:latest", core.models["a:latest"].worker))
+    fx.clock += 301
+    core.handle(Tick())
+    assert "a:latest" in fx.stopped
+
+
+def test_a_worker_that_cannot_fall_asleep_is_stopped_instead() -> None:
+    core, fx = make_gpu({"a": 12, "b": 12}, {0: 20}, sleepers=frozenset({"a"}))
+    serve_once(core, fx, record("a"))
+    submit(core, record("b"))
+    error = EngineLoadError("/sleep answered 404")
+    core.handle(SleepFailed("a:latest", core.models["a:latest"].worker, error))
+    assert fx.stopped == ["a:latest"]

@@ -20,6 +20,7 @@ weights and ``VLLM_CPU_KVCACHE_SPACE``.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import Field
@@ -128,6 +129,9 @@ class VllmDescriptor(EngineDescriptor):
     def capabilities(self, record: ModelRecord) -> frozenset[Capability]:
         return TEXT
 
+    def sleeps(self, params: EngineParams) -> bool:
+        return isinstance(params, VllmParams) and params.sleep_mode
+
     def command(
         self, record: ModelRecord, params: EngineParams, ctx: LaunchContext
     ) -> WorkerCommand:
@@ -144,7 +148,7 @@ class VllmDescriptor(EngineDescriptor):
         if params.sleep_mode:
             env["VLLM_SERVER_DEV_MODE"] = "1"  # serves /sleep and /wake_up
         argv = [params.vllm_python, "-m", SERVER_MODULE]
-        return supervised(
+        command = supervised(
             ctx,
             argv + vllm_args(record, params, ctx.host, ctx.port),
             grace=params.stop_grace,
@@ -152,6 +156,9 @@ class VllmDescriptor(EngineDescriptor):
             start_timeout=params.start_timeout or None,
             served_name=record.name,
         )
+        if params.sleep_mode:  # level 1: weights to RAM, KV cache dropped
+            command = replace(command, sleep_path="/sleep?level=1", wake_path="/wake_up")
+        return command
 
     def estimate(self, record: ModelRecord, params: EngineParams) -> MemoryEstimate:
         assert isinstance(params, VllmParams)
