@@ -192,6 +192,7 @@ async def import_model(request: Request) -> Response:
 async def start_pull(request: Request) -> Response:
     services = services_of(request)
     req = parse_body(await request.body(), PullRequest)
+    services.catalog.check_declared(req.params)
     status, created = await asyncio.to_thread(
         services.pulls.submit,
         req.model,

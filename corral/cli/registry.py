@@ -288,6 +288,7 @@ class LocalRegistry:
         return result
 
     def pull(self, ref: str, **options: Any) -> dict[str, Any]:
+        self._do(self.catalog.check_declared, options.get("params"))
         status, _ = self._do(self.pulls.submit, ref, **options)
         result: dict[str, Any] = status.to_dict()
         return result

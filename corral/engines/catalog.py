@@ -162,6 +162,17 @@ class Catalog:
         must give up its GPU."""
         return self.for_record(record).sleeps(params)
 
+    def check_declared(self, params: Mapping[str, Any] | None) -> None:
+        """Refuse (400) parameters a pull would record for a model not downloaded yet,
+        when they name their engine: a bad command template, say, is refused before
+        any byte is fetched, not at the first load."""
+        engine = (params or {}).get("engine")
+        if not engine:
+            return  # the engine follows from the format, known once the files are here
+        descriptor = self.get(str(engine))
+        rest = {k: v for k, v in (params or {}).items() if k != "engine"}
+        self.merge(descriptor, self.defaults[descriptor.name], rest)
+
     def check_configuration(self, record: ModelRecord, params: Mapping[str, Any]) -> None:
         """Refuse (400, naming it) a parameter, or an engine, ``record`` could not run
         with if its declared parameters became ``params`` (``engine`` among them):

@@ -188,3 +188,26 @@ def test_sync_sets_engine_params_and_refuses_a_bad_one(tmp_path: Path, hub: Fake
     assert bad.returncode == 1 and "flash_attention" in bad.stderr
     kept = json.loads(corral("show", "m", "--json", home=home, hub=hub).stdout)
     assert kept["params"] == params  # nothing stored
+
+
+def test_sync_refuses_a_bad_engine_parameter_before_pulling(tmp_path: Path, hub: FakeHub) -> None:
+    """A model declared for an engine (here a llama-server command with a misspelt
+    macro) is checked by that engine before any byte is fetched, not at its first load."""
+    home, project = tmp_path / "home", tmp_path / "project"
+    project.mkdir()
+    (project / "chat.gguf").write_bytes(models.model_file(models.CHAT).read_bytes())
+    declared = {
+        "source": "./chat.gguf",
+        "engine": "command",
+        "params": {"command": "llama-server -m ${MODEL_PATH} --port ${PROT}"},
+    }
+    write_yaml(project / "corral.yaml", {"ls": declared})
+    bad = corral("sync", home=home, hub=hub, cwd=project)
+    assert bad.returncode == 1 and "unknown macro ${PROT}" in bad.stderr.replace("\n", "")
+    assert "ls:latest" not in corral("list", home=home, hub=hub).stdout
+    declared["params"] = {"command": "llama-server -m ${MODEL_PATH} --port ${PORT}"}
+    write_yaml(project / "corral.yaml", {"ls": declared})
+    good = corral("sync", home=home, hub=hub, cwd=project)
+    assert good.returncode == 0, good.stderr
+    shown = json.loads(corral("show", "ls", "--json", home=home, hub=hub).stdout)
+    assert shown["runs_on"] == "command" and shown["capabilities"] == ["completion", "chat"]

@@ -20,6 +20,7 @@ from corral.service.inference import Caller, InferenceService, RequestDone
 from corral.service.worker_client import WorkerClient
 from corral.settings import Settings
 from tests.support.fake_engine import ENGINES_ENV, install_fake_models
+from tests.support.server import pid_alive
 
 pytestmark = pytest.mark.anyio
 CHAT = "/v1/chat/completions"
@@ -83,6 +84,12 @@ async def test_worker_gone_before_it_took_the_request_is_sent_again(
     pid = first.reply.worker.pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
+    # Dead before the next request leaves (a kill racing the send may close the pooled
+    # connection under it instead, which is a crash seen mid-request, never re-sent).
+    for _ in range(200):
+        if not pid_alive(pid):
+            break
+        await anyio.sleep(0.01)
     again = await service.send(record, CHAT, chat(), Caller())
     assert (await again.reply.json())["choices"][0]["message"]["content"] == "t0 t1 t2 "
     assert again.reply.worker.pid != pid and seen[-1].attempts == 2
