@@ -26,6 +26,7 @@ from corral.api import (
     openai,
     openapi,
     registry,
+    ui,
     v2,
 )
 from corral.api.auth import Authenticate
@@ -79,6 +80,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> Starlette:
             *batches.routes,
             *v2.routes,
             *openapi.routes(),
+            *ui.routes(),
         ],
         # First of the middleware: a refused request reaches no route (see guard.py);
         # then who is calling and may they (auth.py); then the bounds on a body's size

@@ -14,6 +14,7 @@ missing, unknown, revoked or expired key, 403 for a key whose scope is too narro
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from http.cookies import CookieError, SimpleCookie
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -24,6 +25,8 @@ from corral.keys.store import KeyStore, Principal
 from corral.registry.records import ModelRecord
 
 STATE_KEY = "principal"
+UI_COOKIE = "corral_admin"  # the dashboard's admin key (see ui_key)
+UI_HEADER = "x-corral-ui"
 
 
 class Authenticate:
@@ -83,13 +86,30 @@ def _access(scope: Scope) -> Access:
 
 def api_key_of(scope: Scope) -> str:
     """The API key a request carries, as each API's clients send it: ``Authorization:
-    Bearer`` (OpenAI, Ollama) or ``x-api-key`` (Anthropic); "" if none."""
+    Bearer`` (OpenAI, Ollama) or ``x-api-key`` (Anthropic); else the dashboard's cookie
+    (``UI_COOKIE``); "" if none."""
     headers = {
         name.decode("latin-1"): value.decode("latin-1")
         for name, value in scope["headers"]
-        if name in (b"authorization", b"x-api-key")
+        if name in (b"authorization", b"x-api-key", b"cookie", UI_HEADER.encode())
     }
-    return key_in(headers)
+    return key_in(headers) or ui_key(headers, scope["method"])
+
+
+def ui_key(headers: Mapping[str, str], method: str) -> str:
+    """The admin key the dashboard keeps in its cookie (HttpOnly, SameSite=Strict: never
+    sent from another site's page). A change (POST, DELETE, ...) also needs the
+    dashboard's own header, which no other site's page can add without a CORS
+    preflight this server refuses: the second lock against request forgery."""
+    if method not in ("GET", "HEAD") and UI_HEADER not in headers:
+        return ""
+    jar = SimpleCookie()
+    try:
+        jar.load(headers.get("cookie", ""))
+    except CookieError:
+        return ""
+    morsel = jar.get(UI_COOKIE)
+    return morsel.value if morsel is not None else ""
 
 
 def key_in(headers: Mapping[str, str]) -> str:

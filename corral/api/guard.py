@@ -143,6 +143,15 @@ class GuardRules:
         )
 
 
+def same_origin(origin: str, host: str | None) -> bool:
+    """A page of this very server (the dashboard at /ui), on whatever address it is
+    served: its Origin names the Host it was loaded from, which was checked above."""
+    if not host:
+        return False
+    scheme, _, rest = origin.partition("://")
+    return scheme in ("http", "https") and rest.rstrip("/").lower() == host.lower()
+
+
 def _origin_key(origin: str) -> str:
     return origin.strip().rstrip("/").lower()
 
@@ -190,7 +199,11 @@ class Guard:
                 f"{host_name(host or '') or 'its name'} to CORRAL_ALLOWED_HOSTS "
                 "(comma-separated; * = any)."
             )
-        elif origin is not None and not rules.origin_allowed(origin):
+        elif (
+            origin is not None
+            and not rules.origin_allowed(origin)
+            and not same_origin(origin, host)
+        ):
             if method in UNSAFE_METHODS or (method == "OPTIONS" and request_method):
                 error = OriginNotAllowed(
                     f"Requests from the web origin {origin!r} are not allowed; to allow "

@@ -186,6 +186,20 @@ def test_allowed_origins_are_exact() -> None:
         assert c.post("/admin/x", json={}, headers={"Origin": other}).status_code == 403
 
 
+def test_the_servers_own_pages_may_change_things_on_any_allowed_host() -> None:
+    """The dashboard served at http://gpu-box:11435/ui sends that Origin: its own, on a
+    host the server already accepts. Another origin on the same host is still refused."""
+    c = client(allowed_hosts=["gpu-box"])
+    own = {"Host": "gpu-box:11435", "Origin": "http://gpu-box:11435"}
+    assert c.post("/admin/x", json={}, headers=own).status_code == 200
+    other_port = {"Host": "gpu-box:11435", "Origin": "http://gpu-box:8080"}
+    assert openai_code(c.post("/admin/x", json={}, headers=other_port), 403) == (
+        "origin_not_allowed"
+    )
+    stranger = {"Host": "gpu-box:11435", "Origin": "http://evil.example"}
+    assert c.post("/admin/x", json={}, headers=stranger).status_code == 403
+
+
 def test_a_star_allows_any_origin_but_not_null() -> None:
     c = client(allowed_origins=["*"])
     assert c.post("/admin/x", json={}, headers={"Origin": "http://x.example"}).status_code == 200
