@@ -30,7 +30,7 @@ from corral.api.auth import UI_COOKIE, UI_HEADER
 from corral.api.services import Services, services_of
 from corral.batch.batches import batch_object
 from corral.errors import CorralError
-from corral.registry.records import capability_names
+from corral.registry.records import Capability, capability_names
 from corral.units import format_size
 
 PREFIX = "/ui"
@@ -143,15 +143,7 @@ def _model_rows(services: Services) -> list[dict[str, Any]]:
     rows = []
     for record in services.registry.list():
         described = services.catalog.describe(record)
-        rows.append(
-            {
-                **described,
-                "capabilities": described["capabilities"],
-                "engine_name": described["runs_on"] or "-",
-                "base": record.base,
-                "tag": record.tag,
-            }
-        )
+        rows.append({**described, "engine_name": described["runs_on"] or "-"})
     return rows
 
 
@@ -180,16 +172,8 @@ async def _models_context(request: Request) -> dict[str, Any]:
         "query": query,
         "formats": sorted({r["format"] for r in rows}),
         "engines": sorted({r["engine_name"] for r in rows}),
-        "capabilities": capability_names(
-            c for c in _all_capabilities() if any(c.value in r["capabilities"] for r in rows)
-        ),
+        "capabilities": capability_names(Capability(c) for r in rows for c in r["capabilities"]),
     }
-
-
-def _all_capabilities() -> list[Any]:
-    from corral.registry.records import Capability
-
-    return list(Capability)
 
 
 async def models_table(request: Request) -> Response:

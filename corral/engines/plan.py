@@ -516,8 +516,7 @@ class PlanError(ValueError):
 def shape_of_record(record: ModelRecord) -> ModelShape:
     """A registry model's shape: its GGUF header, or its repo's config.json."""
     if record.format == "gguf":
-        shape = shape_of_gguf(record.path, record.name)
-        return shape
+        return shape_of_gguf(record.path, record.name)
     if record.format == "safetensors":
         shape = shape_of_config(record.path / "config.json", record.name)
         if record.info.parameters:  # counted from the files at import: exact

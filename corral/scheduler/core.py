@@ -589,7 +589,7 @@ class SchedulerCore:
             budget = policy.Budget(
                 self.effects.memory_budget(held),
                 self.config.max_models,
-                self._gpu_budget([*active, *leaving, *asleep]),
+                self.gpu_budget([*active, *leaving, *asleep]),
             )
             residents = [self._resident(m) for m in (*active, *asleep)]
             # Stopping models hold their GPU memory until they are gone: a model that
@@ -625,7 +625,6 @@ class SchedulerCore:
                 break  # it fits once the stopping models are gone: wait for them
             # A model that must go only for GPU memory, and can sleep, sleeps: its
             # process and its weights (in RAM) stay, and it wakes in seconds.
-            for_ram = {r.name for r in policy.evict_for(st.estimate.total, residents, budget)}
             extra_ram = 0
             for name in verdict.evict:
                 victim = self.models[name]
@@ -635,7 +634,7 @@ class SchedulerCore:
                     victim.sleeps
                     and victim.state == WorkerState.READY
                     and victim.gpus
-                    and name not in for_ram
+                    and name not in verdict.for_ram
                     and used + victim.estimate.vram <= budget.memory
                 )
                 if may_sleep:
@@ -752,7 +751,7 @@ class SchedulerCore:
             st.name, st.need, busy, st.last_used, protected, st.gpus, st.vram_per_device
         )
 
-    def _gpu_budget(self, holders: list[ModelState]) -> dict[int, policy.Gpu]:
+    def gpu_budget(self, holders: list[ModelState]) -> dict[int, policy.Gpu]:
         """Each GPU's budget, given what our workers on it hold now (a sleeping one
         holds nothing there)."""
         held: dict[int, int] = {}

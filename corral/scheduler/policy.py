@@ -75,6 +75,7 @@ class Verdict:
     wait_for: tuple[str, ...] = ()  # busy models that must drain and stop first
     refusal: str | None = None  # can never fit: why, with numbers
     devices: tuple[int, ...] = ()  # the GPUs it is to load on
+    for_ram: tuple[str, ...] = ()  # the victims RAM needs (the rest go for GPU memory)
 
     @property
     def load_now(self) -> bool:
@@ -106,6 +107,7 @@ def admit(
             refusal=f"max_loaded_models={budget.max_models} is taken by pinned or preloaded models"
         )
     victims = evict_for(need, residents, budget)
+    for_ram = tuple(v.name for v in victims)
     devices: tuple[int, ...] = ()
     if vram:
         placed = place_on_gpus(vram, residents, budget, {v.name for v in victims})
@@ -117,6 +119,7 @@ def admit(
         evict=tuple(v.name for v in victims if not v.busy),
         wait_for=tuple(v.name for v in victims if v.busy),
         devices=devices,
+        for_ram=for_ram,
     )
 
 

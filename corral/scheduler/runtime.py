@@ -227,12 +227,7 @@ class Scheduler:
         """What models may use in all, now: RAM, and each GPU's memory (the dashboard)."""
         loaded = self._core.loaded()
         held = sum(st.rss or 0 for st in loaded)
-        on_gpus: dict[int, int] = {}
-        for st in loaded:
-            if st.state != WorkerState.SLEEPING:
-                for index in st.gpus:
-                    on_gpus[index] = on_gpus.get(index, 0) + st.vram_per_device
-        gpus = self._effects.gpu_budget(on_gpus)
+        gpus = self._core.gpu_budget(loaded)
         return {
             "memory": self._effects.memory_budget(held),
             "gpus": {i: {"budget": g.budget, "total": g.total} for i, g in gpus.items()},
