@@ -68,6 +68,7 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 REFUSED_TYPES = frozenset({"text/plain", "multipart/form-data"})
 UPLOAD_PATH = "/v1/files"  # POST only: OpenAI's file upload is multipart
+MODEL_UPLOAD_PREFIX = "/admin/uploads/"  # PUT only: a model file as the raw body
 ANTHROPIC_PATH = "/v1/messages"
 
 _HOST = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[^:\[\]]*))(?::[0-9]*)?")

@@ -6,7 +6,8 @@ middleware answers, in the shape of the API the path belongs to:
 
 * **413** when a body is larger than ``max_body``: at once when ``Content-Length``
   says so, else as soon as the bytes received pass it. The ``/v1/files`` upload has
-  its own, larger limit (``max_upload``), counted as it streams to disk.
+  its own, larger limit (``max_upload``), counted as it streams to disk; a model
+  file sent to ``/admin/uploads/`` (admin only) has none but the disk.
 * **408** when a body pauses longer than ``body_timeout`` between two chunks.
 
 Both close the connection (``Connection: close``): the rest of the body is never read.
@@ -19,7 +20,7 @@ import asyncio
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from corral.api.guard import UPLOAD_PATH, refusal
+from corral.api.guard import MODEL_UPLOAD_PREFIX, UPLOAD_PATH, refusal
 from corral.errors import RequestTimeout, RequestTooLarge
 from corral.settings import Settings
 
@@ -36,7 +37,9 @@ class BodyLimits:
             return
         path: str = scope["path"]
         upload = scope["method"] == "POST" and path == UPLOAD_PATH
-        limit = None if upload else self.max_body
+        # A model file (admin only) is as large as the model; the disk is its limit.
+        model_upload = scope["method"] == "PUT" and path.startswith(MODEL_UPLOAD_PREFIX)
+        limit = None if upload or model_upload else self.max_body
         declared = _content_length(scope)
         if limit is not None and declared is not None and declared > limit:
             await refusal(path, self._too_large(limit))(scope, receive, send)

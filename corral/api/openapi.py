@@ -183,7 +183,9 @@ def _path_parameter(name: str, route: Route) -> dict[str, Any]:
 
 def _request_body(op: Operation, refs: Refs) -> dict[str, Any] | None:
     if op.body_media is not None:
-        return {"required": True, "content": {op.body_media: {"schema": {"type": "object"}}}}
+        raw = op.body_media == "application/octet-stream"
+        schema = {"type": "string", "format": "binary"} if raw else {"type": "object"}
+        return {"required": True, "content": {op.body_media: {"schema": schema}}}
     if op.body is None:
         return None
     schema = refs[(op.body, "validation")]

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from corral.api import v2
+from corral.api.guard import MODEL_UPLOAD_PREFIX
 from corral.api.requests import caller_of
 from corral.api.services import Services, services_of
 from corral.api.spec import ADMIN, route
@@ -24,6 +25,13 @@ from corral.protocol.parse import parse_body
 from corral.protocol.v2_schema import schemas
 from corral.registry.benchmarks import benchmark_history, save_benchmark
 from corral.registry.names import canonical_or_not_found
+from corral.registry.upload import (
+    checked_filename,
+    discard,
+    import_upload,
+    receive_file,
+    staging_path,
+)
 
 
 class ImportRequest(BaseModel):
@@ -189,6 +197,23 @@ async def import_model(request: Request) -> Response:
     return json_response(services.catalog.describe(record), status=201)
 
 
+async def upload_model(request: Request) -> Response:
+    """A .gguf or .onnx file as the raw body (``application/octet-stream``), streamed
+    to disk and hashed as it arrives, then imported like ``corral import``; the reply
+    is the model, with the sha256 of the bytes received."""
+    services = services_of(request)
+    filename = checked_filename(request.path_params["filename"])
+    name = request.query_params.get("name") or None
+    staged = staging_path(services.registry, filename)
+    try:
+        sha256, size = await receive_file(request.stream(), staged)
+        record = await asyncio.to_thread(import_upload, services.registry, staged, name)
+    finally:
+        discard(staged)
+    described = services.catalog.describe(record)
+    return json_response({**described, "upload": {"sha256": sha256, "size": size}}, status=201)
+
+
 async def start_pull(request: Request) -> Response:
     services = services_of(request)
     req = parse_body(await request.body(), PullRequest)
@@ -265,6 +290,15 @@ routes = [
         "Set a model's parameters and aliases",
         tag=ADMIN,
         body=ConfigureRequest,
+    ),
+    route(
+        "PUT",
+        MODEL_UPLOAD_PREFIX + "{filename}",
+        upload_model,
+        "Upload a model file (the raw body), streamed to disk and imported",
+        tag=ADMIN,
+        body_media="application/octet-stream",
+        query={"name": "The model's name (default: from the file name)"},
     ),
     route("POST", "/admin/pulls", start_pull, "Start a pull", tag=ADMIN, body=PullRequest),
     route("GET", "/admin/pulls", list_pulls, "List pulls", tag=ADMIN),

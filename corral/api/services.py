@@ -22,6 +22,7 @@ from corral.registry.store import USAGE_FLUSH_SECONDS, Registry
 from corral.scheduler.runtime import Scheduler
 from corral.service.inference import InferenceService
 from corral.service.request_log import RequestLog
+from corral.service.timeline import Timeline
 from corral.service.worker_client import WorkerClient
 from corral.settings import Settings
 
@@ -45,6 +46,8 @@ class Services:
     limiter: Limiter
     metrics: Metrics
     request_log: RequestLog
+    timeline: Timeline
+    _timeline_sampler: asyncio.Task[None] | None = None
     _usage_writer: asyncio.Task[None] | None = None
     _log_writer: asyncio.Task[None] | None = None
 
@@ -68,12 +71,13 @@ class Services:
         keys = KeyStore(registry.engine)
         limiter = Limiter(registry.engine)
         metrics = Metrics()
+        timeline = Timeline()
         inference = InferenceService(
             registry,
             catalog,
             scheduler,
             WorkerClient(session),
-            observers=[metrics.observe_inference],
+            observers=[metrics.observe_inference, timeline.observe],
             limiter=limiter,
         )
         request_log = RequestLog(
@@ -116,6 +120,7 @@ class Services:
             limiter,
             metrics,
             request_log,
+            timeline,
         )
         metrics.attach(services)
         return services
@@ -128,6 +133,7 @@ class Services:
         self.batch_runner.start()  # resumes batches a previous run left unfinished
         self._usage_writer = asyncio.create_task(self._write_usage(), name="usage-writer")
         self._log_writer = asyncio.create_task(self._write_log(), name="request-log-writer")
+        self._timeline_sampler = asyncio.create_task(self._sample_memory(), name="timeline")
         for name in self.preloads():
             try:
                 record = self.registry.get(name)
@@ -168,8 +174,32 @@ class Services:
             except Exception:
                 log.exception("cannot write the request log")
 
+    def memory_now(self) -> dict[str, float]:
+        """What the loaded models hold, in all, and what they may: the charts' memory."""
+        loaded = [m for m in self.scheduler.snapshot() if m.state not in ("stopped", "failed")]
+        budget = self.scheduler.budgets()
+        out = {
+            "estimated": float(sum(m.memory.estimated for m in loaded)),
+            "rss": float(sum(m.memory.actual or 0 for m in loaded)),
+            "budget": float(budget["memory"]),
+        }
+        if budget["gpus"]:
+            held = (m.memory.vram_actual or m.memory.vram_estimated for m in loaded)
+            out["vram"] = float(sum(held))
+            out["vram_budget"] = float(sum(g["budget"] for g in budget["gpus"].values()))
+        return out
+
+    async def _sample_memory(self) -> None:
+        """One memory sample per timeline bucket (the requests feed themselves)."""
+        while True:
+            try:
+                self.timeline.sample_memory(self.memory_now())
+            except Exception:
+                log.exception("cannot sample memory for the timeline")
+            await asyncio.sleep(self.timeline.bucket_seconds)
+
     async def close(self) -> None:
-        for task in (self._usage_writer, self._log_writer):
+        for task in (self._usage_writer, self._log_writer, self._timeline_sampler):
             if task is not None:
                 task.cancel()
         await asyncio.to_thread(self.pulls.close)

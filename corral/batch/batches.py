@@ -12,13 +12,13 @@ import time
 import uuid
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from corral.batch.files import FileStore
 from corral.batch.lines import ENDPOINT_NAMES, known_endpoint
 from corral.batch.pages import newest_first, visible_to
-from corral.batch.tables import BatchRow
+from corral.batch.tables import BatchDoneRow, BatchRow
 from corral.errors import BatchNotFound, InvalidRequest
 from corral.keys.store import Principal, sees
 from corral.units import parse_keep_alive
@@ -148,6 +148,32 @@ class Batches:
         anchor = self.get_visible(after, viewer) if after else None
         where = visible_to(BatchRow, viewer)
         return newest_first(self.engine, BatchRow, after=anchor, limit=limit, where=where)
+
+    def finished_over_time(
+        self, batch_id: str, buckets: int = 60
+    ) -> dict[str, builtins.list[float]]:
+        """Lines finished per second (ok, failed), from the first to the last, in at most
+        ``buckets`` intervals of whole seconds: the dashboard's chart of a batch. Lines
+        are finished in groups with one time each, so this reads one row per group.
+        Lines a restart recovered from the journal have no time and are not counted."""
+        at = BatchDoneRow.done_at
+        with Session(self.engine) as session:
+            groups = session.execute(
+                select(at, BatchDoneRow.ok, func.count())
+                .where(BatchDoneRow.batch_id == batch_id, at.is_not(None))
+                .group_by(at, BatchDoneRow.ok)
+            ).all()
+        timed = [(float(when), bool(good), int(n)) for when, good, n in groups if when is not None]
+        if not timed:
+            return {"t": [], "ok": [], "failed": []}
+        first = min(g[0] for g in timed)
+        last = max(g[0] for g in timed)
+        step = float(int((last - first) / buckets) + 1)
+        count = int((last - first) // step) + 1
+        ok, failed = [0.0] * count, [0.0] * count
+        for when, good, n in timed:
+            (ok if good else failed)[int((when - first) // step)] += n / step
+        return {"t": [first + i * step for i in range(count)], "ok": ok, "failed": failed}
 
     def active(self) -> builtins.list[BatchRow]:
         with Session(self.engine, expire_on_commit=False) as session:

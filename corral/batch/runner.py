@@ -353,10 +353,11 @@ class BatchRunner:
     def _commit(self, batch_id: str, journal: Journal, group: list[Result]) -> None:
         journal.append(group)  # durable first ...
         ok = sum(1 for r in group if r.ok)
+        now = time.time()
         with Session(self.batches.engine) as session, session.begin():  # ... then indexed
             session.execute(
                 insert(BatchDoneRow),
-                [{"batch_id": batch_id, "line": r.line, "ok": r.ok} for r in group],
+                [{"batch_id": batch_id, "line": r.line, "ok": r.ok, "done_at": now} for r in group],
             )
             row = session.get(BatchRow, batch_id)
             assert row is not None

@@ -67,3 +67,4 @@ class BatchDoneRow(Base):
     )
     line: Mapped[int] = mapped_column(Integer, primary_key=True)  # 1-based input line
     ok: Mapped[bool] = mapped_column(Boolean)  # True: output file; False: error file
+    done_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # None: recovered

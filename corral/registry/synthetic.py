@@ -10,7 +10,9 @@ random numbers. The output is gibberish by construction; the metadata says so.
 from __future__ import annotations
 
 import itertools
+import os
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +78,8 @@ def write_model(path: Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tokens, token_types, merges = build_vocab(spec.n_merges, spec.n_vocab, spec.fim)
     rng = np.random.default_rng(spec.seed)
-    tmp = path.with_suffix(path.suffix + ".partial")
+    # Its own partial file: several processes may build the same model at once.
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.{time.monotonic_ns()}.partial")
     writer = gguf.GGUFWriter(str(tmp), "qwen3" if spec.reranker else "llama")
     _add_metadata(writer, spec, tokens, token_types, merges)
     for name, array in _tensors(spec, tokens, rng):
