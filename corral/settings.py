@@ -11,6 +11,7 @@ say so: "why is it using 4 slots?" should be answerable without reading code.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -170,6 +171,17 @@ class Settings(BaseModel):
     batch_in_flight: int = Field(
         16, ge=1, description="Requests each batch keeps waiting in the scheduler at once."
     )
+    gateway_id: str | None = Field(
+        None,
+        description="This gateway's name among several on one database (batch leases); "
+        "unset = host name and port. Keep it across restarts.",
+    )
+    batch_lease: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds a gateway holds a batch without renewing; then another "
+        "gateway on the same database takes it over.",
+    )
     allowed_hosts: list[str] = Field(
         default_factory=list,
         description="Host names requests may be addressed to besides localhost and IP "
@@ -231,6 +243,10 @@ class Settings(BaseModel):
         if value is not None:
             parse_size(value)
         return value
+
+    @property
+    def gateway_name(self) -> str:
+        return self.gateway_id or f"{socket.gethostname()}:{self.port}"
 
     @field_validator("keep_alive")
     @classmethod

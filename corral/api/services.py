@@ -12,6 +12,7 @@ from starlette.requests import Request
 from corral.api.metrics import Metrics
 from corral.batch.batches import Batches
 from corral.batch.files import FileStore
+from corral.batch.leases import Leases
 from corral.batch.runner import BatchRunner
 from corral.engines.catalog import Catalog, load_catalog
 from corral.errors import CorralError
@@ -104,6 +105,7 @@ class Services:
             settings.home / "batches",
             in_flight=settings.batch_in_flight,
             keys=keys,
+            leases=Leases(registry.engine, settings.gateway_name, settings.batch_lease),
         )
         services = cls(
             settings,

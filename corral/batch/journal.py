@@ -2,9 +2,9 @@
 
 Results are appended in groups and fsynced before the group's lines are marked done
 in the database, so the files are never behind the database. A crash can leave the
-files ahead (lines written, not yet marked) or end them with half a line; ``recover``
-cuts the half line off and returns every input line the files already answer, and
-the runner marks those done instead of running them again. So each input line ends
+files ahead (lines written, not yet marked) or end them with half a line; ``answered``
+returns every input line the files answer (a half line is none), and the next
+generation marks those done instead of running them again. So each input line ends
 up answered exactly once, whenever the process dies.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -60,48 +60,39 @@ class Journal:
                 opened.close()
         self._output = self._errors = None
 
-    def recover(self, line_of: dict[str, int]) -> dict[int, bool]:
-        """Input lines the files answer (line -> ok), after cutting off a torn last line.
+    def answered(self, line_of: dict[str, int]) -> dict[int, bool]:
+        """Input lines the files answer (line -> ok); a torn last line (a crash
+        mid-write) is not an answer. Read only: a journal is appended to by one
+        generation (see ``leases.py``), and only that one ever writes to it.
 
         ``line_of`` maps custom_id to input line number (unique within a batch).
         """
         done: dict[int, bool] = {}
         for path, ok in ((self.output_path, True), (self.error_path, False)):
-            for record in _complete_records(path):
+            for record in complete_records(path):
                 line = line_of.get(str(record.get("custom_id")))
                 if line is not None:
                     done[line] = ok
         return done
 
-    def counts(self) -> tuple[int, int]:
-        """(output lines, error lines) in the files."""
-        return (_count_lines(self.output_path), _count_lines(self.error_path))
+    def records(self) -> Iterator[tuple[bool, dict[str, Any]]]:
+        """Every complete record, (ok, record): the output file's, then the errors'."""
+        for path, ok in ((self.output_path, True), (self.error_path, False)):
+            for record in complete_records(path):
+                yield ok, record
 
 
-def _complete_records(path: Path) -> list[dict[str, Any]]:
+def complete_records(path: Path) -> Iterator[dict[str, Any]]:
+    """The file's records up to a torn or unreadable line (streamed: files are large)."""
     if not path.exists():
-        return []
-    records = []
-    good_end = 0
+        return
     with path.open("rb") as f:
         for raw in f:
             if not raw.endswith(b"\n"):
-                break  # torn by a crash mid-write
+                return  # torn by a crash mid-write
             try:
-                records.append(json.loads(raw))
+                record = json.loads(raw)
             except json.JSONDecodeError:
-                break
-            good_end += len(raw)
-    if good_end != path.stat().st_size:
-        with path.open("r+b") as f:
-            f.truncate(good_end)
-            f.flush()
-            os.fsync(f.fileno())
-    return records
-
-
-def _count_lines(path: Path) -> int:
-    if not path.exists():
-        return 0
-    with path.open("rb") as f:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+                return
+            if isinstance(record, dict):
+                yield record

@@ -8,8 +8,11 @@ under their own key, so several batches on one model take turns; batches on
 different models run side by side.
 
 Results go to a committer that appends them to the batch's journal (fsync) and then
-marks their lines done in the database, in groups. On start, every unfinished batch
-is recovered from its journal (see ``journal.py``) and carries on.
+marks their lines done in the database, in groups. A gateway runs a batch only while
+it holds the batch's lease (``leases.py``), so several gateways on one database share
+the batches and take over a dead one's; each claim is a new generation with a
+journal of its own, and starts by adopting what earlier generations' journals and
+the workers' spools answered (see ``journal.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,6 +34,7 @@ from sqlalchemy.orm import Session
 from corral.batch.batches import Batches
 from corral.batch.files import FileStore
 from corral.batch.journal import Journal, Result
+from corral.batch.leases import Lease, LeaseLost, Leases, locked_if_held
 from corral.batch.lines import BatchLine, parse_line, v2_model
 from corral.batch.tables import BatchDoneRow, BatchRow
 from corral.errors import CorralError, InternalError, new_request_id
@@ -56,10 +59,15 @@ def capability_of(endpoint: str) -> Capability:
     return Capability.TENSOR if v2_model(endpoint) is not None else CAPABILITY[endpoint]
 
 
+_UNSEEN = object()  # a line no generation has answered
+
+
 @dataclass
 class _Run:
+    lease: Lease
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    lost: bool = False  # another gateway holds the batch now
 
 
 class BatchRunner:
@@ -71,6 +79,7 @@ class BatchRunner:
         directory: Path,
         in_flight: int = 16,
         keys: KeyStore | None = None,
+        leases: Leases | None = None,
     ) -> None:
         self.batches = batches
         self.files = files
@@ -78,6 +87,7 @@ class BatchRunner:
         self.directory = directory
         self.in_flight = in_flight
         self.keys = keys  # a batch's requests run as (and are limited as) its key
+        self.leases = leases or Leases(batches.engine, "local", 15.0)
         self._runs: dict[str, _Run] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -105,7 +115,8 @@ class BatchRunner:
                 await task
 
     async def _watch(self) -> None:
-        """Start a task for every active batch (new ones, and those a restart left)."""
+        """Run every active batch whose lease this gateway can take: new ones, those a
+        restart left, and those of a gateway that stopped renewing its leases."""
         while True:
             self._wake.clear()
             try:
@@ -114,32 +125,93 @@ class BatchRunner:
                 log.exception("cannot list batches")
                 rows = []
             for row in rows:
-                if row.id not in self._runs:
-                    run = _Run()
-                    self._runs[row.id] = run
-                    run.task = asyncio.create_task(self._guarded(row.id, run), name=row.id)
+                if row.id in self._runs or not self.leases.claimable(row):
+                    continue
+                try:
+                    lease = await asyncio.to_thread(self.leases.claim, row.id)
+                except Exception:
+                    log.exception("cannot claim batch %s", row.id)
+                    continue
+                if lease is None:
+                    continue  # another gateway was quicker
+                if row.lease_owner not in (None, self.leases.owner):
+                    log.info("batch %s: taken over from %s", row.id, row.lease_owner)
+                run = _Run(lease)
+                self._runs[row.id] = run
+                run.task = asyncio.create_task(self._guarded(row.id, run), name=row.id)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 2.0)
 
     async def _guarded(self, batch_id: str, run: _Run) -> None:
+        heartbeat = asyncio.create_task(self._keep(run), name=f"{batch_id}-lease")
         try:
             await self._run(batch_id, run)
         except asyncio.CancelledError:
             raise
+        except LeaseLost:
+            run.lost = True
+            log.warning("batch %s: another gateway holds it now; stopped here", batch_id)
         except Exception:
             error = InternalError(new_request_id())
             log.exception("batch %s failed [request %s]", batch_id, error.request_id)
-            ids = await asyncio.to_thread(self._publish_what_is_done, batch_id)
-            await asyncio.to_thread(
-                self.batches.update,
-                batch_id,
-                status="failed",
-                failed_at=time.time(),
-                errors=[{"code": error.code, "message": error.message, "line": None}],
-                **ids,
-            )
+            try:
+                ids = await asyncio.to_thread(self._publish_what_is_done, batch_id)
+                await asyncio.to_thread(
+                    self._update_held,
+                    run.lease,
+                    status="failed",
+                    failed_at=time.time(),
+                    errors=[{"code": error.code, "message": error.message, "line": None}],
+                    **ids,
+                )
+            except LeaseLost:
+                run.lost = True
         finally:
+            heartbeat.cancel()
             self._runs.pop(batch_id, None)
+            if not run.lost:
+                with contextlib.suppress(Exception):  # else it expires
+                    await asyncio.to_thread(self.leases.release, run.lease)
+
+    async def _keep(self, run: _Run) -> None:
+        """Renew the lease while the batch runs; notice a cancel made on another
+        gateway, and a lease lost (the next commit stops the run)."""
+        while True:
+            await asyncio.sleep(self.leases.seconds / 3)
+            try:
+                status = await asyncio.to_thread(self.leases.renew, run.lease)
+            except Exception:
+                log.exception("batch %s: cannot renew its lease", run.lease.batch_id)
+                continue
+            if status is None:
+                run.lost = True
+                run.stop.set()
+                return
+            if status == "cancelling":
+                run.stop.set()
+
+    def _update_held(self, lease: Lease, **values: Any) -> None:
+        """Change the batch's row, if ``lease`` still holds it (else ``LeaseLost``)."""
+        with Session(self.batches.engine) as session, session.begin():
+            row = locked_if_held(session, lease)
+            for name, value in values.items():
+                setattr(row, name, value)
+
+    def _journal(self, batch_id: str, generation: int | None) -> Journal:
+        base = self.directory / batch_id
+        return Journal(base if generation is None else base / f"g{generation}")
+
+    def _generations(self, batch_id: str) -> list[int | None]:
+        """Every generation with a journal on disk (None: the journal from before leases)."""
+        base = self.directory / batch_id
+        found: list[int | None] = []
+        if (base / "output.jsonl").exists() or (base / "errors.jsonl").exists():
+            found.append(None)
+        if base.is_dir():
+            for child in base.iterdir():
+                if child.is_dir() and child.name[:1] == "g" and child.name[1:].isdigit():
+                    found.append(int(child.name[1:]))
+        return sorted(found, key=lambda g: -1 if g is None else g)
 
     # --- one batch -------------------------------------------------------------------------
 
@@ -151,12 +223,12 @@ class BatchRunner:
                 return
         if row.status == "cancelling":
             run.stop.set()
-        journal = Journal(self.directory / batch_id)
+        journal = self._journal(batch_id, run.lease.generation)
         try:
-            done = await asyncio.to_thread(self._recover, row, journal)
+            done = await asyncio.to_thread(self._recover, row, journal, run.lease)
             if row.status in ("in_progress", "cancelling"):
                 await self._execute_all(row, run, journal, done)
-            await self._finish(batch_id, journal, done)
+            await self._finish(batch_id, journal, done, run.lease)
         finally:
             journal.close()
 
@@ -204,39 +276,54 @@ class BatchRunner:
             row.id, status="in_progress", in_progress_at=time.time(), model=model
         )
 
-    def _recover(self, row: BatchRow, journal: Journal) -> set[int]:
-        """Lines already answered: the journal is the truth; bring the index level."""
+    def _recover(self, row: BatchRow, journal: Journal, lease: Lease) -> set[int]:
+        """Lines already answered: those the database marks done, and those earlier
+        generations' journals or the workers' spools answer that it does not (a
+        gateway died between the fsync and the commit): adopted, each from one place."""
         line_of = {line.custom_id: line.number for line in self._input(row)}
-        on_disk = journal.recover(line_of)
+        with Session(self.batches.engine) as session:
+            indexed = {
+                line: ok
+                for line, ok in session.execute(
+                    select(BatchDoneRow.line, BatchDoneRow.ok).where(
+                        BatchDoneRow.batch_id == row.id
+                    )
+                )
+            }
+        adopted: dict[int, tuple[bool, int | None]] = {}
+        for generation in self._generations(row.id):
+            if generation == lease.generation:
+                continue
+            for line, ok in self._journal(row.id, generation).answered(line_of).items():
+                if line not in indexed and line not in adopted:
+                    adopted[line] = (ok, generation)
         spooled = [
             _result(line, 200, body)
             for line, body in self._spooled(row, line_of)
-            if line.number not in on_disk
+            if line.number not in indexed and line.number not in adopted
         ]
         if spooled:
             # Finished by a worker, never committed: the gateway died in between.
             journal.append(spooled)
-            on_disk.update({r.line: r.ok for r in spooled})
+            adopted.update({r.line: (r.ok, lease.generation) for r in spooled})
             log.info("batch %s: %d results picked up from worker spools", row.id, len(spooled))
         with Session(self.batches.engine) as session, session.begin():
-            indexed = set(
-                session.scalars(select(BatchDoneRow.line).where(BatchDoneRow.batch_id == row.id))
-            )
-            missing = [
-                {"batch_id": row.id, "line": n, "ok": ok}
-                for n, ok in on_disk.items()
-                if n not in indexed
-            ]
-            if missing:
-                session.execute(insert(BatchDoneRow), missing)
-                log.info(
-                    "batch %s: %d answered lines recovered from its journal", row.id, len(missing)
+            current = locked_if_held(session, lease)
+            if adopted:
+                session.execute(
+                    insert(BatchDoneRow),
+                    [
+                        {"batch_id": row.id, "line": n, "ok": ok, "generation": generation}
+                        for n, (ok, generation) in adopted.items()
+                    ],
                 )
-            current = session.get(BatchRow, row.id)
-            assert current is not None
-            current.completed = sum(1 for ok in on_disk.values() if ok)
-            current.failed = len(on_disk) - current.completed
-        return set(on_disk)
+                log.info(
+                    "batch %s: %d answered lines recovered from its journals", row.id, len(adopted)
+                )
+            answered = {**indexed, **{n: ok for n, (ok, _) in adopted.items()}}
+            current.completed = sum(1 for ok in answered.values() if ok)
+            current.failed = len(answered) - current.completed
+        return set(answered)
 
     def _spooled(
         self, row: BatchRow, line_of: dict[str, int]
@@ -259,7 +346,7 @@ class BatchRunner:
         self, row: BatchRow, run: _Run, journal: Journal, done: set[int]
     ) -> None:
         results: asyncio.Queue[Result | None] = asyncio.Queue()
-        committer = asyncio.create_task(self._commit_loop(row.id, journal, results, done))
+        committer = asyncio.create_task(self._commit_loop(run.lease, journal, results, done))
         slots = asyncio.Semaphore(self.in_flight)
         pending: set[asyncio.Task[None]] = set()
         assert row.model is not None
@@ -330,7 +417,7 @@ class BatchRunner:
 
     async def _commit_loop(
         self,
-        batch_id: str,
+        lease: Lease,
         journal: Journal,
         results: asyncio.Queue[Result | None],
         done: set[int],
@@ -347,48 +434,57 @@ class BatchRunner:
                 else:
                     group.append(item)
             if group:
-                await asyncio.to_thread(self._commit, batch_id, journal, group)
+                await asyncio.to_thread(self._commit, lease, journal, group)
                 done.update(r.line for r in group)
 
-    def _commit(self, batch_id: str, journal: Journal, group: list[Result]) -> None:
+    def _commit(self, lease: Lease, journal: Journal, group: list[Result]) -> None:
         journal.append(group)  # durable first ...
         ok = sum(1 for r in group if r.ok)
         now = time.time()
         with Session(self.batches.engine) as session, session.begin():  # ... then indexed
+            row = locked_if_held(session, lease)  # first: a lost lease marks nothing
             session.execute(
                 insert(BatchDoneRow),
-                [{"batch_id": batch_id, "line": r.line, "ok": r.ok, "done_at": now} for r in group],
+                [
+                    {
+                        "batch_id": lease.batch_id,
+                        "line": r.line,
+                        "ok": r.ok,
+                        "done_at": now,
+                        "generation": lease.generation,
+                    }
+                    for r in group
+                ],
             )
-            row = session.get(BatchRow, batch_id)
-            assert row is not None
             row.completed += ok
             row.failed += len(group) - ok
 
     # --- the end of a batch ----------------------------------------------------------------
 
-    async def _finish(self, batch_id: str, journal: Journal, done: set[int]) -> None:
+    async def _finish(self, batch_id: str, journal: Journal, done: set[int], lease: Lease) -> None:
         row = await asyncio.to_thread(self.batches.get, batch_id)
         now = time.time()
+        final: dict[str, Any]
         if row.status == "cancelling":
             final = {"status": "cancelled", "cancelled_at": now}
         elif row.total > len(done) and _expired(row):
-            await asyncio.to_thread(self._expire_rest, row, journal, done)
+            await asyncio.to_thread(self._expire_rest, row, journal, done, lease)
             final = {"status": "expired", "expired_at": now}
         elif row.total > len(done):
-            return  # stopped early (server shutting down): resumed at next start
+            return  # stopped early (shutting down, lease lost): resumed by its next holder
         else:
             final = {"status": "completed", "completed_at": now}
             await asyncio.to_thread(
-                self.batches.update, batch_id, status="finalizing", finalizing_at=now
+                self._update_held, lease, status="finalizing", finalizing_at=now
             )
         journal.close()
-        ids = await asyncio.to_thread(self._publish, row, journal)
-        await asyncio.to_thread(self.batches.update, batch_id, **ids, **final)
+        ids = await asyncio.to_thread(self._publish, row)
+        await asyncio.to_thread(self._update_held, lease, **ids, **final)
         for spool in (self.directory / batch_id).glob("spool-*.jsonl"):
             spool.unlink(missing_ok=True)  # everything in them is in the journal now
         log.info("batch %s %s", batch_id, final["status"])
 
-    def _expire_rest(self, row: BatchRow, journal: Journal, done: set[int]) -> None:
+    def _expire_rest(self, row: BatchRow, journal: Journal, done: set[int], lease: Lease) -> None:
         """Requests the window left unrun go to the error file, as OpenAI reports them."""
         message = "This request could not be executed before the completion window expired."
         group = [
@@ -400,37 +496,62 @@ class BatchRunner:
             for line in _undone(self._input(row), done)
         ]
         for start in range(0, len(group), COMMIT_GROUP):
-            self._commit(row.id, journal, group[start : start + COMMIT_GROUP])
+            self._commit(lease, journal, group[start : start + COMMIT_GROUP])
         done.update(r.line for r in group)
 
     def _publish_what_is_done(self, batch_id: str) -> dict[str, str | None]:
         """A failed batch still hands over the results it has (none lost to the bug)."""
         try:
-            row = self.batches.get(batch_id)
-            journal = Journal(self.directory / batch_id)
-            try:
-                return self._publish(row, journal)
-            finally:
-                journal.close()
+            return self._publish(self.batches.get(batch_id))
         except Exception:
             log.exception("batch %s: could not publish the results it has", batch_id)
             return {}
 
-    def _publish(self, row: BatchRow, journal: Journal) -> dict[str, str | None]:
-        """Make the journal's files into File objects (copies: the journal stays whole
-        until the batch row points at the files)."""
-        out_lines, err_lines = journal.counts()
+    def _publish(self, row: BatchRow) -> dict[str, str | None]:
+        """The output and error files: for each line the database marks done, the
+        result from the journal of the generation that marked it (exactly once, even
+        if a gateway that lost its lease wrote more after)."""
+        line_of = {line.custom_id: line.number for line in self._input(row)}
+        with Session(self.batches.engine) as session:
+            marked = {
+                line: generation
+                for line, generation in session.execute(
+                    select(BatchDoneRow.line, BatchDoneRow.generation).where(
+                        BatchDoneRow.batch_id == row.id
+                    )
+                )
+            }
+        base = self.directory / row.id
+        base.mkdir(parents=True, exist_ok=True)
+        staged = {True: base / "output.publish", False: base / "errors.publish"}
+        counts = {True: 0, False: 0}
+        written: set[int] = set()
+        with staged[True].open("wb") as out, staged[False].open("wb") as err:
+            for generation in self._generations(row.id):
+                for ok, record in self._journal(row.id, generation).records():
+                    line = line_of.get(str(record.get("custom_id")))
+                    if line is None or line in written:
+                        continue
+                    if marked.get(line, _UNSEEN) != generation:
+                        continue  # written by a generation that lost the lease
+                    written.add(line)
+                    (out if ok else err).write(
+                        json.dumps(record, separators=(",", ":")).encode() + b"\n"
+                    )
+                    counts[ok] += 1
         ids: dict[str, str | None] = {"output_file_id": None, "error_file_id": None}
-        for path, lines, key, suffix in (
-            (journal.output_path, out_lines, "output_file_id", "output"),
-            (journal.error_path, err_lines, "error_file_id", "error"),
+        for ok, key, suffix in (
+            (True, "output_file_id", "output"),
+            (False, "error_file_id", "error"),
         ):
-            if lines:
-                staged = path.with_suffix(".publish")
-                shutil.copyfile(path, staged)
+            if counts[ok]:
                 name = f"{row.id}_{suffix}.jsonl"
-                stored = self.files.add(staged, name, "batch_output", lines, owner=row.owner)
+                stored = self.files.add(
+                    staged[ok], name, "batch_output", counts[ok], owner=row.owner
+                )
                 ids[key] = stored.id
+            else:
+                staged[ok].unlink(missing_ok=True)
         return ids
 
 

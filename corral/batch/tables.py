@@ -55,6 +55,10 @@ class BatchRow(Base):
     cancelling_at: Mapped[float | None] = mapped_column(Float)
     cancelled_at: Mapped[float | None] = mapped_column(Float)
     owner: Mapped[str | None] = mapped_column(String(64), index=True)  # key id, if any
+    # The gateway running it, until when, in which generation (see ``leases.py``).
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[float | None] = mapped_column(Float)
+    lease_generation: Mapped[int | None] = mapped_column(Integer)
 
 
 class BatchDoneRow(Base):
@@ -68,3 +72,6 @@ class BatchDoneRow(Base):
     line: Mapped[int] = mapped_column(Integer, primary_key=True)  # 1-based input line
     ok: Mapped[bool] = mapped_column(Boolean)  # True: output file; False: error file
     done_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # None: recovered
+    # Whose journal holds its result: the lease generation (None: the batch's first
+    # journal, from before leases).
+    generation: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -26,6 +26,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -135,6 +136,7 @@ class PullRow(Base):
 
 
 _upgrade_lock = threading.Lock()
+_MIGRATION_LOCK = 0x636F7272616C  # "corral": the advisory lock gateways migrate under
 
 
 def open_database(url: str) -> Engine:
@@ -161,6 +163,10 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     # stays quiet, which is what a server's startup wants.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Several gateways may start at once: one migrates, the others wait for it
+            # (a transaction-scoped lock, released at commit) and then find nothing to do.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 

@@ -65,10 +65,12 @@ class FakeDescriptor(EngineDescriptor):
 descriptor = FakeDescriptor()
 
 
-def install_fake_models(home: Path, models: Mapping[str, Mapping[str, Any]]) -> Registry:
+def install_fake_models(
+    home: Path, models: Mapping[str, Mapping[str, Any]], database_url: str | None = None
+) -> Registry:
     """Install fake-engine models: each name with its ``FakeParams`` (the fake's script).
     The file is any small GGUF (the fake never opens it; the registry wants a model)."""
-    store = Registry(home)
+    store = Registry(home, database_url)
     path = model_file(CHAT)
     for name, params in models.items():
         store.import_path(path, name, params={"engine": "fake", **params})

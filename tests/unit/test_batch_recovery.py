@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ from sqlalchemy.orm import Session
 
 from corral.batch.batches import Batches
 from corral.batch.files import FileStore
-from corral.batch.journal import Journal
+from corral.batch.journal import Result
+from corral.batch.leases import LeaseLost, Leases
 from corral.batch.lines import LineChecker
 from corral.batch.runner import BatchRunner, _Run
 from corral.batch.tables import BatchDoneRow
@@ -72,21 +74,78 @@ def test_journal_and_worker_spools_are_recovered_once(
     (directory / "spool-77.jsonl").write_bytes(spool + b'{"id": "torn')
 
     row = batches.get(batch_id)
-    journal = Journal(directory)
-    assert runner._recover(row, journal) == {1, 2, 3}
+    lease = runner.leases.claim(batch_id)
+    assert lease is not None and lease.generation == 1
+    journal = runner._journal(batch_id, lease.generation)
+    assert runner._recover(row, journal, lease) == {1, 2, 3}
     journal.close()
-    records = [json.loads(x) for x in (directory / "output.jsonl").read_bytes().splitlines()]
-    assert [r["custom_id"] for r in records] == ["req-0", "req-1", "req-2"]
-    assert records[1]["response"]["body"] == body and records[1]["response"]["status_code"] == 200
+    # The spooled answers went to this generation's journal; req-0 stays in the old one.
+    records = [json.loads(x) for x in (directory / "g1" / "output.jsonl").read_bytes().splitlines()]
+    assert [r["custom_id"] for r in records] == ["req-1", "req-2"]
+    assert records[0]["response"]["body"] == body and records[0]["response"]["status_code"] == 200
     assert done_lines(batches, batch_id) == [1, 2, 3]
     assert batches.get(batch_id).completed == 3
 
     # A second restart finds everything already answered: nothing is added twice.
-    journal = Journal(directory)
-    assert runner._recover(batches.get(batch_id), journal) == {1, 2, 3}
+    lease = runner.leases.claim(batch_id)
+    assert lease is not None and lease.generation == 2
+    journal = runner._journal(batch_id, lease.generation)
+    assert runner._recover(batches.get(batch_id), journal, lease) == {1, 2, 3}
     journal.close()
-    assert len((directory / "output.jsonl").read_bytes().splitlines()) == 3
+    assert not (directory / "g2" / "output.jsonl").exists()
     assert done_lines(batches, batch_id) == [1, 2, 3]
+    published = runner._publish(batches.get(batch_id))
+    assert published["error_file_id"] is None
+    text = runner.files.path(published["output_file_id"] or "").read_bytes()
+    assert sorted(json.loads(x)["custom_id"] for x in text.splitlines()) == [
+        "req-0",
+        "req-1",
+        "req-2",
+    ]
+
+
+def test_a_gateway_that_lost_its_lease_marks_and_publishes_nothing(
+    setup: tuple[BatchRunner, Batches, str, Path],
+) -> None:
+    runner, batches, batch_id, _ = setup
+    first = BatchRunner(
+        batches, runner.files, None, runner.directory, leases=Leases(batches.engine, "a", 0.2)
+    )  # type: ignore[arg-type]
+    second = BatchRunner(
+        batches, runner.files, None, runner.directory, leases=Leases(batches.engine, "b", 0.2)
+    )  # type: ignore[arg-type]
+    held = first.leases.claim(batch_id)
+    assert held is not None
+    assert second.leases.claim(batch_id) is None  # held, not expired
+    mine = first._journal(batch_id, held.generation)
+    first._commit(held, mine, [result(1, "a")])
+    time.sleep(0.3)  # "a" stops renewing: paused, or dead
+    taken = second.leases.claim(batch_id)
+    assert taken is not None and taken.generation == held.generation + 1
+    assert first.leases.renew(held) is None
+    theirs = second._journal(batch_id, taken.generation)
+    assert second._recover(batches.get(batch_id), theirs, taken) == {1}
+    # "a" wakes up and finishes line 2: written to its journal, refused by the database.
+    with pytest.raises(LeaseLost):
+        first._commit(held, mine, [result(2, "a")])
+    mine.close()
+    second._commit(taken, theirs, [result(2, "b"), result(3, "b"), result(4, "b")])
+    theirs.close()
+    published = second._publish(batches.get(batch_id))
+    text = second.files.path(published["output_file_id"] or "").read_bytes()
+    ids = sorted((r["custom_id"], r["id"]) for r in map(json.loads, text.splitlines()))
+    # Each line exactly once; line 2 from "b", whose commit the database took.
+    assert ids == [("req-0", "a"), ("req-1", "b"), ("req-2", "b"), ("req-3", "b")]
+
+
+def claimed(runner: BatchRunner, batch_id: str) -> _Run:
+    lease = runner.leases.claim(batch_id)
+    assert lease is not None
+    return _Run(lease)
+
+
+def result(number: int, by: str) -> Result:
+    return Result(number, True, {**json.loads(output(number - 1)), "id": by})
 
 
 def test_line_checker_names_the_first_bad_line() -> None:
@@ -139,7 +198,7 @@ async def test_a_line_that_fails_unexpectedly_goes_to_the_error_file(
 ) -> None:
     runner, batches, batch_id, _ = setup
     runner.inference = _Inference(broken="req-2")  # type: ignore[assignment]
-    await runner._guarded(batch_id, _Run())
+    await runner._guarded(batch_id, claimed(runner, batch_id))
     row = batches.get(batch_id)
     assert (row.status, row.completed, row.failed) == ("completed", 3, 1)
     outputs = _records(batches, runner, row.output_file_id)
@@ -161,7 +220,7 @@ async def test_a_batch_that_fails_still_hands_over_its_results(
         raise RuntimeError("a bug after the requests ran")
 
     monkeypatch.setattr(runner, "_finish", broken_finish)
-    await runner._guarded(batch_id, _Run())
+    await runner._guarded(batch_id, claimed(runner, batch_id))
     row = batches.get(batch_id)
     assert row.status == "failed" and row.errors
     outputs = _records(batches, runner, row.output_file_id)
