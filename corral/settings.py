@@ -176,6 +176,11 @@ class Settings(BaseModel):
         description="This gateway's name among several on one database (batch leases); "
         "unset = host name and port. Keep it across restarts.",
     )
+    batch_chunk: int = Field(
+        500,
+        ge=1,
+        description="Lines per chunk of a batch: the unit several gateways split a batch by.",
+    )
     batch_lease: float = Field(
         15.0,
         gt=0,

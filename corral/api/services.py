@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from dataclasses import dataclass
 
 import aiohttp
@@ -28,6 +30,7 @@ from corral.service.worker_client import WorkerClient
 from corral.settings import Settings
 
 log = logging.getLogger("corral")
+LIMITS_SYNC_SECONDS = 1.0  # how stale other gateways' share of a key's limits may be
 REQUEST_LOG_FLUSH_SECONDS = 1.0
 
 
@@ -49,6 +52,7 @@ class Services:
     request_log: RequestLog
     timeline: Timeline
     _timeline_sampler: asyncio.Task[None] | None = None
+    _limits_sync: asyncio.Task[None] | None = None
     _usage_writer: asyncio.Task[None] | None = None
     _log_writer: asyncio.Task[None] | None = None
 
@@ -106,6 +110,7 @@ class Services:
             in_flight=settings.batch_in_flight,
             keys=keys,
             leases=Leases(registry.engine, settings.gateway_name, settings.batch_lease),
+            chunk_lines=settings.batch_chunk,
         )
         services = cls(
             settings,
@@ -136,6 +141,7 @@ class Services:
         self._usage_writer = asyncio.create_task(self._write_usage(), name="usage-writer")
         self._log_writer = asyncio.create_task(self._write_log(), name="request-log-writer")
         self._timeline_sampler = asyncio.create_task(self._sample_memory(), name="timeline")
+        self._limits_sync = asyncio.create_task(self._sync_limits(), name="limits-sync")
         for name in self.preloads():
             try:
                 record = self.registry.get(name)
@@ -191,6 +197,17 @@ class Services:
             out["vram_budget"] = float(sum(g["budget"] for g in budget["gpus"].values()))
         return out
 
+    async def _sync_limits(self) -> None:
+        """Per-minute limits shared with other gateways on the database, every second.
+        This process has a name of its own: a restart starts its totals afresh."""
+        me = f"{self.settings.gateway_name}/{os.getpid()}/{int(time.time())}"
+        while True:
+            await asyncio.sleep(LIMITS_SYNC_SECONDS)
+            try:
+                await asyncio.to_thread(self.limiter.sync, me)
+            except Exception:
+                log.exception("cannot share rate limits with other gateways")
+
     async def _sample_memory(self) -> None:
         """One memory sample per timeline bucket (the requests feed themselves)."""
         while True:
@@ -201,7 +218,8 @@ class Services:
             await asyncio.sleep(self.timeline.bucket_seconds)
 
     async def close(self) -> None:
-        for task in (self._usage_writer, self._log_writer, self._timeline_sampler):
+        tasks = (self._usage_writer, self._log_writer, self._timeline_sampler, self._limits_sync)
+        for task in tasks:
             if task is not None:
                 task.cancel()
         await asyncio.to_thread(self.pulls.close)

@@ -8,11 +8,11 @@ under their own key, so several batches on one model take turns; batches on
 different models run side by side.
 
 Results go to a committer that appends them to the batch's journal (fsync) and then
-marks their lines done in the database, in groups. A gateway runs a batch only while
-it holds the batch's lease (``leases.py``), so several gateways on one database share
-the batches and take over a dead one's; each claim is a new generation with a
-journal of its own, and starts by adopting what earlier generations' journals and
-the workers' spools answered (see ``journal.py``).
+marks their lines done in the database, in groups. Batches are cut into chunks, and
+every gateway on the database works on chunks it holds the lease of; the holder of
+the batch's own lease coordinates it (``leases.py``). Each claim is a new generation
+with a journal of its own, and starts by adopting what earlier generations' journals
+and the workers' spools answered (see ``journal.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,7 +35,18 @@ from sqlalchemy.orm import Session
 from corral.batch.batches import Batches
 from corral.batch.files import FileStore
 from corral.batch.journal import Journal, Result
-from corral.batch.leases import Lease, LeaseLost, Leases, locked_if_held
+from corral.batch.leases import (
+    ChunkLease,
+    Lease,
+    LeaseLost,
+    Leases,
+    chunk_bounds,
+    count_done,
+    locked_chunk_if_held,
+    locked_if_held,
+    mark_if_complete,
+    recount,
+)
 from corral.batch.lines import BatchLine, parse_line, v2_model
 from corral.batch.tables import BatchDoneRow, BatchRow
 from corral.errors import CorralError, InternalError, new_request_id
@@ -47,6 +59,9 @@ from corral.service.worker_client import json_object_of, worker_error
 
 log = logging.getLogger("corral.batch")
 COMMIT_GROUP = 512  # most results per fsync + transaction
+CHUNK_LINES = 500  # lines per chunk: the unit gateways split a batch by
+WATCH_SECONDS = 2.0  # how often active batches are looked for
+_JOURNAL_DIR = re.compile(r"(?:c(?P<chunk>\d+)-)?g(?P<generation>\d+)")
 CAPABILITY = {
     "/v1/chat/completions": Capability.CHAT,
     "/v1/completions": Capability.COMPLETION,
@@ -64,7 +79,10 @@ _UNSEEN = object()  # a line no generation has answered
 
 @dataclass
 class _Run:
-    lease: Lease
+    """This gateway's work on one batch: as its coordinator (``lease``: the batch's
+    lease) or as a helper taking chunks of a batch another gateway coordinates."""
+
+    lease: Lease | None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     lost: bool = False  # another gateway holds the batch now
@@ -80,6 +98,7 @@ class BatchRunner:
         in_flight: int = 16,
         keys: KeyStore | None = None,
         leases: Leases | None = None,
+        chunk_lines: int = CHUNK_LINES,
     ) -> None:
         self.batches = batches
         self.files = files
@@ -88,6 +107,7 @@ class BatchRunner:
         self.in_flight = in_flight
         self.keys = keys  # a batch's requests run as (and are limited as) its key
         self.leases = leases or Leases(batches.engine, "local", 15.0)
+        self.chunk_lines = chunk_lines
         self._runs: dict[str, _Run] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -115,8 +135,9 @@ class BatchRunner:
                 await task
 
     async def _watch(self) -> None:
-        """Run every active batch whose lease this gateway can take: new ones, those a
-        restart left, and those of a gateway that stopped renewing its leases."""
+        """Coordinate every active batch whose lease this gateway can take (new ones,
+        those a restart left, those of a gateway that stopped renewing), and help with
+        the chunks of batches other gateways coordinate."""
         while True:
             self._wake.clear()
             try:
@@ -125,27 +146,37 @@ class BatchRunner:
                 log.exception("cannot list batches")
                 rows = []
             for row in rows:
-                if row.id in self._runs or not self.leases.claimable(row):
+                if row.id in self._runs:
                     continue
                 try:
-                    lease = await asyncio.to_thread(self.leases.claim, row.id)
+                    await self._take_on(row)
                 except Exception:
-                    log.exception("cannot claim batch %s", row.id)
-                    continue
-                if lease is None:
-                    continue  # another gateway was quicker
+                    log.exception("cannot take on batch %s", row.id)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), WATCH_SECONDS)
+
+    async def _take_on(self, row: BatchRow) -> None:
+        if self.leases.claimable(row):
+            lease = await asyncio.to_thread(self.leases.claim, row.id)
+            if lease is not None:
                 if row.lease_owner not in (None, self.leases.owner):
                     log.info("batch %s: taken over from %s", row.id, row.lease_owner)
-                run = _Run(lease)
-                self._runs[row.id] = run
-                run.task = asyncio.create_task(self._guarded(row.id, run), name=row.id)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 2.0)
+                self._launch(row.id, _Run(lease))
+                return
+        if row.status == "in_progress" and await asyncio.to_thread(self.leases.has_work, row.id):
+            self._launch(row.id, _Run(None))
 
-    async def _guarded(self, batch_id: str, run: _Run) -> None:
-        heartbeat = asyncio.create_task(self._keep(run), name=f"{batch_id}-lease")
+    def _launch(self, batch_id: str, run: _Run) -> None:
+        self._runs[batch_id] = run
+        work = self._coordinate(batch_id, run) if run.lease else self._help(batch_id, run)
+        run.task = asyncio.create_task(work, name=batch_id)
+
+    async def _coordinate(self, batch_id: str, run: _Run) -> None:
+        assert run.lease is not None
+        lease = run.lease
+        heartbeat = asyncio.create_task(self._keep(run, lease), name=f"{batch_id}-lease")
         try:
-            await self._run(batch_id, run)
+            await self._run(batch_id, run, lease)
         except asyncio.CancelledError:
             raise
         except LeaseLost:
@@ -155,10 +186,11 @@ class BatchRunner:
             error = InternalError(new_request_id())
             log.exception("batch %s failed [request %s]", batch_id, error.request_id)
             try:
+                await asyncio.to_thread(self._seal, lease)
                 ids = await asyncio.to_thread(self._publish_what_is_done, batch_id)
                 await asyncio.to_thread(
                     self._update_held,
-                    run.lease,
+                    lease,
                     status="failed",
                     failed_at=time.time(),
                     errors=[{"code": error.code, "message": error.message, "line": None}],
@@ -171,17 +203,29 @@ class BatchRunner:
             self._runs.pop(batch_id, None)
             if not run.lost:
                 with contextlib.suppress(Exception):  # else it expires
-                    await asyncio.to_thread(self.leases.release, run.lease)
+                    await asyncio.to_thread(self.leases.release, lease)
 
-    async def _keep(self, run: _Run) -> None:
-        """Renew the lease while the batch runs; notice a cancel made on another
-        gateway, and a lease lost (the next commit stops the run)."""
+    async def _help(self, batch_id: str, run: _Run) -> None:
+        """Work on chunks of a batch another gateway coordinates, while there are any."""
+        try:
+            row = await asyncio.to_thread(self.batches.get, batch_id)
+            await self._work(row, run, coordinator=False)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("batch %s: helping with it failed", batch_id)
+        finally:
+            self._runs.pop(batch_id, None)
+
+    async def _keep(self, run: _Run, lease: Lease) -> None:
+        """Renew the batch's lease while coordinating; notice a cancel made on another
+        gateway, and a lease lost (the run stops)."""
         while True:
             await asyncio.sleep(self.leases.seconds / 3)
             try:
-                status = await asyncio.to_thread(self.leases.renew, run.lease)
+                status = await asyncio.to_thread(self.leases.renew, lease)
             except Exception:
-                log.exception("batch %s: cannot renew its lease", run.lease.batch_id)
+                log.exception("batch %s: cannot renew its lease", lease.batch_id)
                 continue
             if status is None:
                 run.lost = True
@@ -197,25 +241,46 @@ class BatchRunner:
             for name, value in values.items():
                 setattr(row, name, value)
 
-    def _journal(self, batch_id: str, generation: int | None) -> Journal:
-        base = self.directory / batch_id
-        return Journal(base if generation is None else base / f"g{generation}")
+    def _seal(self, lease: Lease, **values: Any) -> None:
+        """No line may be marked done from now on (the results are being published);
+        the counters are taken from the lines done, which can no longer change."""
+        with Session(self.batches.engine) as session, session.begin():
+            row = locked_if_held(session, lease)
+            for name, value in {"finalizing_at": time.time(), **values}.items():
+                setattr(row, name, value)
+            session.flush()
+            recount(session, lease.batch_id)
 
-    def _generations(self, batch_id: str) -> list[int | None]:
-        """Every generation with a journal on disk (None: the journal from before leases)."""
+    # --- journals --------------------------------------------------------------------------
+
+    def _journal(self, batch_id: str, name: str | None) -> Journal:
         base = self.directory / batch_id
-        found: list[int | None] = []
+        return Journal(base if name is None else base / name)
+
+    def _journals(
+        self, batch_id: str, chunk: int | None = None
+    ) -> list[tuple[int | None, str | None]]:
+        """(generation, directory name) of the journals on disk: the batch's first (from
+        before leases: generation None), whole-batch generations (``g<n>``), and the
+        chunks' (``c<chunk>-g<n>``; only ``chunk``'s when one is given)."""
+        base = self.directory / batch_id
+        found: list[tuple[int | None, str | None]] = []
         if (base / "output.jsonl").exists() or (base / "errors.jsonl").exists():
-            found.append(None)
+            found.append((None, None))
         if base.is_dir():
             for child in base.iterdir():
-                if child.is_dir() and child.name[:1] == "g" and child.name[1:].isdigit():
-                    found.append(int(child.name[1:]))
-        return sorted(found, key=lambda g: -1 if g is None else g)
+                match = _JOURNAL_DIR.fullmatch(child.name)
+                if not child.is_dir() or match is None:
+                    continue
+                of_chunk = match.group("chunk")
+                if chunk is not None and of_chunk is not None and int(of_chunk) != chunk:
+                    continue
+                found.append((int(match.group("generation")), child.name))
+        return sorted(found, key=lambda g: -1 if g[0] is None else g[0])
 
     # --- one batch -------------------------------------------------------------------------
 
-    async def _run(self, batch_id: str, run: _Run) -> None:
+    async def _run(self, batch_id: str, run: _Run, lease: Lease) -> None:
         row = await asyncio.to_thread(self.batches.get, batch_id)
         if row.status == "validating":
             row = await asyncio.to_thread(self._validate, row)
@@ -223,18 +288,100 @@ class BatchRunner:
                 return
         if row.status == "cancelling":
             run.stop.set()
-        journal = self._journal(batch_id, run.lease.generation)
-        try:
-            done = await asyncio.to_thread(self._recover, row, journal, run.lease)
-            if row.status in ("in_progress", "cancelling"):
-                await self._execute_all(row, run, journal, done)
-            await self._finish(batch_id, journal, done, run.lease)
-        finally:
-            journal.close()
+        if row.status in ("in_progress", "cancelling"):
+            await asyncio.to_thread(self._make_chunks, row, lease)
+            await self._work(row, run, coordinator=True)
+        await self._finish(batch_id, lease)
 
-    def _input(self, row: BatchRow) -> Iterator[BatchLine]:
+    def _make_chunks(self, row: BatchRow, lease: Lease) -> None:
+        offsets = []
+        position = 0
         with self.files.path(row.input_file_id).open("rb") as f:
-            for number, raw in enumerate(f, start=1):
+            for raw in f:
+                offsets.append(position)
+                position += len(raw)
+        self.leases.make_chunks(lease, chunk_bounds(offsets, self.chunk_lines))
+
+    async def _work(self, row: BatchRow, run: _Run, coordinator: bool) -> None:
+        """Take chunks and run them, the next one as soon as the last has sent all its
+        requests (so the slots never drain between chunks), until none is left for
+        this gateway: a helper then stops; the coordinator waits for the chunks other
+        gateways hold (taking back any whose gateway died) until all are done."""
+        slots = asyncio.Semaphore(self.in_flight)
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while not run.stop.is_set() and not _expired(row):
+                chunk = await asyncio.to_thread(self.leases.claim_chunk, row.id)
+                if chunk is None:
+                    if running:
+                        await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                        continue
+                    if not coordinator:
+                        return
+                    if await asyncio.to_thread(self.leases.chunks_left, row.id) == 0:
+                        return
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(run.stop.wait(), WATCH_SECONDS / 2)
+                    continue
+                sent = asyncio.Event()
+                task = asyncio.create_task(self._run_chunk(row, run, chunk, slots, sent))
+                running.add(task)
+                task.add_done_callback(running.discard)
+                await asyncio.wait(
+                    {task, asyncio.ensure_future(sent.wait())}, return_when=asyncio.FIRST_COMPLETED
+                )
+        finally:
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+
+    async def _run_chunk(
+        self,
+        row: BatchRow,
+        run: _Run,
+        chunk: ChunkLease,
+        slots: asyncio.Semaphore,
+        sent: asyncio.Event,
+    ) -> None:
+        stop = asyncio.Event()
+        heartbeat = asyncio.create_task(self._keep_chunk(run, chunk, stop))
+        journal = self._journal(row.id, f"c{chunk.index}-g{chunk.generation}")
+        try:
+            done = await asyncio.to_thread(self._recover, row, journal, chunk)
+            await self._execute(row, (run.stop, stop), journal, done, chunk, slots, sent)
+        except LeaseLost:
+            log.warning("batch %s chunk %d: another gateway holds it now", row.id, chunk.index)
+        finally:
+            sent.set()
+            heartbeat.cancel()
+            journal.close()
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.leases.release_chunk, chunk)
+
+    async def _keep_chunk(self, run: _Run, chunk: ChunkLease, stop: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(self.leases.seconds / 3)
+            try:
+                status = await asyncio.to_thread(self.leases.renew_chunk, chunk)
+            except Exception:
+                log.exception("batch %s: cannot renew chunk %d", chunk.batch_id, chunk.index)
+                continue
+            if status is None:
+                stop.set()
+                return
+            if status == "cancelling":
+                run.stop.set()
+
+    def _input(self, row: BatchRow, chunk: ChunkLease | None = None) -> Iterator[BatchLine]:
+        """The batch's input lines, parsed; only ``chunk``'s when given (read from its
+        byte offset: a chunk of a 50,000-line file does not read the whole file)."""
+        with self.files.path(row.input_file_id).open("rb") as f:
+            first = 1
+            if chunk is not None:
+                f.seek(chunk.offset)
+                first = chunk.first
+            for number, raw in enumerate(f, start=first):
+                if chunk is not None and number > chunk.last:
+                    return
                 yield parse_line(raw.rstrip(b"\r\n"), number)
 
     def _validate(self, row: BatchRow) -> BatchRow:
@@ -276,25 +423,27 @@ class BatchRunner:
             row.id, status="in_progress", in_progress_at=time.time(), model=model
         )
 
-    def _recover(self, row: BatchRow, journal: Journal, lease: Lease) -> set[int]:
-        """Lines already answered: those the database marks done, and those earlier
-        generations' journals or the workers' spools answer that it does not (a
+    def _recover(self, row: BatchRow, journal: Journal, chunk: ChunkLease) -> set[int]:
+        """The chunk's lines already answered: those the database marks done, and those
+        earlier generations' journals or the workers' spools answer that it does not (a
         gateway died between the fsync and the commit): adopted, each from one place."""
-        line_of = {line.custom_id: line.number for line in self._input(row)}
+        line_of = {line.custom_id: line.number for line in self._input(row, chunk)}
         with Session(self.batches.engine) as session:
             indexed = {
                 line: ok
                 for line, ok in session.execute(
                     select(BatchDoneRow.line, BatchDoneRow.ok).where(
-                        BatchDoneRow.batch_id == row.id
+                        BatchDoneRow.batch_id == row.id,
+                        BatchDoneRow.line >= chunk.first,
+                        BatchDoneRow.line <= chunk.last,
                     )
                 )
             }
         adopted: dict[int, tuple[bool, int | None]] = {}
-        for generation in self._generations(row.id):
-            if generation == lease.generation:
+        for generation, name in self._journals(row.id, chunk.index):
+            if generation == chunk.generation:
                 continue
-            for line, ok in self._journal(row.id, generation).answered(line_of).items():
+            for line, ok in self._journal(row.id, name).answered(line_of).items():
                 if line not in indexed and line not in adopted:
                     adopted[line] = (ok, generation)
         spooled = [
@@ -305,10 +454,10 @@ class BatchRunner:
         if spooled:
             # Finished by a worker, never committed: the gateway died in between.
             journal.append(spooled)
-            adopted.update({r.line: (r.ok, lease.generation) for r in spooled})
+            adopted.update({r.line: (r.ok, chunk.generation) for r in spooled})
             log.info("batch %s: %d results picked up from worker spools", row.id, len(spooled))
         with Session(self.batches.engine) as session, session.begin():
-            current = locked_if_held(session, lease)
+            batch, chunk_row = locked_chunk_if_held(session, chunk)
             if adopted:
                 session.execute(
                     insert(BatchDoneRow),
@@ -320,10 +469,9 @@ class BatchRunner:
                 log.info(
                     "batch %s: %d answered lines recovered from its journals", row.id, len(adopted)
                 )
-            answered = {**indexed, **{n: ok for n, (ok, _) in adopted.items()}}
-            current.completed = sum(1 for ok in answered.values() if ok)
-            current.failed = len(answered) - current.completed
-        return set(answered)
+                recount(session, batch.id)
+            mark_if_complete(session, chunk, chunk_row)
+        return set(indexed) | set(adopted)
 
     def _spooled(
         self, row: BatchRow, line_of: dict[str, int]
@@ -342,24 +490,32 @@ class BatchRunner:
                     if number is not None and isinstance(entry.get("body"), dict):
                         yield BatchLine(number, by_number[number], row.endpoint, {}), entry["body"]
 
-    async def _execute_all(
-        self, row: BatchRow, run: _Run, journal: Journal, done: set[int]
+    async def _execute(
+        self,
+        row: BatchRow,
+        stops: tuple[asyncio.Event, ...],
+        journal: Journal,
+        done: set[int],
+        chunk: ChunkLease,
+        slots: asyncio.Semaphore,
+        sent: asyncio.Event,
     ) -> None:
+        """Send the chunk's unanswered lines, at most ``slots`` at once across the
+        chunks this gateway runs; ``sent`` is set once the last one is on its way."""
         results: asyncio.Queue[Result | None] = asyncio.Queue()
-        committer = asyncio.create_task(self._commit_loop(run.lease, journal, results, done))
-        slots = asyncio.Semaphore(self.in_flight)
+        committer = asyncio.create_task(self._commit_loop(chunk, journal, results, done))
         pending: set[asyncio.Task[None]] = set()
         assert row.model is not None
         try:
-            # Streamed from the file, not loaded: a 50,000-line batch stays small.
-            for line in _undone(self._input(row), done):
+            for line in _undone(self._input(row, chunk), done):
                 await slots.acquire()
-                if run.stop.is_set() or _expired(row):
+                if any(stop.is_set() for stop in stops) or _expired(row) or committer.done():
                     slots.release()
                     break
                 task = asyncio.create_task(self._one(row, line, results, slots))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
+            sent.set()
             if pending:
                 await asyncio.gather(*pending)
         finally:
@@ -417,7 +573,7 @@ class BatchRunner:
 
     async def _commit_loop(
         self,
-        lease: Lease,
+        chunk: ChunkLease,
         journal: Journal,
         results: asyncio.Queue[Result | None],
         done: set[int],
@@ -434,59 +590,76 @@ class BatchRunner:
                 else:
                     group.append(item)
             if group:
-                await asyncio.to_thread(self._commit, lease, journal, group)
+                await asyncio.to_thread(self._commit, chunk, journal, group)
                 done.update(r.line for r in group)
 
-    def _commit(self, lease: Lease, journal: Journal, group: list[Result]) -> None:
-        journal.append(group)  # durable first ...
+    def _commit(self, holder: ChunkLease | Lease, journal: Journal, group: list[Result]) -> None:
+        """Results, durable first, then marked done with the holder's generation, in a
+        transaction that first checks the holder still holds its lease (a chunk's
+        also that the batch is not sealed): a lost lease marks nothing."""
+        journal.append(group)
         ok = sum(1 for r in group if r.ok)
         now = time.time()
-        with Session(self.batches.engine) as session, session.begin():  # ... then indexed
-            row = locked_if_held(session, lease)  # first: a lost lease marks nothing
+        with Session(self.batches.engine) as session, session.begin():
+            if isinstance(holder, ChunkLease):
+                batch, chunk_row = locked_chunk_if_held(session, holder)
+            else:
+                batch, chunk_row = locked_if_held(session, holder), None
             session.execute(
                 insert(BatchDoneRow),
                 [
                     {
-                        "batch_id": lease.batch_id,
+                        "batch_id": holder.batch_id,
                         "line": r.line,
                         "ok": r.ok,
                         "done_at": now,
-                        "generation": lease.generation,
+                        "generation": holder.generation,
                     }
                     for r in group
                 ],
             )
-            row.completed += ok
-            row.failed += len(group) - ok
+            count_done(session, batch.id, ok, len(group) - ok)
+            if isinstance(holder, ChunkLease) and chunk_row is not None:
+                mark_if_complete(session, holder, chunk_row)
 
     # --- the end of a batch ----------------------------------------------------------------
 
-    async def _finish(self, batch_id: str, journal: Journal, done: set[int], lease: Lease) -> None:
+    async def _finish(self, batch_id: str, lease: Lease) -> None:
+        """Seal the batch (no line is marked done after this), then publish what the
+        database marks done, once: only the coordinator does this."""
         row = await asyncio.to_thread(self.batches.get, batch_id)
+        answered = await asyncio.to_thread(self._answered, batch_id)
         now = time.time()
         final: dict[str, Any]
         if row.status == "cancelling":
+            await asyncio.to_thread(self._seal, lease)
             final = {"status": "cancelled", "cancelled_at": now}
-        elif row.total > len(done) and _expired(row):
-            await asyncio.to_thread(self._expire_rest, row, journal, done, lease)
-            final = {"status": "expired", "expired_at": now}
-        elif row.total > len(done):
-            return  # stopped early (shutting down, lease lost): resumed by its next holder
-        else:
+        elif row.status == "finalizing" or row.total <= len(answered):
+            await asyncio.to_thread(self._seal, lease, status="finalizing")
             final = {"status": "completed", "completed_at": now}
-            await asyncio.to_thread(
-                self._update_held, lease, status="finalizing", finalizing_at=now
-            )
-        journal.close()
+        elif _expired(row):
+            await asyncio.to_thread(self._seal, lease)
+            await asyncio.to_thread(self._expire_rest, row, lease)
+            final = {"status": "expired", "expired_at": now}
+        else:
+            return  # stopped early (shutting down, lease lost): its next holder carries on
         ids = await asyncio.to_thread(self._publish, row)
         await asyncio.to_thread(self._update_held, lease, **ids, **final)
         for spool in (self.directory / batch_id).glob("spool-*.jsonl"):
-            spool.unlink(missing_ok=True)  # everything in them is in the journal now
+            spool.unlink(missing_ok=True)  # everything in them is in a journal now
         log.info("batch %s %s", batch_id, final["status"])
 
-    def _expire_rest(self, row: BatchRow, journal: Journal, done: set[int], lease: Lease) -> None:
-        """Requests the window left unrun go to the error file, as OpenAI reports them."""
+    def _answered(self, batch_id: str) -> set[int]:
+        with Session(self.batches.engine) as session:
+            return set(
+                session.scalars(select(BatchDoneRow.line).where(BatchDoneRow.batch_id == batch_id))
+            )
+
+    def _expire_rest(self, row: BatchRow, lease: Lease) -> None:
+        """Requests the window left unrun go to the error file, as OpenAI reports them
+        (after the seal: the set of unanswered lines can no longer change)."""
         message = "This request could not be executed before the completion window expired."
+        done = self._answered(row.id)
         group = [
             Result(
                 line.number,
@@ -495,9 +668,12 @@ class BatchRunner:
             )
             for line in _undone(self._input(row), done)
         ]
-        for start in range(0, len(group), COMMIT_GROUP):
-            self._commit(lease, journal, group[start : start + COMMIT_GROUP])
-        done.update(r.line for r in group)
+        journal = self._journal(row.id, f"g{lease.generation}")
+        try:
+            for start in range(0, len(group), COMMIT_GROUP):
+                self._commit(lease, journal, group[start : start + COMMIT_GROUP])
+        finally:
+            journal.close()
 
     def _publish_what_is_done(self, batch_id: str) -> dict[str, str | None]:
         """A failed batch still hands over the results it has (none lost to the bug)."""
@@ -527,8 +703,8 @@ class BatchRunner:
         counts = {True: 0, False: 0}
         written: set[int] = set()
         with staged[True].open("wb") as out, staged[False].open("wb") as err:
-            for generation in self._generations(row.id):
-                for ok, record in self._journal(row.id, generation).records():
+            for generation, name in self._journals(row.id):
+                for ok, record in self._journal(row.id, name).records():
                     line = line_of.get(str(record.get("custom_id")))
                     if line is None or line in written:
                         continue

@@ -59,6 +59,7 @@ class BatchRow(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_until: Mapped[float | None] = mapped_column(Float)
     lease_generation: Mapped[int | None] = mapped_column(Integer)
+    generations: Mapped[int | None] = mapped_column(Integer)  # the last one handed out
 
 
 class BatchDoneRow(Base):
@@ -75,3 +76,22 @@ class BatchDoneRow(Base):
     # Whose journal holds its result: the lease generation (None: the batch's first
     # journal, from before leases).
     generation: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class BatchChunkRow(Base):
+    """A run of a batch's input lines that one gateway works on at a time (a lease of
+    its own, see ``leases.py``): several gateways split a batch by its chunks."""
+
+    __tablename__ = "batch_chunks"
+
+    batch_id: Mapped[str] = mapped_column(
+        ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True
+    )
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    first_line: Mapped[int] = mapped_column(Integer)  # 1-based, inclusive
+    last_line: Mapped[int] = mapped_column(Integer)
+    offset: Mapped[int] = mapped_column(BigInteger)  # byte offset of first_line in the file
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[float | None] = mapped_column(Float)
+    generation: Mapped[int | None] = mapped_column(Integer)
+    done: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -8,6 +8,11 @@ go below zero and holds the next requests back until it has refilled. Daily toke
 are counted per UTC day and saved to the database every few seconds (``flush``), so
 a restart does not reset a quota.
 
+Several gateways on one database share the per-minute limits: each writes what it
+let each key spend (running totals) every second (``sync``) and drains its own
+buckets by what the others' totals grew by since it last looked. A key's limit then
+holds across gateways to within what they let through in one sync interval.
+
 An interactive request over a limit is refused with a 429 that says which limit, when
 to retry (``Retry-After``) and OpenAI's ``x-ratelimit-*`` headers. A batch's requests
 wait instead (``patient``): a batch is slowed by its key's limits, never failed.
@@ -23,12 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session
 
 from corral.errors import RateLimited
 from corral.keys.store import Principal
-from corral.keys.tables import KeyUsageRow
+from corral.keys.tables import KeyRateRow, KeyUsageRow
+
+RATES_KEPT = 3600.0  # seconds a silent gateway's totals are kept
 
 
 @dataclass
@@ -56,6 +63,21 @@ class _KeyState:
     day: str = ""
     used_today: int = 0  # tokens, including those not yet saved
     unsaved: int = 0
+    # Shared with other gateways (``sync``): what this one let the key spend since it
+    # started, what of that the database has, and what the others spent, not yet taken
+    # from this gateway's buckets.
+    spent: tuple[int, int] = (0, 0)  # requests, tokens
+    written: tuple[int, int] = (0, 0)
+    drain_requests: int = 0
+    drain_tokens: int = 0
+
+    def drain(self) -> None:
+        """Take what other gateways spent from the buckets (after a refill)."""
+        if self.requests is not None:
+            self.requests.level -= self.drain_requests
+        if self.tokens is not None:
+            self.tokens.level -= self.drain_tokens
+        self.drain_requests = self.drain_tokens = 0
 
 
 @dataclass(frozen=True)
@@ -89,6 +111,9 @@ class Limiter:
         self._clock = clock
         self._wall = wall
         self._keys: dict[str, _KeyState] = {}
+        self._seen: dict[tuple[str, str], tuple[int, int]] = {}  # other gateways' totals
+        self._pruned = 0.0
+        self._looked = False  # has sync read the other gateways' totals yet
         self._lock = threading.Lock()
         self.refusals: dict[str, int] = {}  # by key name: 429s given (for /metrics)
 
@@ -102,12 +127,13 @@ class Limiter:
             waits: list[tuple[float, str]] = []
             if st.requests is not None:
                 st.requests.refill(now)
-                if (w := st.requests.seconds_until(1)) > 0:
-                    waits.append((w, f"{p.rpm} requests per minute"))
             if st.tokens is not None:
                 st.tokens.refill(now)
-                if (w := st.tokens.seconds_until(1)) > 0:
-                    waits.append((w, f"{p.tpm} tokens per minute"))
+            st.drain()
+            if st.requests is not None and (w := st.requests.seconds_until(1)) > 0:
+                waits.append((w, f"{p.rpm} requests per minute"))
+            if st.tokens is not None and (w := st.tokens.seconds_until(1)) > 0:
+                waits.append((w, f"{p.tpm} tokens per minute"))
             if p.daily_tokens is not None and st.used_today >= p.daily_tokens:
                 waits.append((_seconds_to_midnight(wall), f"{p.daily_tokens} tokens per day"))
             if p.max_concurrent is not None and st.in_flight >= p.max_concurrent:
@@ -118,6 +144,7 @@ class Limiter:
             if st.requests is not None:
                 st.requests.level -= 1
             st.in_flight += 1
+            st.spent = (st.spent[0] + 1, st.spent[1])
             return Admission(p, self._headers(p, st)), 0.0, None
 
     def enter(self, p: Principal) -> Admission:
@@ -149,6 +176,7 @@ class Limiter:
                 st.tokens.level -= tokens
             st.used_today += tokens
             st.unsaved += tokens
+            st.spent = (st.spent[0], st.spent[1] + tokens)
 
     # --- daily use --------------------------------------------------------------------------
 
@@ -170,6 +198,58 @@ class Limiter:
                     session.add(KeyUsageRow(key_id=key_id, day=day, tokens=tokens))
                 else:
                     row.tokens += tokens
+
+    # --- several gateways ------------------------------------------------------------------
+
+    def sync(self, gateway: str) -> None:
+        """Write what this gateway let each key spend; drain its buckets by what the
+        others did since the last sync (the gateway calls this every second, off the
+        event loop). ``gateway`` names this process (a restart is a new one)."""
+        if self.engine is None:
+            return
+        wall = self._wall()
+        with self._lock:
+            mine = {k: st.spent for k, st in self._keys.items() if st.spent != st.written}
+        with Session(self.engine) as session, session.begin():
+            for key_id, (requests, tokens) in mine.items():
+                row = session.get(KeyRateRow, (key_id, gateway))
+                if row is None:
+                    session.add(
+                        KeyRateRow(
+                            key_id=key_id,
+                            gateway=gateway,
+                            requests=requests,
+                            tokens=tokens,
+                            updated=wall,
+                        )
+                    )
+                else:
+                    row.requests, row.tokens, row.updated = requests, tokens, wall
+            others = session.execute(
+                select(
+                    KeyRateRow.key_id, KeyRateRow.gateway, KeyRateRow.requests, KeyRateRow.tokens
+                ).where(KeyRateRow.gateway != gateway, KeyRateRow.updated > wall - RATES_KEPT)
+            ).all()
+            if self._pruned < wall - RATES_KEPT:  # gateways long gone
+                session.execute(delete(KeyRateRow).where(KeyRateRow.updated < wall - RATES_KEPT))
+                self._pruned = wall
+        with self._lock:
+            for key_id, spent in mine.items():
+                if key_id in self._keys:
+                    self._keys[key_id].written = spent
+            for key_id, other, requests, tokens in others:
+                seen = self._seen.get((key_id, other))
+                self._seen[(key_id, other)] = (requests, tokens)
+                if seen is None:
+                    if not self._looked:
+                        continue  # at start: what others spent before is in the past
+                    # A row is made at a gateway's first spend of a key: one that was
+                    # not there at the last look holds only spending since then.
+                    seen = (0, 0)
+                st = self._keys.setdefault(key_id, _KeyState())
+                st.drain_requests += max(0, requests - seen[0])
+                st.drain_tokens += max(0, tokens - seen[1])
+            self._looked = True
 
     def _saved_today(self, key_id: str, day: str) -> int:
         if self.engine is None:

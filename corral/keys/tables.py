@@ -43,3 +43,19 @@ class KeyUsageRow(Base):
     )
     day: Mapped[str] = mapped_column(String(10), primary_key=True)  # "2026-12-01"
     tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class KeyRateRow(Base):
+    """What one gateway has let each key spend since it started (requests and tokens,
+    running totals): every gateway reads the others' every second and drains its own
+    per-minute buckets by their growth, so a key's limit holds across gateways."""
+
+    __tablename__ = "key_rates"
+
+    key_id: Mapped[str] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True
+    )
+    gateway: Mapped[str] = mapped_column(String(160), primary_key=True)  # name + start
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated: Mapped[float] = mapped_column(Float)

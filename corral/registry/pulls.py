@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from corral.errors import CorralError, InsufficientStorage, LockDrift, PullNotFound
@@ -44,6 +44,10 @@ from corral.units import format_size
 log = logging.getLogger("corral.pulls")
 ACTIVE = ("queued", "running")
 _SAVE_EVERY = 0.5  # seconds between progress writes to the database
+# A job owned by a process on another host (another gateway on the same database) is
+# that process's while it touches the job's row; it touches its jobs every HEARTBEAT.
+HEARTBEAT = 5.0
+STALE_AFTER = 30.0
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,7 @@ class Pulls:
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
         self._stopping = False
+        self._heartbeat: threading.Thread | None = None
 
     # --- what callers use ----------------------------------------------------------------
 
@@ -173,7 +178,7 @@ class Pulls:
                     select(PullRow).where(PullRow.name == target, PullRow.state.in_(ACTIVE))
                 )
                 orphan = existing is not None and not (
-                    existing.id in self._runs or _alive(existing.options.get("owner"))
+                    existing.id in self._runs or _alive(existing)
                 )
                 if existing is not None and orphan:
                     self._adopt(existing)  # its owner died: carry on here
@@ -248,8 +253,13 @@ class Pulls:
             Session(self.registry.engine, expire_on_commit=False) as session,
             session.begin(),
         ):
-            for row in session.scalars(select(PullRow).where(PullRow.state.in_(ACTIVE))):
-                if row.id in self._runs or _alive(row.options.get("owner")):
+            # Locked, skipping rows another gateway is adopting right now (Postgres): a
+            # job is resumed by one gateway only.
+            rows = session.scalars(
+                select(PullRow).where(PullRow.state.in_(ACTIVE)).with_for_update(skip_locked=True)
+            )
+            for row in rows:
+                if row.id in self._runs or _alive(row):
                     continue
                 self._adopt(row)
                 resumed.append(row.id)
@@ -257,6 +267,23 @@ class Pulls:
             log.info("resuming pull %s", job_id)
             self._launch(job_id)
         return resumed
+
+    def _touch_jobs(self) -> None:
+        """Say the jobs here are alive, for gateways on other hosts (see ``_alive``)."""
+        while not self._stopping:
+            time.sleep(HEARTBEAT)
+            ids = list(self._runs)
+            if not ids:
+                continue
+            try:
+                with Session(self.registry.engine) as session, session.begin():
+                    session.execute(
+                        update(PullRow)
+                        .where(PullRow.id.in_(ids), PullRow.state.in_(ACTIVE))
+                        .values(updated_at=time.time())
+                    )
+            except Exception:
+                log.exception("cannot mark the pulls running here as alive")
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop running jobs without marking them cancelled: the next start resumes them."""
@@ -272,10 +299,16 @@ class Pulls:
     def _adopt(self, row: PullRow) -> None:
         row.options = {**row.options, "owner": self.owner}
         row.state = "queued"
+        row.updated_at = time.time()
 
     def _launch(self, job_id: str) -> None:
         run = _Run()
         self._runs[job_id] = run
+        if self._heartbeat is None:
+            self._heartbeat = threading.Thread(
+                target=self._touch_jobs, name="pull-heartbeat", daemon=True
+            )
+            self._heartbeat.start()
         run.thread = threading.Thread(
             target=self._run, args=(job_id, run), name=f"pull-{job_id}", daemon=True
         )
@@ -475,12 +508,16 @@ def _pin(plan: Plan, expect: Mapping[str, str], name: str) -> Plan:
     return replace(plan, files=tuple(pinned))
 
 
-def _alive(owner: object) -> bool:
-    """Whether the process that owns a job still runs (on this host)."""
+def _alive(row: PullRow) -> bool:
+    """Whether the process that owns a job still runs: on this host, by its pid; on
+    another (a gateway sharing the database), by the row's recent heartbeat."""
+    owner = row.options.get("owner")
     if not isinstance(owner, str) or ":" not in owner:
         return False
     host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    if host != socket.gethostname():
+        return time.time() - row.updated_at < STALE_AFTER
+    if not pid.isdigit():
         return False
     if int(pid) == os.getpid():
         return False  # our own row with no thread here: left over from this process

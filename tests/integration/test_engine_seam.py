@@ -326,7 +326,8 @@ def test_batch_waits_for_room_while_the_interactive_queue_is_full(
     lines: list[str] = []
 
     def long_stream() -> None:
-        body = {"model": "m", "messages": HI, "stream": True, "max_tokens": 60}
+        # 200 tokens, 4 s: long enough to hold the slot through the checks on a busy CI box.
+        body = {"model": "m", "messages": HI, "stream": True, "max_tokens": 200}
         with httpx.stream("POST", srv.openai_url + "/chat/completions", json=body) as r:
             lines.extend(line for line in r.iter_lines() if line)
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from corral.batch.batches import Batches
 from corral.batch.files import FileStore
 from corral.batch.journal import Result
-from corral.batch.leases import LeaseLost, Leases
+from corral.batch.leases import ChunkLease, LeaseLost, Leases
 from corral.batch.lines import LineChecker
 from corral.batch.runner import BatchRunner, _Run
 from corral.batch.tables import BatchDoneRow
@@ -74,25 +74,26 @@ def test_journal_and_worker_spools_are_recovered_once(
     (directory / "spool-77.jsonl").write_bytes(spool + b'{"id": "torn')
 
     row = batches.get(batch_id)
-    lease = runner.leases.claim(batch_id)
-    assert lease is not None and lease.generation == 1
-    journal = runner._journal(batch_id, lease.generation)
-    assert runner._recover(row, journal, lease) == {1, 2, 3}
+    chunk = first_chunk(runner, batch_id)
+    journal = runner._journal(batch_id, f"c0-g{chunk.generation}")
+    assert runner._recover(row, journal, chunk) == {1, 2, 3}
     journal.close()
-    # The spooled answers went to this generation's journal; req-0 stays in the old one.
-    records = [json.loads(x) for x in (directory / "g1" / "output.jsonl").read_bytes().splitlines()]
+    # The spooled answers went to this chunk's journal; req-0 stays in the old one.
+    written = (directory / f"c0-g{chunk.generation}" / "output.jsonl").read_bytes()
+    records = [json.loads(x) for x in written.splitlines()]
     assert [r["custom_id"] for r in records] == ["req-1", "req-2"]
     assert records[0]["response"]["body"] == body and records[0]["response"]["status_code"] == 200
     assert done_lines(batches, batch_id) == [1, 2, 3]
     assert batches.get(batch_id).completed == 3
 
     # A second restart finds everything already answered: nothing is added twice.
-    lease = runner.leases.claim(batch_id)
-    assert lease is not None and lease.generation == 2
-    journal = runner._journal(batch_id, lease.generation)
-    assert runner._recover(batches.get(batch_id), journal, lease) == {1, 2, 3}
+    runner.leases.release_chunk(chunk)
+    again = runner.leases.claim_chunk(batch_id)
+    assert again is not None and again.generation > chunk.generation
+    journal = runner._journal(batch_id, f"c0-g{again.generation}")
+    assert runner._recover(batches.get(batch_id), journal, again) == {1, 2, 3}
     journal.close()
-    assert not (directory / "g2" / "output.jsonl").exists()
+    assert not (directory / f"c0-g{again.generation}" / "output.jsonl").exists()
     assert done_lines(batches, batch_id) == [1, 2, 3]
     published = runner._publish(batches.get(batch_id))
     assert published["error_file_id"] is None
@@ -104,26 +105,56 @@ def test_journal_and_worker_spools_are_recovered_once(
     ]
 
 
+def first_chunk(runner: BatchRunner, batch_id: str) -> ChunkLease:
+    lease = runner.leases.claim(batch_id)
+    assert lease is not None
+    runner._make_chunks(runner.batches.get(batch_id), lease)
+    chunk = runner.leases.claim_chunk(batch_id)
+    assert chunk is not None
+    return chunk
+
+
+def test_gateways_take_different_chunks(setup: tuple[BatchRunner, Batches, str, Path]) -> None:
+    runner, batches, batch_id, _ = setup
+    lease = runner.leases.claim(batch_id)
+    assert lease is not None
+    runner.chunk_lines = 2
+    runner._make_chunks(batches.get(batch_id), lease)
+    a, b = Leases(batches.engine, "a", 10), Leases(batches.engine, "b", 10)
+    first, second = a.claim_chunk(batch_id), b.claim_chunk(batch_id)
+    assert first is not None and second is not None
+    assert (first.first, first.last, second.first, second.last) == (1, 2, 3, 4)
+    assert a.claim_chunk(batch_id) is None  # both are held, neither expired
+    assert first.generation != second.generation
+
+
 def test_a_gateway_that_lost_its_lease_marks_and_publishes_nothing(
     setup: tuple[BatchRunner, Batches, str, Path],
 ) -> None:
     runner, batches, batch_id, _ = setup
-    first = BatchRunner(
-        batches, runner.files, None, runner.directory, leases=Leases(batches.engine, "a", 0.2)
-    )  # type: ignore[arg-type]
-    second = BatchRunner(
-        batches, runner.files, None, runner.directory, leases=Leases(batches.engine, "b", 0.2)
-    )  # type: ignore[arg-type]
-    held = first.leases.claim(batch_id)
+    lease = runner.leases.claim(batch_id)
+    assert lease is not None
+    runner._make_chunks(batches.get(batch_id), lease)
+    first, second = (
+        BatchRunner(
+            batches,
+            runner.files,
+            None,  # type: ignore[arg-type]
+            runner.directory,
+            leases=Leases(batches.engine, name, 0.2),
+        )
+        for name in ("a", "b")
+    )
+    held = first.leases.claim_chunk(batch_id)
     assert held is not None
-    assert second.leases.claim(batch_id) is None  # held, not expired
-    mine = first._journal(batch_id, held.generation)
+    assert second.leases.claim_chunk(batch_id) is None  # held, not expired
+    mine = first._journal(batch_id, f"c0-g{held.generation}")
     first._commit(held, mine, [result(1, "a")])
     time.sleep(0.3)  # "a" stops renewing: paused, or dead
-    taken = second.leases.claim(batch_id)
-    assert taken is not None and taken.generation == held.generation + 1
-    assert first.leases.renew(held) is None
-    theirs = second._journal(batch_id, taken.generation)
+    taken = second.leases.claim_chunk(batch_id)
+    assert taken is not None and taken.generation > held.generation
+    assert first.leases.renew_chunk(held) is None
+    theirs = second._journal(batch_id, f"c0-g{taken.generation}")
     assert second._recover(batches.get(batch_id), theirs, taken) == {1}
     # "a" wakes up and finishes line 2: written to its journal, refused by the database.
     with pytest.raises(LeaseLost):
@@ -136,6 +167,7 @@ def test_a_gateway_that_lost_its_lease_marks_and_publishes_nothing(
     ids = sorted((r["custom_id"], r["id"]) for r in map(json.loads, text.splitlines()))
     # Each line exactly once; line 2 from "b", whose commit the database took.
     assert ids == [("req-0", "a"), ("req-1", "b"), ("req-2", "b"), ("req-3", "b")]
+    assert second.leases.chunks_left(batch_id) == 0  # all four lines: the chunk is done
 
 
 def claimed(runner: BatchRunner, batch_id: str) -> _Run:
@@ -198,7 +230,7 @@ async def test_a_line_that_fails_unexpectedly_goes_to_the_error_file(
 ) -> None:
     runner, batches, batch_id, _ = setup
     runner.inference = _Inference(broken="req-2")  # type: ignore[assignment]
-    await runner._guarded(batch_id, claimed(runner, batch_id))
+    await runner._coordinate(batch_id, claimed(runner, batch_id))
     row = batches.get(batch_id)
     assert (row.status, row.completed, row.failed) == ("completed", 3, 1)
     outputs = _records(batches, runner, row.output_file_id)
@@ -220,7 +252,7 @@ async def test_a_batch_that_fails_still_hands_over_its_results(
         raise RuntimeError("a bug after the requests ran")
 
     monkeypatch.setattr(runner, "_finish", broken_finish)
-    await runner._guarded(batch_id, claimed(runner, batch_id))
+    await runner._coordinate(batch_id, claimed(runner, batch_id))
     row = batches.get(batch_id)
     assert row.status == "failed" and row.errors
     outputs = _records(batches, runner, row.output_file_id)

@@ -139,6 +139,35 @@ def test_daily_tokens_survive_a_restart(tmp_path: Path) -> None:
     tomorrow.enter(key)
 
 
+def test_per_minute_limits_hold_across_gateways_on_one_database(tmp_path: Path) -> None:
+    engine = open_database(f"sqlite:///{tmp_path / 'registry.db'}")
+    keys = KeyStore(engine)
+    key = keys.authenticate(keys.create("shared", rpm=10, tpm=1000).secret)
+    clock = Clock()
+    a, b = Limiter(engine, clock=clock), Limiter(engine, clock=clock)
+    b.enter(key)  # b has seen the key before
+    for sync in (a.sync, b.sync):
+        sync("a" if sync == a.sync else "b")  # each sees the other's totals: a baseline
+    for _ in range(6):
+        a.leave(a.enter(key), 100)  # 6 requests, 600 tokens, on a
+    a.sync("a")
+    b.sync("b")  # b drains its buckets by what a spent
+    for _ in range(3):
+        b.enter(key)  # 1 + 6 + 3 = 10: the minute's requests are used up
+    with pytest.raises(RateLimited, match="10 requests per minute"):
+        b.enter(key)
+    b.sync("b")
+    a.sync("a")
+    with pytest.raises(RateLimited, match="10 requests per minute"):
+        a.enter(key)  # and a knows b's share too
+    clock.now += 6  # one request refills in 6 s, on both
+    a.enter(key)
+    a.sync("a")
+    b.sync("b")
+    with pytest.raises(RateLimited):
+        b.enter(key)
+
+
 def test_requests_at_once_and_a_batch_that_waits_instead_of_failing() -> None:
     limiter = Limiter()
     key = limited(max_concurrent=1)

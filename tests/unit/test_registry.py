@@ -131,7 +131,7 @@ def test_reopening_keeps_everything_and_schema_is_versioned(tmp_path: Path) -> N
         .execute("select version_num from alembic_version")
         .fetchall()
     )
-    assert version == [("0007",)]
+    assert version == [("0009",)]
 
 
 def test_models_from_the_json_manifest_layout_are_adopted(tmp_path: Path) -> None:
