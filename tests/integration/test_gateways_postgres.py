@@ -126,7 +126,7 @@ def test_two_gateways_share_models_and_keys(postgres: PostgresServer, tmp_path: 
             ).status_code
 
         assert [status(a) for _ in range(6)] == [200] * 6
-        time.sleep(1.5)  # one sync
+        time.sleep(2.5)  # a writes within 1 s, b reads within 1 s after
         assert [status(b) for _ in range(3)] == [429] * 3
     finally:
         a.stop()
@@ -194,3 +194,42 @@ def test_two_gateways_split_a_batch_and_the_survivor_of_a_kill_9_finishes_it(
         engine.dispose()
         for srv in gateways.values():
             srv.stop()
+
+
+def test_a_cancel_sent_to_one_gateway_stops_the_batch_on_both(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = postgres.create_database("cancel")
+    home = tmp_path / "home"
+    install_fake_models(home, {"m": {"tokens": 4, "token_delay": 0.01}}, url).close()
+    a, b = gateway(home, url, "a"), gateway(home, url, "b")
+    engine = create_engine(url)
+    try:
+        with openai.OpenAI(base_url=a.openai_url, api_key="x", max_retries=0) as ca:
+            batch = submit(ca, [chat_line(i, MODEL, max_tokens=4) for i in range(N)])
+            deadline = time.monotonic() + 60
+            while completed_count(ca, batch.id) < N // 10:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        with Session(engine) as session:
+            row = session.get(BatchRow, batch.id)
+            assert row is not None and row.lease_owner in ("a", "b")
+            other = b if row.lease_owner == "a" else a  # not the coordinator
+        with openai.OpenAI(base_url=other.openai_url, api_key="x", max_retries=0) as c:
+            c.batches.cancel(batch.id)
+            done = wait_batch(c, batch.id, timeout=60)
+            assert done.status == "cancelled", done
+            assert done.request_counts is not None
+            finished = done.request_counts.completed
+            assert N // 10 <= finished < N
+            output = output_of(c, done.output_file_id)
+        # What was done before the seal is in the output, once; nothing after it counts.
+        ids = [o["custom_id"] for o in output]
+        assert len(ids) == len(set(ids)) == finished
+        with Session(engine) as session:
+            marked = session.scalar(select(func.count()).where(BatchDoneRow.batch_id == batch.id))
+        assert marked == finished
+    finally:
+        engine.dispose()
+        a.stop()
+        b.stop()
