@@ -171,6 +171,11 @@ class Settings(BaseModel):
     batch_in_flight: int = Field(
         16, ge=1, description="Requests each batch keeps waiting in the scheduler at once."
     )
+    prometheus_url: str | None = Field(
+        None,
+        description="A Prometheus server that scrapes this gateway (e.g. http://prometheus:9090): "
+        "the dashboard's charts read from it; unset = the gateway's own last hour.",
+    )
     gateway_id: str | None = Field(
         None,
         description="This gateway's name among several on one database (batch leases); "

@@ -1,15 +1,18 @@
 """The last hour, charted: tokens/s, time to first token and inter-token latency
 percentiles, requests by status, queue wait and memory, from the gateway's own ring
-buffer (``service.timeline``), redrawn every few seconds over SSE."""
+buffer (``service.timeline``) or a Prometheus server that scrapes it
+(``CORRAL_PROMETHEUS_URL``), redrawn every few seconds over SSE."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from markupsafe import Markup
 from starlette.requests import Request
 
 from corral.api.services import Services, services_of
+from corral.api.ui import prometheus
 from corral.api.ui.render import clock
 from corral.api.ui.svg import Chart, svg
 
@@ -54,12 +57,27 @@ def window_of(query: dict[str, str]) -> str:
 
 
 def charts_context(services: Services, query: dict[str, str]) -> dict[str, Any]:
+    """The charts, from Prometheus when one is configured (and answers), else from the
+    gateway's own ring buffer; ``source`` says which, and why if not the one asked."""
     window = window_of(query)
-    series = services.timeline.series(seconds=WINDOWS[window])
+    seconds = WINDOWS[window]
+    url = services.settings.prometheus_url
+    source = "the gateway's own ring buffer (10-second intervals, kept for an hour)"
+    series = None
+    if url:
+        try:
+            series = prometheus.series(url, seconds)
+            source = f"Prometheus at {url}"
+        except prometheus.PrometheusError as exc:
+            source = f"{source}: Prometheus did not answer ({exc})"
+    if series is None:
+        series = services.timeline.series(seconds=seconds)
     total = sum(sum(v) for v in series["requests"].values())
     return {
         "charts": charts_of(series),
-        "requests": total,
+        "requests": round(total),
+        "source": source,
+        "from_prometheus": source.startswith("Prometheus"),
         "window": window,
         "windows": list(WINDOWS),
         "now": clock(),
@@ -67,4 +85,5 @@ def charts_context(services: Services, query: dict[str, str]) -> dict[str, Any]:
 
 
 async def charts_page_context(request: Request) -> dict[str, Any]:
-    return charts_context(services_of(request), dict(request.query_params))
+    query = dict(request.query_params)
+    return await asyncio.to_thread(charts_context, services_of(request), query)
