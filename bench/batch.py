@@ -75,7 +75,11 @@ def request_body(i: int) -> dict[str, Any]:
     }
 
 
-def start_server(home: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    home: Path, extra_env: dict[str, str] | None = None, log_path: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A server on ``home`` (8 slots, 1 thread, 256 tokens of context per slot), with
+    ``extra_env`` on top; its log goes to ``log_path`` (default: home/server.log)."""
     port = free_port()
     env = {
         **os.environ,
@@ -87,8 +91,9 @@ def start_server(home: Path) -> tuple[subprocess.Popen[bytes], str]:
         "CORRAL_DEMO_MODEL": "0",
         "CORRAL_MAX_UPLOAD": "1GiB",
         "CORRAL_LOG_LEVEL": "warning",
+        **(extra_env or {}),
     }
-    log = (home / "server.log").open("ab")
+    log = (log_path or home / "server.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "corral", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
     )

@@ -25,9 +25,7 @@ import argparse
 import asyncio
 import itertools
 import json
-import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,44 +38,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from batch import NEW_TOKENS, SLOTS, model_file, request_body  # noqa: E402
+from batch import NEW_TOKENS, SLOTS, model_file, request_body, start_server  # noqa: E402
 
 from corral.registry.store import Registry  # noqa: E402
-from corral.scheduler.launch import free_port  # noqa: E402
 from tests.support.postgres import PostgresServer  # noqa: E402
 
 CLIENTS = 8
 
 
 def start_gateway(home: Path, name: str, database_url: str | None) -> tuple[Any, str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "CORRAL_HOME": str(home),
-        "CORRAL_PORT": str(port),
-        "CORRAL_THREADS": "1",
-        "CORRAL_SLOTS": str(SLOTS),
-        "CORRAL_CONTEXT_LENGTH": "256",
-        "CORRAL_DEMO_MODEL": "0",
-        "CORRAL_MAX_UPLOAD": "1GiB",
-        "CORRAL_LOG_LEVEL": "warning",
-        "CORRAL_GATEWAY_ID": name,
-    }
+    """bench/batch.py's server, named for its leases, on the database when given."""
+    env = {"CORRAL_GATEWAY_ID": name}
     if database_url:
         env["CORRAL_DATABASE_URL"] = database_url
-    log = (home.parent / f"{name}.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "corral", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError(f"gateway {name} did not start")
+    return start_server(home, env, home.parent / f"{name}.log")
 
 
 def run_batch(urls: list[str], n: int, workdir: Path) -> dict[str, Any]:

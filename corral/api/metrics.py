@@ -115,10 +115,8 @@ class Metrics:
             self.tokens.labels(model, "completion").inc(done.usage.completion_tokens)
         if done.ttft_ns is not None:
             self.ttft_seconds.labels(model).observe(done.ttft_ns / 1e9)
-            completion = done.usage.completion_tokens if done.usage else 0
-            if completion > 1:
-                after_first = (done.total_ns - done.ttft_ns) / 1e9
-                self.itl_seconds.labels(model).observe(after_first / (completion - 1))
+        if (itl := done.inter_token_seconds) is not None:
+            self.itl_seconds.labels(model).observe(itl)
 
     def attach(self, services: Services) -> None:
         """Read the services' state at each scrape (call once, after building them)."""

@@ -68,11 +68,10 @@ class Journal:
         ``line_of`` maps custom_id to input line number (unique within a batch).
         """
         done: dict[int, bool] = {}
-        for path, ok in ((self.output_path, True), (self.error_path, False)):
-            for record in complete_records(path):
-                line = line_of.get(str(record.get("custom_id")))
-                if line is not None:
-                    done[line] = ok
+        for ok, record in self.records():
+            line = line_of.get(str(record.get("custom_id")))
+            if line is not None:
+                done[line] = ok
         return done
 
     def records(self) -> Iterator[tuple[bool, dict[str, Any]]]:

@@ -103,11 +103,7 @@ class Leases:
         with Session(self.engine) as session, session.begin():
             result = session.execute(
                 update(BatchRow)
-                .where(
-                    BatchRow.id == lease.batch_id,
-                    BatchRow.lease_owner == lease.owner,
-                    BatchRow.lease_generation == lease.generation,
-                )
+                .where(*held_by(lease))
                 .values(lease_until=time.time() + self.seconds)
                 .returning(BatchRow.status)
             ).first()
@@ -116,13 +112,7 @@ class Leases:
     def release(self, lease: Lease) -> None:
         with Session(self.engine) as session, session.begin():
             session.execute(
-                update(BatchRow)
-                .where(
-                    BatchRow.id == lease.batch_id,
-                    BatchRow.lease_owner == lease.owner,
-                    BatchRow.lease_generation == lease.generation,
-                )
-                .values(lease_owner=None, lease_until=None)
+                update(BatchRow).where(*held_by(lease)).values(lease_owner=None, lease_until=None)
             )
 
     # --- chunks ----------------------------------------------------------------------------
@@ -198,12 +188,7 @@ class Leases:
         with Session(self.engine) as session, session.begin():
             held = session.execute(
                 update(BatchChunkRow)
-                .where(
-                    BatchChunkRow.batch_id == chunk.batch_id,
-                    BatchChunkRow.chunk == chunk.index,
-                    BatchChunkRow.lease_owner == chunk.owner,
-                    BatchChunkRow.generation == chunk.generation,
-                )
+                .where(*chunk_held_by(chunk))
                 .values(lease_until=time.time() + self.seconds)
                 .returning(BatchChunkRow.chunk)
             ).first()
@@ -217,12 +202,7 @@ class Leases:
         with Session(self.engine) as session, session.begin():
             session.execute(
                 update(BatchChunkRow)
-                .where(
-                    BatchChunkRow.batch_id == chunk.batch_id,
-                    BatchChunkRow.chunk == chunk.index,
-                    BatchChunkRow.lease_owner == chunk.owner,
-                    BatchChunkRow.generation == chunk.generation,
-                )
+                .where(*chunk_held_by(chunk))
                 .values(lease_owner=None, lease_until=None)
             )
 
@@ -247,6 +227,25 @@ class Leases:
                 )
             ).all()
             return any(self._chunk_claimable(c, now) for c in chunks)
+
+
+def held_by(lease: Lease) -> tuple[Any, ...]:
+    """The batch's row, while ``lease`` still holds it (a WHERE clause)."""
+    return (
+        BatchRow.id == lease.batch_id,
+        BatchRow.lease_owner == lease.owner,
+        BatchRow.lease_generation == lease.generation,
+    )
+
+
+def chunk_held_by(chunk: ChunkLease) -> tuple[Any, ...]:
+    """The chunk's row, while ``chunk`` still holds it (a WHERE clause)."""
+    return (
+        BatchChunkRow.batch_id == chunk.batch_id,
+        BatchChunkRow.chunk == chunk.index,
+        BatchChunkRow.lease_owner == chunk.owner,
+        BatchChunkRow.generation == chunk.generation,
+    )
 
 
 def next_generation(batch: BatchRow) -> int:

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,7 +175,15 @@ class BatchRunner:
     async def _coordinate(self, batch_id: str, run: _Run) -> None:
         assert run.lease is not None
         lease = run.lease
-        heartbeat = asyncio.create_task(self._keep(run, lease), name=f"{batch_id}-lease")
+
+        def lost() -> None:
+            run.lost = True
+            run.stop.set()
+
+        renew = functools.partial(self.leases.renew, lease)
+        heartbeat = asyncio.create_task(
+            self._keep(batch_id, run, renew, lost), name=f"{batch_id}-lease"
+        )
         try:
             await self._run(batch_id, run, lease)
         except asyncio.CancelledError:
@@ -217,19 +226,25 @@ class BatchRunner:
         finally:
             self._runs.pop(batch_id, None)
 
-    async def _keep(self, run: _Run, lease: Lease) -> None:
-        """Renew the batch's lease while coordinating; notice a cancel made on another
-        gateway, and a lease lost (the run stops)."""
+    async def _keep(
+        self,
+        batch_id: str,
+        run: _Run,
+        renew: Callable[[], str | None],
+        lost: Callable[[], None],
+    ) -> None:
+        """Renew a lease (the batch's or a chunk's) every third of its term; call
+        ``lost`` once it is no longer ours, and stop the run on a cancel made on any
+        gateway (the renewal reads the batch's status)."""
         while True:
             await asyncio.sleep(self.leases.seconds / 3)
             try:
-                status = await asyncio.to_thread(self.leases.renew, lease)
+                status = await asyncio.to_thread(renew)
             except Exception:
-                log.exception("batch %s: cannot renew its lease", lease.batch_id)
+                log.exception("batch %s: cannot renew a lease", batch_id)
                 continue
             if status is None:
-                run.lost = True
-                run.stop.set()
+                lost()
                 return
             if status == "cancelling":
                 run.stop.set()
@@ -327,9 +342,7 @@ class BatchRunner:
                 task = asyncio.create_task(self._run_chunk(row, run, chunk, slots, sent))
                 running.add(task)
                 task.add_done_callback(running.discard)
-                await asyncio.wait(
-                    {task, asyncio.ensure_future(sent.wait())}, return_when=asyncio.FIRST_COMPLETED
-                )
+                await sent.wait()  # set when the chunk has sent its last line, or ended
         finally:
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
@@ -343,7 +356,8 @@ class BatchRunner:
         sent: asyncio.Event,
     ) -> None:
         stop = asyncio.Event()
-        heartbeat = asyncio.create_task(self._keep_chunk(run, chunk, stop))
+        renew = functools.partial(self.leases.renew_chunk, chunk)
+        heartbeat = asyncio.create_task(self._keep(row.id, run, renew, stop.set))
         journal = self._journal(row.id, f"c{chunk.index}-g{chunk.generation}")
         try:
             done = await asyncio.to_thread(self._recover, row, journal, chunk)
@@ -356,20 +370,6 @@ class BatchRunner:
             journal.close()
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.leases.release_chunk, chunk)
-
-    async def _keep_chunk(self, run: _Run, chunk: ChunkLease, stop: asyncio.Event) -> None:
-        while True:
-            await asyncio.sleep(self.leases.seconds / 3)
-            try:
-                status = await asyncio.to_thread(self.leases.renew_chunk, chunk)
-            except Exception:
-                log.exception("batch %s: cannot renew chunk %d", chunk.batch_id, chunk.index)
-                continue
-            if status is None:
-                stop.set()
-                return
-            if status == "cancelling":
-                run.stop.set()
 
     def _input(self, row: BatchRow, chunk: ChunkLease | None = None) -> Iterator[BatchLine]:
         """The batch's input lines, parsed; only ``chunk``'s when given (read from its

@@ -19,9 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from corral.errors import DiskFull, InvalidRequest
-from corral.registry.names import canonical_name
 from corral.registry.records import ModelRecord
-from corral.registry.refs import parse_reference
 from corral.registry.store import Registry
 
 SUFFIXES = (".gguf", ".onnx")  # a single file is one of these; directories come by path
@@ -82,9 +80,9 @@ def _write(f: BinaryIO, chunk: bytes, so_far: int) -> None:
 
 
 def import_upload(registry: Registry, staged: Path, name: str | None) -> ModelRecord:
-    """Register the staged file (its name, or the one its file name gives)."""
-    canonical = canonical_name(name) if name else parse_reference(str(staged)).default_name
-    return registry.import_path(staged, canonical, source_label=f"upload:{staged.name}")
+    """Register the staged file (its name, or the one its file name gives, as for any
+    import), recorded as an upload rather than by its staging path."""
+    return registry.import_path(staged, name, source_label=f"upload:{staged.name}")
 
 
 def discard(staged: Path) -> None:

@@ -81,6 +81,15 @@ class RequestDone:
     usage: TokenUsage | None  # when the answer said (streams: with include_usage)
     ttft_ns: int | None = None  # streams: from the first wait to the answer's first bytes
 
+    @property
+    def inter_token_seconds(self) -> float | None:
+        """Streams: the mean time between completion tokens after the first (None when
+        there is no first-token time, or fewer than two tokens)."""
+        completion = self.usage.completion_tokens if self.usage else 0
+        if self.ttft_ns is None or completion < 2:
+            return None
+        return (self.total_ns - self.ttft_ns) / 1e9 / (completion - 1)
+
 
 Observer = Callable[[RequestDone], None]
 

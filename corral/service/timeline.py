@@ -78,10 +78,8 @@ class Timeline:
             self._keep(bucket, "total", done.total_ns / 1e9)
             if done.ttft_ns is not None:
                 self._keep(bucket, "ttft", done.ttft_ns / 1e9)
-                completion = done.usage.completion_tokens if done.usage else 0
-                if completion > 1:
-                    itl = (done.total_ns - done.ttft_ns) / 1e9 / (completion - 1)
-                    self._keep(bucket, "itl", itl)
+            if (itl := done.inter_token_seconds) is not None:
+                self._keep(bucket, "itl", itl)
 
     def _keep(self, bucket: Bucket, kind: str, value: float) -> None:
         """Reservoir sampling: every value offered has the same chance to be kept."""

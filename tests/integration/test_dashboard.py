@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -176,17 +177,22 @@ def hub() -> Iterator[FakeHub]:
         yield fake
 
 
+def pull_from_the_page(server: CorralServer, page: Page, hub: FakeHub, name: str) -> Any:
+    """Pull the hub's tiny GGUF by URL from the Models page; its row in the pulls table."""
+    page.page.goto(server.url + "/ui/models")
+    page.page.fill("#pull input[name=model]", f"{hub.url}/test/tiny/resolve/main/tiny.gguf")
+    page.page.fill("#pull input[name=name]", name)
+    page.page.click("#pull button[type=submit]")
+    return page.page.locator(f"tr[data-pull][data-model='{name}:latest']")
+
+
 def test_a_pull_from_a_local_url_shows_progress_to_100_and_the_model_appears(
     server: CorralServer, page: Page, hub: FakeHub
 ) -> None:
     size = model_file(CHAT).stat().st_size
     hub.throttle(size // 3)  # about three seconds: the bar is seen moving
     try:
-        page.page.goto(server.url + "/ui/models")
-        page.page.fill("#pull input[name=model]", f"{hub.url}/test/tiny/resolve/main/tiny.gguf")
-        page.page.fill("#pull input[name=name]", "pulled")
-        page.page.click("#pull button[type=submit]")
-        row = page.page.locator("tr[data-pull][data-model='pulled:latest']")
+        row = pull_from_the_page(server, page, hub, "pulled")
         row.wait_for(timeout=10_000)
         seen = set()
         for _ in range(300):
@@ -210,11 +216,7 @@ def test_a_pull_can_be_cancelled_from_the_page(
 ) -> None:
     hub.throttle(64 * 1024)  # a minute or so: it is still running when cancelled
     try:
-        page.page.goto(server.url + "/ui/models")
-        page.page.fill("#pull input[name=model]", f"{hub.url}/test/tiny/resolve/main/tiny.gguf")
-        page.page.fill("#pull input[name=name]", "cancelled")
-        page.page.click("#pull button[type=submit]")
-        row = page.page.locator("tr[data-pull][data-model='cancelled:latest']")
+        row = pull_from_the_page(server, page, hub, "cancelled")
         row.locator("button:has-text('Cancel')").click(timeout=10_000)
         page.page.wait_for_selector(
             "tr[data-pull][data-model='cancelled:latest'][data-state='cancelled']", timeout=10_000
