@@ -1,22 +1,27 @@
-"""One gateway against two on one PostgreSQL database, in one run: batch and
-interactive throughput on loopback.
+"""One gateway against two on one PostgreSQL database, and local workers against
+workers placed by Ray, in one run: batch and interactive throughput on loopback.
 
     python bench/scale.py                      # 10,000 batch requests, tiny model
     python bench/scale.py --requests 20000
+    python bench/scale.py --only ray           # the Ray comparison alone
 
-Three set-ups, each fresh, on the tiny model of bench/batch.py (16 new tokens per
-request, 8 slots and 1 llama.cpp thread per worker):
+Set-ups, each fresh, on the tiny model of bench/batch.py (16 new tokens per request,
+1 llama.cpp thread per worker):
 
-1. one gateway on SQLite (the default install);
-2. one gateway on PostgreSQL (what the database costs);
-3. two gateways on PostgreSQL sharing CORRAL_HOME: the batch is split between them
-   by chunks, and the interactive clients alternate between them. Each gateway
+1. one gateway on SQLite (the default install), 8 slots;
+2. one gateway on PostgreSQL (what the database costs), 8 slots;
+3. two gateways on PostgreSQL sharing CORRAL_HOME, 8 slots: the batch is split between
+   them by chunks, and the interactive clients alternate between them. Each gateway
    starts its own worker for the model.
+4. one gateway, two local workers (``replicas: 2``, 4 slots each, so that 8 clients
+   need both);
+5. the same, the two workers placed by Ray (a local cluster: a head without CPUs and
+   one node with 2; tests/support/ray_cluster.py): the Ray path's cost is 5 against 4;
+6. two gateways on PostgreSQL, each with its worker placed by Ray (4 slots each).
 
 For each: a batch of N requests (create to completed), then N requests from 8
 concurrent clients. A PostgreSQL server is started for the run (Debian's binaries,
 a Unix socket; tests/support/postgres.py). Results go to bench/out/scale-<n>.json.
-Workers placed by Ray are not measured yet (Corral has no Ray launcher yet).
 """
 
 from __future__ import annotations
@@ -42,13 +47,16 @@ from batch import NEW_TOKENS, SLOTS, model_file, request_body, start_server  # n
 
 from corral.registry.store import Registry  # noqa: E402
 from tests.support.postgres import PostgresServer  # noqa: E402
+from tests.support.ray_cluster import LocalRay  # noqa: E402
 
 CLIENTS = 8
 
 
-def start_gateway(home: Path, name: str, database_url: str | None) -> tuple[Any, str]:
+def start_gateway(
+    home: Path, name: str, database_url: str | None, env: dict[str, str] | None = None
+) -> tuple[Any, str]:
     """bench/batch.py's server, named for its leases, on the database when given."""
-    env = {"CORRAL_GATEWAY_ID": name}
+    env = {"CORRAL_GATEWAY_ID": name, **(env or {})}
     if database_url:
         env["CORRAL_DATABASE_URL"] = database_url
     return start_server(home, env, home.parent / f"{name}.log")
@@ -117,14 +125,20 @@ async def run_interactive(urls: list[str], n: int) -> dict[str, Any]:
 
 
 def setup(
-    label: str, gateways: int, database_url: str | None, n: int, model: Path
+    label: str,
+    gateways: int,
+    database_url: str | None,
+    n: int,
+    model: Path,
+    replicas: int = 1,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         registry = Registry(home, database_url)
-        registry.import_file(model, "bench")
+        registry.import_path(model, "bench", params={"replicas": replicas})
         registry.close()
-        procs = [start_gateway(home, f"gw{i}", database_url) for i in range(gateways)]
+        procs = [start_gateway(home, f"gw{i}", database_url, env) for i in range(gateways)]
         urls = [url for _, url in procs]
         try:
             batch = run_batch(urls, n, Path(tmp))
@@ -134,7 +148,13 @@ def setup(
                 proc.send_signal(signal.SIGTERM)
             for proc, _ in procs:
                 proc.wait(60)
-    row = {"setup": label, "gateways": gateways, "batch": batch, "interactive": interactive}
+    row = {
+        "setup": label,
+        "gateways": gateways,
+        "workers": gateways * replicas,
+        "batch": batch,
+        "interactive": interactive,
+    }
     print(json.dumps(row), flush=True)
     return row
 
@@ -142,25 +162,42 @@ def setup(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--only", choices=("gateways", "ray"), help="one comparison only")
     args = parser.parse_args()
     model = model_file("tiny")
+    n = args.requests
     postgres = PostgresServer().start()
+    rows = []
     try:
-        rows = [
-            setup("1 gateway, SQLite", 1, None, args.requests, model),
-            setup(
-                "1 gateway, PostgreSQL", 1, postgres.create_database("one"), args.requests, model
-            ),
-            setup(
-                "2 gateways, PostgreSQL", 2, postgres.create_database("two"), args.requests, model
-            ),
-        ]
+        if args.only != "ray":
+            rows += [
+                setup("1 gateway, SQLite", 1, None, n, model),
+                setup("1 gateway, PostgreSQL", 1, postgres.create_database("one"), n, model),
+                setup("2 gateways, PostgreSQL", 2, postgres.create_database("two"), n, model),
+            ]
+        if args.only != "gateways":
+            four = {"CORRAL_SLOTS": "4"}
+            local = setup("1 gateway, 2 local workers", 1, None, n, model, 2, four)
+            ray = LocalRay(fast_health=False).start()
+            try:
+                ray.add_node("bench", cpus=2)
+                on_ray = {**four, "CORRAL_RAY_ADDRESS": ray.address}
+                placed = setup("1 gateway, 2 workers on Ray", 1, None, n, model, 2, on_ray)
+                pg = postgres.create_database("ray")
+                two = setup("2 gateways on PostgreSQL, Ray", 2, pg, n, model, 1, on_ray)
+            finally:
+                ray.stop()
+            for path in ("batch", "interactive"):
+                placed[path]["vs_local_workers"] = round(
+                    placed[path]["requests_per_s"] / local[path]["requests_per_s"], 3
+                )
+            rows += [local, placed, two]
     finally:
         postgres.stop()
     base = rows[0]
     for row in rows:
         for path in ("batch", "interactive"):
-            row[path]["vs_one_sqlite"] = round(
+            row[path]["vs_first_row"] = round(
                 row[path]["requests_per_s"] / base[path]["requests_per_s"], 2
             )
     report = {"requests": args.requests, "new_tokens": NEW_TOKENS, "slots": SLOTS, "rows": rows}

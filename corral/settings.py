@@ -176,6 +176,12 @@ class Settings(BaseModel):
         description="A Prometheus server that scrapes this gateway (e.g. http://prometheus:9090): "
         "the dashboard's charts read from it; unset = the gateway's own last hour.",
     )
+    ray_address: str | None = Field(
+        None,
+        description="A Ray cluster to place workers on (e.g. 10.0.0.5:6379, or 'auto' on a "
+        "node of it); each worker asks for the CPUs, GPUs and memory its engine needs and "
+        "a model's `resources`. Needs pip install 'corral[ray]'. Unset = local processes.",
+    )
     gateway_id: str | None = Field(
         None,
         description="This gateway's name among several on one database (batch leases); "

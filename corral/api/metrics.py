@@ -18,6 +18,7 @@ Each app has its own registry: several gateways in one test process do not colli
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -162,15 +163,31 @@ class _StateCollector(Collector):
             "GPU memory estimated for a model.",
             labels=["model"],
         )
+        # A model with replicas is one series per model: its replicas' sums (and a
+        # count of replicas per state), so that every series stays unique.
+        states: collections.Counter[tuple[str, str]] = collections.Counter()
+        sums: list[tuple[GaugeMetricFamily, collections.Counter[str]]] = [
+            (family, collections.Counter())
+            for family in (busy, total, queued, rss, estimated, vram)
+        ]
         for m in self.services.scheduler.snapshot():
-            state.add_metric([m.model, m.state], 1)
-            busy.add_metric([m.model], m.slots["busy"])
-            total.add_metric([m.model], m.slots["total"])
-            queued.add_metric([m.model], m.queued)
-            estimated.add_metric([m.model], m.memory.estimated)
-            vram.add_metric([m.model], m.memory.estimate_parts.get("vram", 0))
-            if m.memory.actual:
-                rss.add_metric([m.model], m.memory.actual)
+            states[(m.model, m.state)] += 1
+            values = (
+                m.slots["busy"],
+                m.slots["total"],
+                m.queued,
+                m.memory.actual or 0,
+                m.memory.estimated,
+                m.memory.estimate_parts.get("vram", 0),
+            )
+            for (_, by_model), value in zip(sums, values, strict=True):
+                by_model[m.model] += value
+        for (model, model_state), count in states.items():
+            state.add_metric([model, model_state], count)
+        for family, by_model in sums:
+            for model, value in by_model.items():
+                if family is not rss or value:  # no RSS series for a model not measured
+                    family.add_metric([model], value)
         yield from (state, busy, total, queued, rss, estimated, vram)
 
     def _events(self) -> Iterator[Metric]:

@@ -50,7 +50,13 @@ from corral.batch.leases import (
 )
 from corral.batch.lines import BatchLine, parse_line, v2_model
 from corral.batch.tables import BatchDoneRow, BatchRow
-from corral.errors import CorralError, InternalError, new_request_id
+from corral.errors import (
+    CorralError,
+    InternalError,
+    WorkerCrashed,
+    WorkerUnavailable,
+    new_request_id,
+)
 from corral.keys.store import KeyStore
 from corral.protocol.handoff import BATCH_HEADER, REQUEST_ID_HEADER
 from corral.registry.records import Capability
@@ -60,6 +66,7 @@ from corral.service.worker_client import json_object_of, worker_error
 
 log = logging.getLogger("corral.batch")
 COMMIT_GROUP = 512  # most results per fsync + transaction
+LOSS_ATTEMPTS = 2  # a line whose worker died under it runs once more
 CHUNK_LINES = 500  # lines per chunk: the unit gateways split a batch by
 WATCH_SECONDS = 2.0  # how often active batches are looked for
 _JOURNAL_DIR = re.compile(r"(?:c(?P<chunk>\d+)-)?g(?P<generation>\d+)")
@@ -540,9 +547,26 @@ class BatchRunner:
     async def _call(self, row: BatchRow, line: BatchLine) -> tuple[int, dict[str, Any]]:
         """One request through the inference service, at batch priority: (status, body).
         It waits for room in the model's line rather than failing when interactive
-        traffic fills it (``patient``)."""
-        assert row.model is not None
+        traffic fills it (``patient``). A line whose worker died under it (a crash, a
+        lost Ray node) runs once more, on the worker started again; a second death
+        is its error: a line that kills its worker must not do so forever."""
         tensors = v2_model(line.url) is not None
+        for attempt in range(1, LOSS_ATTEMPTS + 1):
+            try:
+                return await self._call_once(row, line, tensors)
+            except (WorkerCrashed, WorkerUnavailable) as exc:
+                if attempt < LOSS_ATTEMPTS:
+                    log.warning(
+                        "batch %s line %d: %s; running it again", row.id, line.number, exc.message
+                    )
+                    continue
+                return exc.status, {"error": exc.message} if tensors else exc.to_openai()
+        raise AssertionError("unreachable")  # the loop returns
+
+    async def _call_once(
+        self, row: BatchRow, line: BatchLine, tensors: bool
+    ) -> tuple[int, dict[str, Any]]:
+        assert row.model is not None
         try:
             # A V2 body names no model (its URL does) and never streams.
             body = line.body if tensors else {**line.body, "model": row.model, "stream": False}
@@ -557,6 +581,8 @@ class BatchRunner:
             if tensors and status != 200:  # the worker's error, in V2's shape
                 return status, {"error": worker_error(status, content).message}
             return status, json_object_of(content)
+        except (WorkerCrashed, WorkerUnavailable):
+            raise
         except CorralError as exc:
             return exc.status, {"error": exc.message} if tensors else exc.to_openai()
         except Exception as exc:  # a bug fails this line (error file), not the batch

@@ -46,7 +46,7 @@ def ps_table(models: list[dict[str, Any]]) -> Table:
         actual = format_size(memory["actual"]) if memory["actual"] else "-"
         vram = [_vram(memory)] if on_gpus else []
         table.add_row(
-            m["model"],
+            m["model"] + (f" #{m['replica']}" if m.get("replica") else ""),
             _state(m),
             f"{format_size(memory['estimated'])} / {actual}",
             *vram,

@@ -30,6 +30,7 @@ from corral.engines.descriptor import (
     LaunchContext,
     MemoryEstimate,
     WorkerCommand,
+    WorkerResources,
 )
 from corral.errors import CorralError, InvalidRequest, UnsupportedCapability
 from corral.registry.records import Capability, ModelRecord, capability_names
@@ -213,6 +214,10 @@ class Catalog:
         self, record: ModelRecord, params: EngineParams, ctx: LaunchContext
     ) -> WorkerCommand:
         return self.for_record(record).command(record, params, ctx)
+
+    def resources(self, record: ModelRecord, params: EngineParams) -> WorkerResources:
+        descriptor = self.for_record(record)
+        return descriptor.resources(record, params, descriptor.estimate(record, params))
 
     def precheck(
         self, record: ModelRecord, capability: Capability, body: Mapping[str, Any]

@@ -103,6 +103,17 @@ class MemoryEstimate:
 
 
 @dataclass(frozen=True)
+class WorkerResources:
+    """What one worker asks of the node it runs on, where something places it (Ray):
+    CPUs, GPUs, memory in bytes, and custom resources by name (a node's labels)."""
+
+    cpus: float
+    gpus: float
+    memory: int
+    custom: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class LaunchContext:
     """What the gateway tells every worker it starts, whatever the engine."""
 
@@ -163,6 +174,25 @@ class EngineDescriptor(ABC):
             "--exit-on-stdin-eof",
         )
         return WorkerCommand(argv)
+
+    def resources(
+        self, record: ModelRecord, params: EngineParams, estimate: MemoryEstimate
+    ) -> WorkerResources:
+        """What a worker for ``record`` asks of a node (Ray placement): its threads
+        as CPUs (one where the engine has no threads), the GPUs it spans if it needs
+        GPU memory, its estimated RAM, and the model's declared ``resources``."""
+        threads = getattr(params, "threads", None)
+        gpus = estimate.devices if (estimate.vram or estimate.vram_share) else 0
+        declared = record.params.get("resources")
+        custom = (
+            {str(k): float(v) for k, v in declared.items()} if isinstance(declared, Mapping) else {}
+        )
+        return WorkerResources(
+            cpus=float(threads) if isinstance(threads, int) else 1.0,
+            gpus=float(gpus),
+            memory=estimate.total,
+            custom=custom,
+        )
 
     def sleeps(self, params: EngineParams) -> bool:
         """Whether a worker with ``params`` can sleep (its ``command`` then gives the

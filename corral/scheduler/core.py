@@ -69,8 +69,12 @@ class Effects(Protocol):
         (no GPUs: empty)."""
 
     def start_worker(
-        self, record: ModelRecord, params: EngineParams, gpus: tuple[int, ...]
-    ) -> None: ...
+        self, key: str, record: ModelRecord, params: EngineParams, gpus: tuple[int, ...]
+    ) -> None:
+        """Start a worker for replica ``key`` of ``record``; answer ``Loaded(key, ...)``
+        or ``LoadFailed(key, ...)``. (Every message's ``model`` is a replica's key:
+        the model's name for its first replica, ``name#i`` for the others.)"""
+
     def stop_worker(self, model: str, worker: Any) -> None: ...
     def sleep_worker(self, model: str, worker: Any) -> None:
         """Put the worker to sleep; answer ``Slept`` or ``SleepFailed``."""
@@ -222,14 +226,21 @@ class CoreConfig:
     group_by_model: bool = True
     pinned: frozenset[str] = frozenset()  # canonical names
     preload: frozenset[str] = frozenset()
+    # False where something else assigns GPUs (Ray gives each worker its own): the
+    # core then budgets RAM only.
+    place_gpus: bool = True
 
 
 @dataclass
 class ModelState:
+    """One replica of one model (most models have one: ``replicas: N`` in corral.yaml)."""
+
     record: ModelRecord
     params: EngineParams
     estimate: MemoryEstimate
     keep_alive: float  # math.inf = forever
+    key: str = ""  # the replica's key in SchedulerCore.models: see replica_key
+    replica: int = 0
     pinned: bool = False
     preloaded: bool = False
     queue: FairQueue = field(default_factory=FairQueue)
@@ -256,6 +267,11 @@ class ModelState:
     @property
     def name(self) -> str:
         return self.record.name
+
+    @property
+    def load(self) -> float:
+        """Requests on it and waiting for it, per slot."""
+        return (self.in_flight + len(self.queue)) / self.params.slots
 
     @property
     def need(self) -> int:
@@ -287,6 +303,51 @@ class ModelState:
         if self.wanted_since is not None:
             keys.append((0, self.wanted_since))
         return min(keys)
+
+
+def replica_key(name: str, replica: int) -> str:
+    """A replica's key: the model's name for the first, ``name#i`` for the others."""
+    return name if replica == 0 else f"{name}#{replica}"
+
+
+def replicas_of(record: ModelRecord) -> int:
+    """How many workers the model runs (``replicas: N`` in corral.yaml; 1 by default)."""
+    value = record.params.get("replicas", 1)
+    return value if isinstance(value, int) and value >= 1 else 1
+
+
+# Routing among replicas: what not being ready weighs, in slots' worth of load.
+ROUTE_PENALTY = {
+    WorkerState.READY: 0.0,
+    WorkerState.STARTING: 0.5,
+    WorkerState.WAKING: 0.5,
+    WorkerState.DRAINING: 2.0,  # it serves only what it had; the rest waits for a restart
+    WorkerState.STOPPING: 2.0,
+}
+# A request's prefix replica counts as this much less loaded: it keeps the
+# conversation unless that replica has half its slots' worth more work than another.
+AFFINITY = 0.5
+
+
+@dataclass
+class AllOf:
+    """One waiter for several replicas: answered when every one has answered (the
+    first error at once)."""
+
+    waiter: Any
+    left: int
+
+    @staticmethod
+    def of(waiter: Any, count: int) -> Any:
+        return waiter if waiter is None or count == 1 else AllOf(waiter, count)
+
+    def settle(self, error: CorralError | None) -> Any:
+        """The real waiter to notify now, or None (others still to answer)."""
+        self.left -= 1
+        if error is not None:
+            self.left = 0
+            return self.waiter
+        return self.waiter if self.left == 0 else None
 
 
 Estimator = Callable[[ModelRecord, EngineParams], MemoryEstimate]
@@ -369,10 +430,11 @@ class SchedulerCore:
             self.effects.fail(m.ticket, ShuttingDown("The server is shutting down."))
             return
         try:
-            st = self._state_for(m.record)
+            st = self._route(self._replicas(m.record), m.ticket)
         except CorralError as exc:  # e.g. a declared parameter its engine refuses
             self.effects.fail(m.ticket, exc)
             return
+        m.ticket.model = st.key
         if not m.ticket.patient and self._waiting(st) >= self.config.max_queue:
             self.effects.fail(
                 m.ticket,
@@ -438,8 +500,8 @@ class SchedulerCore:
         if st is None or m.worker is not st.worker:
             return
         if isinstance(m, Lost):
-            log.warning("%s: %s", st.name, m.error.message)
-            self.effects.stop_worker(st.name, m.worker)  # reaps it if it lingers
+            log.warning("%s: %s", st.key, m.error.message)
+            self.effects.stop_worker(st.key, m.worker)  # reaps it if it lingers
         up = self.effects.now() - st.ready_at
         idle = st.in_flight == 0 and up >= SETTLED_SECONDS
         self._events(st.name).crashes += 1
@@ -491,38 +553,48 @@ class SchedulerCore:
 
     def _on_preload(self, m: Preload) -> None:
         try:
-            st = self._state_for(m.record)
+            replicas = self._replicas(m.record)
         except CorralError as exc:
             self._notify([m.waiter], exc)
             return
-        st.preloaded = True
-        self._want_loaded(st, m.waiter)
+        waiter = AllOf.of(m.waiter, len(replicas))
+        for st in replicas:
+            st.preloaded = True
+            self._want_loaded(st, waiter)
 
     def _on_reload(self, m: Reload) -> None:
         try:
-            st = self._state_for(m.record)
+            replicas = self._replicas(m.record)
         except CorralError as exc:
             self._notify([m.waiter], exc)
             return
-        params = m.params or st.params
-        if st.state in (WorkerState.STOPPED, WorkerState.FAILED):
-            st.params, st.estimate = params, self.estimator(st.record, params)
-            st.sleeps = self.sleeps(st.record, params)
-            st.backoff_until = 0.0
-            self._want_loaded(st, m.waiter)
-        else:
-            st.next_params, st.leaving = params, True
-            if m.waiter is not None:
-                st.load_waiters.append(m.waiter)
+        waiter = AllOf.of(m.waiter, len(replicas))
+        for st in replicas:
+            params = m.params or st.params
+            if st.state in (WorkerState.STOPPED, WorkerState.FAILED):
+                st.params, st.estimate = params, self.estimator(st.record, params)
+                st.sleeps = self.sleeps(st.record, params)
+                st.backoff_until = 0.0
+                self._want_loaded(st, waiter)
+            else:
+                st.next_params, st.leaving = params, True
+                if waiter is not None:
+                    st.load_waiters.append(waiter)
 
     def _on_unload(self, m: Unload) -> None:
-        st = self.models.get(m.model)
-        if st is None or st.state in (WorkerState.STOPPED, WorkerState.FAILED):
+        running = [
+            st
+            for st in self.models.values()
+            if st.name == m.model and st.state not in (WorkerState.STOPPED, WorkerState.FAILED)
+        ]
+        if not running:
             self._notify([m.waiter], None)
             return
-        st.leaving, st.wanted_since = True, None
-        if m.waiter is not None:
-            st.stop_waiters.append(m.waiter)
+        waiter = AllOf.of(m.waiter, len(running))
+        for st in running:
+            st.leaving, st.wanted_since = True, None
+            if waiter is not None:
+                st.stop_waiters.append(waiter)
 
     def _on_shutdown(self) -> None:
         self.closed = True
@@ -596,14 +668,13 @@ class SchedulerCore:
             # needs it waits for them, it is neither refused nor a reason to evict more.
             on_the_way = [
                 policy.Resident(
-                    m.name, 0, True, m.last_used, False, m.gpus, m.vram_per_device, leaving=True
+                    m.key, 0, True, m.last_used, False, m.gpus, m.vram_per_device, leaving=True
                 )
                 for m in leaving
                 if m.gpus
             ]
-            verdict = policy.admit(
-                st.estimate.total, [*residents, *on_the_way], budget, st.vram_need
-            )
+            vram = st.vram_need if self.config.place_gpus else policy.VramNeed(0)
+            verdict = policy.admit(st.estimate.total, [*residents, *on_the_way], budget, vram)
             if verdict.refusal is not None:
                 error = InsufficientMemory(
                     f"The model '{st.name}' cannot be loaded: it {verdict.refusal}."
@@ -628,7 +699,7 @@ class SchedulerCore:
             extra_ram = 0
             for name in verdict.evict:
                 victim = self.models[name]
-                self._events(name).evictions += 1
+                self._events(victim.name).evictions += 1
                 used = sum(r.need for r in residents) + extra_ram + st.estimate.total
                 may_sleep = (
                     victim.sleeps
@@ -638,12 +709,12 @@ class SchedulerCore:
                     and used + victim.estimate.vram <= budget.memory
                 )
                 if may_sleep:
-                    log.info("putting idle %s to sleep to make room for %s", name, st.name)
+                    log.info("putting idle %s to sleep to make room for %s", name, st.key)
                     extra_ram += victim.estimate.vram
                     victim.state = WorkerState.FALLING_ASLEEP
-                    self.effects.sleep_worker(victim.name, victim.worker)
+                    self.effects.sleep_worker(victim.key, victim.worker)
                 else:
-                    log.info("evicting idle %s to make room for %s", name, st.name)
+                    log.info("evicting idle %s to make room for %s", name, st.key)
                     self._stop(victim)
             # Grouping: the victim first serves all it had queued when draining began.
             # Strict order: only what arrived before the waiting model's oldest request.
@@ -658,7 +729,7 @@ class SchedulerCore:
             break  # the longest-waiting model gets the memory being freed
         for st in self.models.values():
             if st.state in (WorkerState.READY, WorkerState.DRAINING):
-                drain = drains.get(st.name)
+                drain = drains.get(st.key)
                 st.state = WorkerState.DRAINING if drain is not None else WorkerState.READY
                 st.drain_cutoff = drain
 
@@ -676,7 +747,7 @@ class SchedulerCore:
                 events = self._events(st.name)
                 events.granted += 1
                 events.wait_seconds += max(0.0, self.effects.now() - ticket.arrived)
-                self.effects.grant(ticket, Lease(st.name, st.worker, ticket.id))
+                self.effects.grant(ticket, Lease(st.key, st.worker, ticket.id))
 
     def _stop_drained(self) -> None:
         for st in self.models.values():
@@ -691,8 +762,34 @@ class SchedulerCore:
 
     # --- helpers ------------------------------------------------------------------------
 
-    def _state_for(self, record: ModelRecord) -> ModelState:
-        st = self.models.get(record.name)
+    def _replicas(self, record: ModelRecord) -> list[ModelState]:
+        """The states of ``record``'s replicas (created on first use)."""
+        count = replicas_of(record)
+        return [self._state_for(record, i) for i in range(count)]
+
+    def _route(self, replicas: list[ModelState], ticket: Ticket) -> ModelState:
+        """The replica a request goes to: the least loaded, counting a replica that is
+        not ready as loaded (a cold one starts only when the warm ones have more work
+        than slots), and the ready one its prefix maps to as less loaded than it is
+        (``AFFINITY``), so that a conversation keeps finding its KV cache."""
+        if len(replicas) == 1:
+            return replicas[0]
+        now = self.effects.now()
+        preferred = None if ticket.affinity is None else ticket.affinity % len(replicas)
+
+        def score(st: ModelState) -> tuple[float, bool]:
+            penalty = ROUTE_PENALTY.get(st.state, 1.0)
+            if st.leaving or (st.state == WorkerState.FAILED and now < st.backoff_until):
+                penalty = 3.0
+            # Only a warm replica has a cache to find again: a cold one is no pull.
+            mine = st.replica == preferred and st.state == WorkerState.READY
+            return st.load + penalty - (AFFINITY if mine else 0.0), not mine  # ties: its own
+
+        return min(replicas, key=score)
+
+    def _state_for(self, record: ModelRecord, replica: int = 0) -> ModelState:
+        key = replica_key(record.name, replica)
+        st = self.models.get(key)
         if st is None:
             params = self.params_for(record)
             keep_alive = self.config.keep_alive
@@ -704,11 +801,13 @@ class SchedulerCore:
                 params=params,
                 estimate=self.estimator(record, params),
                 keep_alive=keep_alive,
+                key=key,
+                replica=replica,
                 pinned=record.name in self.config.pinned or bool(record.params.get("pinned")),
                 preloaded=record.name in self.config.preload or bool(record.params.get("preload")),
                 sleeps=self.sleeps(record, params),
             )
-            self.models[record.name] = st
+            self.models[key] = st
         elif st.state in (WorkerState.STOPPED, WorkerState.FAILED) and record != st.record:
             st.record, st.estimate = record, self.estimator(record, st.params)
         return st
@@ -734,10 +833,10 @@ class SchedulerCore:
     def _resident(self, st: ModelState) -> policy.Resident:
         protected = st.pinned or st.preloaded
         if st.state == WorkerState.SLEEPING:  # holds RAM only; stopping it frees that
-            return policy.Resident(st.name, st.asleep_need, False, st.last_used, protected)
+            return policy.Resident(st.key, st.asleep_need, False, st.last_used, protected)
         if st.state == WorkerState.FALLING_ASLEEP:  # RAM for good, the GPU until asleep
             return policy.Resident(
-                st.name,
+                st.key,
                 st.asleep_need,
                 True,
                 st.last_used,
@@ -748,7 +847,7 @@ class SchedulerCore:
             )
         busy = st.state != WorkerState.READY or st.in_flight > 0 or bool(st.queue)
         return policy.Resident(
-            st.name, st.need, busy, st.last_used, protected, st.gpus, st.vram_per_device
+            st.key, st.need, busy, st.last_used, protected, st.gpus, st.vram_per_device
         )
 
     def gpu_budget(self, holders: list[ModelState]) -> dict[int, policy.Gpu]:
@@ -765,7 +864,7 @@ class SchedulerCore:
     def _start(
         self, st: ModelState, gpus: tuple[int, ...] = (), budget: policy.Budget | None = None
     ) -> None:
-        log.info("loading %s (estimated %s)", st.name, format_size(st.estimate.total))
+        log.info("loading %s (estimated %s)", st.key, format_size(st.estimate.total))
         st.state = WorkerState.STARTING
         st.load_started = self.effects.now()
         st.gpus = gpus
@@ -773,18 +872,18 @@ class SchedulerCore:
             max(st.vram_need.on(budget.gpus[i]) for i in gpus) if gpus and budget else 0
         )
         if gpus:
-            log.info("%s goes on GPU %s", st.name, ",".join(map(str, gpus)))
-        self.effects.start_worker(st.record, st.params, gpus)
+            log.info("%s goes on GPU %s", st.key, ",".join(map(str, gpus)))
+        self.effects.start_worker(st.key, st.record, st.params, gpus)
 
     def _wake(self, st: ModelState) -> None:
-        log.info("waking %s on GPU %s", st.name, ",".join(map(str, st.gpus)))
+        log.info("waking %s on GPU %s", st.key, ",".join(map(str, st.gpus)))
         st.state = WorkerState.WAKING
         st.wanted_since = None
-        self.effects.wake_worker(st.name, st.worker)
+        self.effects.wake_worker(st.key, st.worker)
 
     def _stop(self, st: ModelState) -> None:
         st.state = WorkerState.STOPPING
-        self.effects.stop_worker(st.name, st.worker)
+        self.effects.stop_worker(st.key, st.worker)
 
     def _record_failure(self, st: ModelState, error: CorralError, stable: bool) -> None:
         st.crashes = 1 if stable else st.crashes + 1
@@ -813,6 +912,8 @@ class SchedulerCore:
 
     def _notify(self, waiters: list[Any], error: CorralError | None) -> None:
         for waiter in waiters:
+            if isinstance(waiter, AllOf):
+                waiter = waiter.settle(error)
             if waiter is not None:
                 self.effects.notify(waiter, error)
         waiters.clear()

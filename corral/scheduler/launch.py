@@ -30,11 +30,13 @@ def worker_spec(
     params: EngineParams,
     port: int,
     gpus: tuple[int, ...] = (),
+    host: str = WORKER_HOST,
 ) -> WorkerSpec:
-    """The worker for ``record``; placed on ``gpus``, it sees only those
+    """The worker for ``record``, answering on ``host``:``port`` (loopback unless
+    Ray placed it on another node); placed on ``gpus``, it sees only those
     (``CUDA_VISIBLE_DEVICES``), numbered from 0 as every CUDA program expects."""
     ctx = LaunchContext(
-        host=WORKER_HOST,
+        host=host,
         port=port,
         log_level=settings.log_level,
         spool_dir=settings.home / "batches",
@@ -43,7 +45,7 @@ def worker_spec(
     return WorkerSpec(
         model=record.name,
         argv=command.argv,
-        host=WORKER_HOST,
+        host=host,
         port=port,
         env={**command.env, **gpu_env(gpus)},
         health_path=command.health_path,

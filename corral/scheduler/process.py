@@ -116,6 +116,10 @@ class WorkerProcess:
     def tail(self, lines: int = 15) -> str:
         return "\n".join(list(self._tail)[-lines:])
 
+    def exit_summary(self) -> str:
+        """How it ended, for a crash report: "exit code 1"."""
+        return f"exit code {self.returncode}"
+
     async def wait(self) -> None:
         """Until the process has exited, for whatever reason."""
         await self._exited.wait()

@@ -33,6 +33,8 @@ class Ticket:
     # Patient tickets (the batch runner's, bounded by its own in-flight limit) never
     # get QueueFull or a queue timeout: they wait for capacity instead of polling.
     patient: bool = False
+    # The request's prefix, hashed: which of a model's replicas has its KV cache.
+    affinity: int | None = None
     arrived: float = 0.0
     deadline: float | None = None
     seq: int = 0  # arrival order, numbered by the scheduler (clocks tie; this does not)

@@ -39,8 +39,9 @@ from corral.scheduler.core import CoreConfig, Lease, Message, ModelEvents, Sched
 from corral.scheduler.gpus import GpuProbe, load_gpu_probe
 from corral.scheduler.launch import free_port, worker_spec
 from corral.scheduler.memory import MemoryProbe, SystemMemory, process_tree
-from corral.scheduler.process import WorkerProcess, WorkerState
+from corral.scheduler.process import WorkerProcess, WorkerSpec, WorkerState
 from corral.scheduler.queue import Priority, Ticket
+from corral.scheduler.ray_workers import RayCluster, RayWorker
 from corral.settings import Settings
 
 log = logging.getLogger("corral.scheduler")
@@ -110,6 +111,8 @@ class ModelStatus:
     last_error: str | None
     # Seconds until a model held back after repeated crashes may start again.
     retry_in: float | None = None
+    replica: int = 0  # which of its replicas (corral.yaml's replicas: N)
+    node: str | None = None  # the Ray node it runs on (CORRAL_RAY_ADDRESS)
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,10 @@ class Scheduler:
             group_by_model=settings.group_by_model,
             pinned=frozenset(canonical_name(n) for n in settings.pinned),
             preload=frozenset(canonical_name(n) for n in settings.preload),
+            place_gpus=settings.ray_address is None,
         )
+        # Workers on a Ray cluster instead of local processes (ray_workers.py).
+        self._cluster = RayCluster(settings.ray_address) if settings.ray_address else None
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
         self._queue_timeout = settings.queue_timeout
         self.catalog = catalog
@@ -153,6 +159,7 @@ class Scheduler:
             self._post,
             log_path,
             gpus or load_gpu_probe(settings.gpu_probe),
+            self._cluster,
         )
         self._core = SchedulerCore(
             config, self._effects, catalog.estimate, catalog.params, catalog.sleeps
@@ -170,11 +177,18 @@ class Scheduler:
         key: str = "anonymous",
         keep_alive: float | None = None,
         patient: bool = False,
+        affinity: int | None = None,
     ) -> Grant:
         """Wait in line for a slot on a ready worker for ``record``; ``patient`` waits
-        for room in the queue and has no queue timeout (the batch runner's requests)."""
+        for room in the queue and has no queue timeout (the batch runner's requests);
+        ``affinity`` (a hash of the prompt's start) picks among the model's replicas."""
         ticket = Ticket(
-            record.name, priority=priority, key=key, keep_alive=keep_alive, patient=patient
+            record.name,
+            priority=priority,
+            key=key,
+            keep_alive=keep_alive,
+            patient=patient,
+            affinity=affinity,
         )
         future = self._effects.expect(ticket)
         self._post(core.Submit(ticket, record))
@@ -284,6 +298,8 @@ class Scheduler:
                         if st.state == WorkerState.FAILED and st.backoff_until > now
                         else None
                     ),
+                    replica=st.replica,
+                    node=worker.node if isinstance(worker, RayWorker) else None,
                 )
             )
         return out
@@ -303,11 +319,15 @@ class Scheduler:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._cluster is not None:
+            await asyncio.to_thread(self._cluster.close)
 
     def _post(self, message: Message) -> None:
         self._inbox.put_nowait(message)
 
     async def _run(self) -> None:
+        if self._cluster is not None:  # messages wait in the inbox meanwhile
+            await self._cluster.connect()
         while True:
             message: Message
             if not self._inbox.empty():
@@ -354,8 +374,10 @@ class _ProcessEffects:
         post: Callable[[Message], None],
         log_path: Callable[[str], Any] | None,
         gpus: GpuProbe,
+        cluster: RayCluster | None = None,
     ) -> None:
         self._settings = settings
+        self._cluster = cluster
         self._gpus = gpus
         self._catalog = catalog
         self._session = session
@@ -375,15 +397,26 @@ class _ProcessEffects:
         return time.monotonic()
 
     def memory_budget(self, held: int) -> int:
+        if self._cluster is not None:
+            # Ray checks each node's own memory; this is the cluster's, for eviction.
+            # Not joined: no budget to refuse by, so the load fails saying why.
+            if self._cluster.error is not None:
+                return 1 << 62
+            self._spawn(self._cluster.refresh())
+            return self._cluster.memory()
         configured = self._settings.memory_budget_bytes
         if configured is not None:
             return configured
         return self._probe.available() + held - self._settings.memory_reserve_bytes
 
     def measure(self, worker: Any) -> int | None:
+        if isinstance(worker, RayWorker):
+            return worker.measured
         return self._probe.rss(worker.pid) if worker is not None and worker.pid else None
 
     def gpu_budget(self, held: Mapping[int, int]) -> dict[int, policy.Gpu]:
+        if self._cluster is not None:
+            return {}  # Ray assigns GPUs to workers on their nodes
         configured = self._settings.vram_budget_bytes
         reserve = self._settings.vram_reserve_bytes
         # Free now, plus what our own workers hold (estimated), never more than the
@@ -425,9 +458,9 @@ class _ProcessEffects:
             waiter.set_exception(error)
 
     def start_worker(
-        self, record: ModelRecord, params: EngineParams, gpus: tuple[int, ...]
+        self, key: str, record: ModelRecord, params: EngineParams, gpus: tuple[int, ...]
     ) -> None:
-        self._spawn(self._start(record, params, gpus))
+        self._spawn(self._start(key, record, params, gpus))
 
     def stop_worker(self, model: str, worker: Any) -> None:
         self._spawn(self._stop(model, worker))
@@ -470,20 +503,18 @@ class _ProcessEffects:
             log.error("worker task failed", exc_info=task.exception())
 
     async def _start(
-        self, record: ModelRecord, params: EngineParams, gpus: tuple[int, ...]
+        self, key: str, record: ModelRecord, params: EngineParams, gpus: tuple[int, ...]
     ) -> None:
         for attempt in range(PORT_RETRIES):
             try:
-                spec = worker_spec(self._catalog, self._settings, record, params, free_port(), gpus)
+                worker = self._new_worker(key, record, params, gpus)
             except CorralError as exc:  # the engine cannot say how (no command set...)
-                self._post(core.LoadFailed(record.name, exc))
+                self._post(core.LoadFailed(key, exc))
                 return
-            log_path = self._log_path(record.name) if self._log_path else None
-            worker = WorkerProcess(spec, log_path)
             self._workers.add(worker)
             try:
                 await worker.start(self._session, self._settings.worker_start_timeout)
-            except EngineLoadError as exc:
+            except CorralError as exc:
                 self._workers.discard(worker)
                 taken = (
                     isinstance(exc, PortTaken) or "address already in use" in worker.tail().lower()
@@ -491,7 +522,7 @@ class _ProcessEffects:
                 if taken and attempt + 1 < PORT_RETRIES:
                     log.warning("%s; starting it on another port", exc.message)
                     continue
-                self._post(core.LoadFailed(record.name, exc))
+                self._post(core.LoadFailed(key, exc))
                 return
             except Exception:  # spawning itself failed (e.g. out of file descriptors)
                 self._workers.discard(worker)
@@ -501,11 +532,26 @@ class _ProcessEffects:
                     f"Could not start the worker for '{record.name}' (request id "
                     f"{request_id}); the server log has why."
                 )
-                self._post(core.LoadFailed(record.name, error))
+                self._post(core.LoadFailed(key, error))
                 return
-            self._post(core.Loaded(record.name, worker))
-            self._spawn(self._watch(record.name, worker))
+            self._post(core.Loaded(key, worker))
+            self._spawn(self._watch(key, worker))
             return
+
+    def _new_worker(
+        self, key: str, record: ModelRecord, params: EngineParams, gpus: tuple[int, ...]
+    ) -> WorkerProcess:
+        """A worker not started yet: a local process, or one Ray is to place."""
+        log_path = self._log_path(key) if self._log_path else None
+        if self._cluster is None:
+            spec = worker_spec(self._catalog, self._settings, record, params, free_port(), gpus)
+            return WorkerProcess(spec, log_path)
+
+        def spec_on(host: str, port: int) -> WorkerSpec:
+            return worker_spec(self._catalog, self._settings, record, params, port, host=host)
+
+        ask = self._catalog.resources(record, params)
+        return self._cluster.worker(spec_on, ask, log_path)
 
     async def _watch(self, model: str, worker: WorkerProcess) -> None:
         await worker.wait()
@@ -515,7 +561,7 @@ class _ProcessEffects:
                     model,
                     worker,
                     WorkerCrashed(
-                        f"The worker for '{model}' exited with code {worker.returncode}. "
+                        f"The worker for '{model}' ended ({worker.exit_summary()}). "
                         f"Its last output:\n{worker.tail()}"
                     ),
                 )

@@ -30,8 +30,10 @@ from corral.keys.limits import Admission, Limiter
 from corral.keys.store import Principal
 from corral.registry.records import Capability, ModelRecord
 from corral.registry.store import Registry
+from corral.scheduler.core import replicas_of
 from corral.scheduler.queue import Priority
 from corral.scheduler.runtime import Grant, Scheduler
+from corral.service.affinity import affinity_of
 from corral.service.worker_client import TokenUsage, WorkerClient, WorkerReply
 
 log = logging.getLogger("corral.service")
@@ -138,7 +140,11 @@ class InferenceService:
         self.catalog.precheck(record, capability, body)
 
     async def acquire(
-        self, record: ModelRecord, caller: Caller, keep_alive: float | None = None
+        self,
+        record: ModelRecord,
+        caller: Caller,
+        keep_alive: float | None = None,
+        affinity: int | None = None,
     ) -> Grant:
         """A slot on a ready worker for ``record`` (loading it if need be)."""
         self.registry.touch(record.name)
@@ -148,6 +154,7 @@ class InferenceService:
             key=caller.key,
             keep_alive=keep_alive,
             patient=caller.patient,
+            affinity=affinity,
         )
 
     async def send(
@@ -195,8 +202,9 @@ class InferenceService:
         admission: Admission | None,
         started: int,
     ) -> Exchange:
+        affinity = affinity_of(body) if replicas_of(record) > 1 else None
         for attempt in range(1, SEND_ATTEMPTS + 1):
-            grant = await self.acquire(record, caller, keep_alive)
+            grant = await self.acquire(record, caller, keep_alive, affinity)
             granted = time.perf_counter_ns()
 
             # The slot goes back, and the request is accounted, when the reply ends.

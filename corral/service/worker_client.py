@@ -261,10 +261,10 @@ async def failure(worker: WorkerProcess, exc: Exception, answering: bool) -> Cor
     killed while idle (an operator, the OOM killer) is found dead the same way.
     """
     if await worker.wait_exited(CRASH_WAIT_SECONDS):
-        log.error("worker for %s died: exit code %s", worker.spec.model, worker.returncode)
+        log.error("worker for %s died: %s", worker.spec.model, worker.exit_summary())
         when = "while answering" if answering else "before it answered"
         return WorkerCrashed(
-            f"The worker for '{worker.spec.model}' crashed (exit code {worker.returncode}) "
+            f"The worker for '{worker.spec.model}' crashed ({worker.exit_summary()}) "
             f"{when} this request; the next request restarts it. "
             f"Its last output:\n{worker.tail()}"
         )

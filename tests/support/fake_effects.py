@@ -58,9 +58,11 @@ class FakeEffects:
     def gpu_budget(self, held: Mapping[int, int]) -> dict[int, Gpu]:
         return {i: Gpu(budget, total) for i, (budget, total) in self.gpus.items()}
 
-    def start_worker(self, rec: ModelRecord, params: EngineParams, gpus: tuple[int, ...]) -> None:
-        self.started.append((rec.name, params))
-        self.placed[rec.name] = gpus
+    def start_worker(
+        self, key: str, rec: ModelRecord, params: EngineParams, gpus: tuple[int, ...]
+    ) -> None:
+        self.started.append((key, params))
+        self.placed[key] = gpus
 
     def stop_worker(self, model: str, worker: Any) -> None:
         self.stopped.append(model)

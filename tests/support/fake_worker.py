@@ -262,6 +262,8 @@ def envelope(job: Job, model: str, stream: bool) -> dict[str, Any]:
         "object": chat_object if job.chat else "text_completion",
         "created": int(time.time()),
         "model": model,
+        # Which worker answered (a model with replicas has several): its pid.
+        "system_fingerprint": f"fake-{os.getpid()}",
     }
 
 
