@@ -3,7 +3,7 @@ workers placed by Ray, in one run: batch and interactive throughput on loopback.
 
     python bench/scale.py                      # 10,000 batch requests, tiny model
     python bench/scale.py --requests 20000
-    python bench/scale.py --only ray           # the Ray comparison alone
+    python bench/scale.py --only ray           # the Ray comparison alone (2 rounds)
 
 Set-ups, each fresh, on the tiny model of bench/batch.py (16 new tokens per request,
 1 llama.cpp thread per worker):
@@ -163,6 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--only", choices=("gateways", "ray"), help="one comparison only")
+    parser.add_argument("--rounds", type=int, default=2, help="local/Ray pairs, alternated")
     args = parser.parse_args()
     model = model_file("tiny")
     n = args.requests
@@ -177,21 +178,31 @@ def main() -> None:
             ]
         if args.only != "gateways":
             four = {"CORRAL_SLOTS": "4"}
-            local = setup("1 gateway, 2 local workers", 1, None, n, model, 2, four)
-            ray = LocalRay(fast_health=False).start()
-            try:
-                ray.add_node("bench", cpus=2)
-                on_ray = {**four, "CORRAL_RAY_ADDRESS": ray.address}
-                placed = setup("1 gateway, 2 workers on Ray", 1, None, n, model, 2, on_ray)
-                pg = postgres.create_database("ray")
-                two = setup("2 gateways on PostgreSQL, Ray", 2, pg, n, model, 1, on_ray)
-            finally:
-                ray.stop()
-            for path in ("batch", "interactive"):
-                placed[path]["vs_local_workers"] = round(
-                    placed[path]["requests_per_s"] / local[path]["requests_per_s"], 3
+            for round_ in range(1, args.rounds + 1):  # alternated: drift hits both
+                local = setup(
+                    f"1 gateway, 2 local workers (round {round_})", 1, None, n, model, 2, four
                 )
-            rows += [local, placed, two]
+                with LocalRay(fast_health=False).running() as ray:
+                    ray.add_node("bench", cpus=2)
+                    on_ray = {**four, "CORRAL_RAY_ADDRESS": ray.address}
+                    placed = setup(
+                        f"1 gateway, 2 workers on Ray (round {round_})",
+                        1,
+                        None,
+                        n,
+                        model,
+                        2,
+                        on_ray,
+                    )
+                    if round_ == args.rounds:
+                        pg = postgres.create_database("ray")
+                        two = setup("2 gateways on PostgreSQL, Ray", 2, pg, n, model, 1, on_ray)
+                for path in ("batch", "interactive"):
+                    placed[path]["vs_local_workers"] = round(
+                        placed[path]["requests_per_s"] / local[path]["requests_per_s"], 3
+                    )
+                rows += [local, placed]
+            rows.append(two)
     finally:
         postgres.stop()
     base = rows[0]

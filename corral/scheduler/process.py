@@ -36,6 +36,7 @@ import aiohttp
 
 from corral.errors import EngineLoadError, PortTaken
 from corral.protocol.upstream import ForeignServer
+from corral.scheduler.sockets import tree_listens
 
 log = logging.getLogger("corral.scheduler")
 TAIL_LINES = 40
@@ -186,31 +187,9 @@ class WorkerProcess:
         )
 
     def _listens_on_its_port(self) -> bool:
-        """Is the server that answered the health check ours? A port that was free
-        when it was chosen may be taken by another program's server before ours binds
-        it; then requests would go to a stranger. Only our process tree is looked at
-        (cheap); where sockets cannot be read, it is taken on trust."""
-        import psutil
-
-        if self._proc is None:
-            return False
-        try:
-            root = psutil.Process(self._proc.pid)
-            tree = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return True
-        readable = False
-        for process in tree:
-            try:
-                sockets = process.net_connections(kind="tcp")
-            except psutil.Error:
-                continue
-            readable = True
-            if any(
-                c.status == psutil.CONN_LISTEN and c.laddr.port == self.spec.port for c in sockets
-            ):
-                return True
-        return not readable
+        """Is the server that answered the health check ours? (Only our process
+        tree is looked at: cheap.)"""
+        return self._proc is not None and tree_listens(self._proc.pid, self.spec.port)
 
     async def _healthy(self, session: aiohttp.ClientSession) -> bool:
         try:

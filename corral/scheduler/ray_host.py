@@ -28,6 +28,8 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from corral.scheduler.sockets import tree_listens
+
 TAIL_LINES = 40
 
 
@@ -76,27 +78,8 @@ class WorkerHost:
         return "\n".join(list(self._tail)[-lines:])
 
     def listens(self, port: int) -> bool:
-        """Does the worker's process tree listen on ``port``? (True where sockets cannot
-        be read: taken on trust, as locally.)"""
-        import psutil
-
-        if self._proc is None:
-            return False
-        try:
-            root = psutil.Process(self._proc.pid)
-            tree = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return True
-        readable = False
-        for process in tree:
-            try:
-                sockets = process.net_connections(kind="tcp")
-            except psutil.Error:
-                continue
-            readable = True
-            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in sockets):
-                return True
-        return not readable
+        """Does the worker's process tree listen on ``port``?"""
+        return self._proc is not None and tree_listens(self._proc.pid, port)
 
     def rss(self) -> int | None:
         """Resident memory of the worker and its children, in bytes."""

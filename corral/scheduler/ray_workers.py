@@ -156,6 +156,10 @@ class RayCluster:
             "resources": custom,
             "max_concurrency": ACTOR_CONCURRENCY,
             "max_restarts": 0,
+            # Ray starts its workers at nice 15 (the raylet comes first), and the
+            # engine would inherit that: 5-8% fewer requests/s on a busy node,
+            # measured. Ray's own job supervisor asks for 0 the same way.
+            "runtime_env": {"env_vars": {"RAY_worker_niceness": "0"}},
         }
         if wants.get("memory"):
             options["memory"] = wants["memory"]

@@ -108,7 +108,8 @@ def test_workers_go_where_their_resources_are(cluster: LocalRay, tmp_path: Path)
         assert wait_until(lambda: (home / "logs" / "on-b_latest.log").exists(), 5) or any(
             p.name.startswith("on-b") for p in (home / "logs").iterdir()
         )
-        assert fake_workers("on-b:latest")
+        # At the priority a local worker has, not the nice 15 of Ray's own workers.
+        assert [p.nice() for p in fake_workers("on-b:latest")] == [psutil.Process().nice()]
     finally:
         srv.stop()
     # The gateway's actors end with it, and their workers with them: no orphans.
