@@ -4,6 +4,7 @@ workers placed by Ray, in one run: batch and interactive throughput on loopback.
     python bench/scale.py                      # 10,000 batch requests, tiny model
     python bench/scale.py --requests 20000
     python bench/scale.py --only ray           # the Ray comparison alone (2 rounds)
+    python bench/scale.py --only ray-interactive --rounds 4 --requests 4000
 
 Set-ups, each fresh, on the tiny model of bench/batch.py (16 new tokens per request,
 1 llama.cpp thread per worker):
@@ -31,6 +32,7 @@ import asyncio
 import itertools
 import json
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -132,6 +134,7 @@ def setup(
     model: Path,
     replicas: int = 1,
     env: dict[str, str] | None = None,
+    batch_too: bool = True,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
@@ -141,7 +144,9 @@ def setup(
         procs = [start_gateway(home, f"gw{i}", database_url, env) for i in range(gateways)]
         urls = [url for _, url in procs]
         try:
-            batch = run_batch(urls, n, Path(tmp))
+            batch = run_batch(urls, n, Path(tmp)) if batch_too else None
+            if not batch_too:  # warm both workers first, as the batch does
+                asyncio.run(run_interactive(urls, 200))
             interactive = asyncio.run(run_interactive(urls, n))
         finally:
             for proc, _ in procs:
@@ -159,24 +164,64 @@ def setup(
     return row
 
 
+def ray_interactive(
+    rounds: int, n: int, model: Path
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Interactive only, three arms alternated ``rounds`` times (this machine's
+    run-to-run spread is larger than the difference looked for), medians at the end:
+    local workers; local workers with an idle Ray cluster beside them (what Ray's own
+    daemons cost on a shared machine); the workers placed by Ray (the whole cost)."""
+    four = {"CORRAL_SLOTS": "4"}
+    rows: list[dict[str, Any]] = []
+    arms: dict[str, list[float]] = {"local": [], "local_ray_idle": [], "ray": []}
+
+    def arm(name: str, label: str, env: dict[str, str]) -> None:
+        row = setup(label, 1, None, n, model, 2, {**four, **env}, batch_too=False)
+        arms[name].append(row["interactive"]["requests_per_s"])
+        rows.append(row)
+
+    for round_ in range(1, rounds + 1):
+        arm("local", f"local (round {round_})", {})
+        with LocalRay(fast_health=False).running() as ray:
+            ray.add_node("bench", cpus=2)
+            arm("local_ray_idle", f"local, idle Ray beside (round {round_})", {})
+            arm("ray", f"Ray (round {round_})", {"CORRAL_RAY_ADDRESS": ray.address})
+    medians = {name: statistics.median(values) for name, values in arms.items()}
+    summary = {
+        "medians": medians,
+        "ray_vs_local": round(medians["ray"] / medians["local"], 3),
+        "ray_vs_local_with_idle_ray": round(medians["ray"] / medians["local_ray_idle"], 3),
+    }
+    print(json.dumps(summary), flush=True)
+    return rows, summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=10_000)
-    parser.add_argument("--only", choices=("gateways", "ray"), help="one comparison only")
+    parser.add_argument(
+        "--only",
+        choices=("gateways", "ray", "ray-interactive"),
+        help="one comparison only (ray-interactive: local against Ray, no batches)",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="local/Ray pairs, alternated")
     args = parser.parse_args()
     model = model_file("tiny")
     n = args.requests
     postgres = PostgresServer().start()
     rows = []
+    summary: dict[str, Any] = {}
     try:
-        if args.only != "ray":
+        if args.only in (None, "gateways"):
             rows += [
                 setup("1 gateway, SQLite", 1, None, n, model),
                 setup("1 gateway, PostgreSQL", 1, postgres.create_database("one"), n, model),
                 setup("2 gateways, PostgreSQL", 2, postgres.create_database("two"), n, model),
             ]
-        if args.only != "gateways":
+        if args.only == "ray-interactive":
+            more, summary["ray_interactive"] = ray_interactive(args.rounds, n, model)
+            rows += more
+        elif args.only != "gateways":
             four = {"CORRAL_SLOTS": "4"}
             for round_ in range(1, args.rounds + 1):  # alternated: drift hits both
                 local = setup(
@@ -208,10 +253,18 @@ def main() -> None:
     base = rows[0]
     for row in rows:
         for path in ("batch", "interactive"):
+            if row[path] is None:
+                continue
             row[path]["vs_first_row"] = round(
                 row[path]["requests_per_s"] / base[path]["requests_per_s"], 2
             )
-    report = {"requests": args.requests, "new_tokens": NEW_TOKENS, "slots": SLOTS, "rows": rows}
+    report = {
+        "requests": args.requests,
+        "new_tokens": NEW_TOKENS,
+        "slots": SLOTS,
+        "rows": rows,
+        **summary,
+    }
     out = ROOT / "bench" / "out" / f"scale-{args.requests}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
