@@ -230,11 +230,12 @@ def test_interactive_requests_wait_only_for_the_slots_in_use(
     """Batches fill idle slots; an interactive request overtakes every queued batch
     request and waits at most for the (4) requests already in slots.
 
-    Batch requests last about a second (1,000 tokens at 1 ms), so the few that finish
-    while the client is still sending ours (tens of ms on a loaded CI machine) stay
-    few: with 48 ms requests, a slow send let 7 finish and the bound was meaningless."""
+    Batch requests last about three seconds (3,000 tokens at 1 ms), so the few that
+    finish while the client is still sending ours (tens of ms on a loaded CI machine,
+    sometimes a second) stay few: with 48 ms requests a slow send let 7 finish, and
+    with 1 s requests once 7 again, with a Ray cluster starting beside the test."""
     log = batch_server.home / "executions.log"
-    batch = submit(client, [chat_line(i, MODEL, max_tokens=1000) for i in range(120)])
+    batch = submit(client, [chat_line(i, MODEL, max_tokens=3000) for i in range(120)])
 
     def batch_done() -> int:
         text = log.read_text() if log.exists() else ""  # nothing has run yet
