@@ -105,9 +105,10 @@ class RayCluster:
             "placing workers on the Ray cluster at %s (%d nodes)", self.address, len(self.nodes)
         )
 
-    async def refresh(self) -> None:
+    async def refresh(self, force: bool = False) -> None:
         """Reread the node table if it is older than ``NODES_REFRESH_SECONDS``."""
-        if self._connected and time.monotonic() - self._refreshed > NODES_REFRESH_SECONDS:
+        stale = time.monotonic() - self._refreshed > NODES_REFRESH_SECONDS
+        if self._connected and (stale or force):
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self._refresh)
 
@@ -235,6 +236,9 @@ class RayWorker(WorkerProcess):
         if self._cluster.error is not None:
             raise EngineLoadError(self._cluster.error)
         why = self._cluster.infeasible(self._ask)
+        if why is not None:  # a node may have joined since the table was read
+            await self._cluster.refresh(force=True)
+            why = self._cluster.infeasible(self._ask)
         if why is not None:
             raise InsufficientMemory(f"The model '{self.spec.model}' cannot be placed: {why}.")
         self._actor = self._cluster.actor(self._ask)

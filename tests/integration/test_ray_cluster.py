@@ -158,7 +158,7 @@ def test_a_lost_node_fails_what_it_had_and_the_rest_moves(
     interrupted run again)."""
     cluster.add_node("node_d", resources={"pool": 2})
     home = tmp_path / "home"
-    pool = {"resources": {"pool": 1}, "token_delay": 0.05}
+    pool = {"resources": {"pool": 1}, "token_delay": 0.05, "tokens": 10_000}  # max_tokens rules
     install_fake_models(home, {"p": {"slots": 1, **pool}, "q": {"slots": 4, **pool}}).close()
     srv = serve(home, cluster)
     try:
@@ -172,7 +172,7 @@ def test_a_lost_node_fails_what_it_had_and_the_rest_moves(
             batch = submit(client, [chat_line(i, "q", max_tokens=4) for i in range(60)])
             assert wait_until(lambda: done_lines(client, batch.id) >= 8, 60)
             with concurrent.futures.ThreadPoolExecutor(4) as threads:
-                accepted = threads.submit(chat, client, "p", 60)  # 3 s of tokens, 1 slot
+                accepted = threads.submit(chat, client, "p", 600)  # 30 s of tokens, 1 slot
                 assert wait_until(lambda: ps(srv)["p:latest"]["slots"]["busy"] == 1, 10)
                 queued = [threads.submit(chat, client, "p", 2) for _ in range(3)]
                 assert wait_until(lambda: ps(srv)["p:latest"]["queued"] == 3, 10)
