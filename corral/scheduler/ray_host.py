@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from corral.scheduler.memory import process_tree
 from corral.scheduler.sockets import tree_listens
 
 TAIL_LINES = 40
@@ -88,9 +89,9 @@ class WorkerHost:
         if self._proc is None or self._proc.poll() is not None:
             return None
         try:
-            root = psutil.Process(self._proc.pid)
-            tree = [root, *root.children(recursive=True)]
-            return sum(int(p.memory_info().rss) for p in tree)
+            return sum(
+                int(psutil.Process(p).memory_info().rss) for p in process_tree(self._proc.pid)
+            )
         except psutil.Error:
             return None
 

@@ -105,10 +105,14 @@ class RayCluster:
             "placing workers on the Ray cluster at %s (%d nodes)", self.address, len(self.nodes)
         )
 
+    @property
+    def stale(self) -> bool:
+        """Is the node table older than ``NODES_REFRESH_SECONDS``?"""
+        return self._connected and time.monotonic() - self._refreshed > NODES_REFRESH_SECONDS
+
     async def refresh(self, force: bool = False) -> None:
-        """Reread the node table if it is older than ``NODES_REFRESH_SECONDS``."""
-        stale = time.monotonic() - self._refreshed > NODES_REFRESH_SECONDS
-        if self._connected and (stale or force):
+        """Reread the node table if it is stale (or ``force``)."""
+        if self._connected and (self.stale or force):
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self._refresh)
 

@@ -402,7 +402,8 @@ class _ProcessEffects:
             # Not joined: no budget to refuse by, so the load fails saying why.
             if self._cluster.error is not None:
                 return 1 << 62
-            self._spawn(self._cluster.refresh())
+            if self._cluster.stale:  # reread off the loop; this pass uses what is known
+                self._spawn(self._cluster.refresh())
             return self._cluster.memory()
         configured = self._settings.memory_budget_bytes
         if configured is not None:

@@ -24,6 +24,7 @@ import pytest
 
 from corral.registry.store import Registry
 from tests.support.batches import chat_line
+from tests.support.chat import stream_chat
 from tests.support.fake_engine import install_fake_models
 from tests.support.fake_hub import FakeHub
 from tests.support.models import CHAT, model_file
@@ -338,15 +339,7 @@ def test_the_playground_answers_in_json_with_a_real_model(server: CorralServer, 
 def test_the_charts_show_the_last_hours_traffic(server: CorralServer, page: Page) -> None:
     with openai.OpenAI(base_url=server.openai_url, api_key="x", max_retries=0) as client:
         for _ in range(3):
-            stream = client.chat.completions.create(
-                model="chat",
-                messages=[{"role": "user", "content": "hi"}],
-                max_tokens=3,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-            for _chunk in stream:
-                pass
+            stream_chat(client, "chat", 3)
     page.page.goto(server.url + "/ui/charts?window=5m")
     charts = page.page.locator("figure[data-chart]")
     titles = charts.evaluate_all("fs => fs.map(f => f.dataset.chart)")

@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from corral.scheduler.launch import free_port
+from tests.support.chat import stream_chat
 from tests.support.fake_engine import install_fake_models
 from tests.support.server import CorralServer
 
@@ -74,15 +75,7 @@ def test_charts_come_from_prometheus_and_fall_back_when_it_is_gone(
         # Traffic until Prometheus has scraped enough of it for rates and quantiles.
         while not ("Time to first" in page and points(page, "Time to first token")):
             assert time.monotonic() < deadline, "the charts never showed Prometheus's data"
-            stream = client.chat.completions.create(
-                model="m",
-                messages=[{"role": "user", "content": "hi"}],
-                max_tokens=6,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-            for _chunk in stream:
-                pass
+            stream_chat(client, "m", 6)
             time.sleep(0.3)
             page = httpx.get(srv.url + "/ui/charts?window=5m", timeout=30).text
     assert 'data-prometheus="yes"' in page and f"Prometheus at {prom_url}" in page

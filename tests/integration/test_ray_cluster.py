@@ -21,7 +21,7 @@ import openai
 import psutil
 import pytest
 
-from tests.support.batches import chat_line, output_of, submit, wait_batch
+from tests.support.batches import chat_line, completed_count, output_of, submit, wait_batch
 from tests.support.fake_engine import install_fake_models
 from tests.support.ray_cluster import LocalRay, missing
 from tests.support.server import CorralServer, wait_until
@@ -170,7 +170,7 @@ def test_a_lost_node_fails_what_it_had_and_the_rest_moves(
             assert where["p:latest"]["node"] == where["q:latest"]["node"] == d
             cluster.add_node("node_e", resources={"pool": 2})
             batch = submit(client, [chat_line(i, "q", max_tokens=4) for i in range(60)])
-            assert wait_until(lambda: done_lines(client, batch.id) >= 8, 60)
+            assert wait_until(lambda: completed_count(client, batch.id) >= 8, 60)
             with concurrent.futures.ThreadPoolExecutor(4) as threads:
                 accepted = threads.submit(chat, client, "p", 600)  # 30 s of tokens, 1 slot
                 assert wait_until(lambda: ps(srv)["p:latest"]["slots"]["busy"] == 1, 10)
@@ -195,8 +195,3 @@ def test_a_lost_node_fails_what_it_had_and_the_rest_moves(
             assert ended.error_file_id is None
     finally:
         srv.stop()
-
-
-def done_lines(client: openai.OpenAI, batch_id: str) -> int:
-    counts = client.batches.retrieve(batch_id).request_counts
-    return counts.completed if counts is not None else 0
